@@ -1,0 +1,88 @@
+"""The result of a run: a Table-1-style table (Markdown, CSV, PNG), calibration checks and summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mergemix.artifacts import write_atomic
+
+
+def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], seeds_csv: Path, names: list[str],
+                min_sigmas: float = 3.0) -> dict:
+    """The testbed is informative only if each expert clearly lifts its own capability, the capabilities trade
+    off (the best evaluated merge is interior, not a vertex) and differences exceed the evaluation noise."""
+    base = rows["base"]
+    gains = {}
+    for cap, domain in sorted(cap_domain.items()):
+        if not domain or f"expert:{domain}" not in rows:
+            continue
+        exp = rows[f"expert:{domain}"]
+        noise = float(np.hypot(base["capabilities_std"][cap], exp["capabilities_std"][cap]))
+        gain = exp["capabilities"][cap] - base["capabilities"][cap]
+        gains[cap] = {"domain": domain, "base": base["capabilities"][cap], "expert": exp["capabilities"][cap],
+                      "gain": gain, "noise_std": noise, "sigmas": gain / max(noise, 1e-12),
+                      "clear": bool(gain > min_sigmas * noise)}
+    with open(seeds_csv) as fh:
+        seeds = list(csv.DictReader(fh))
+    alphas = np.array([[float(r[n]) for n in names] for r in seeds])
+    u = np.array([float(r["U"]) for r in seeds])
+    vertex = alphas.max(axis=1) > 1 - 1e-9
+    interior = {"best_vertex_U": float(u[vertex].max()) if vertex.any() else None,
+                "best_interior_U": float(u[~vertex].max()),
+                "best_is_interior": bool(not vertex.any() or u[~vertex].max() > u[vertex].max()),
+                "U_spread_std": float(u.std())}
+    return {"expert_gains": gains, "all_experts_clear": all(g["clear"] for g in gains.values()),
+            "tradeoff": interior}
+
+
+def margin(a: dict, b: dict) -> dict:
+    diff = a["U"] - b["U"]
+    noise = float(np.hypot(a["U_std"], b["U_std"]))
+    return {"U_diff": diff, "noise_std": noise, "sigmas": diff / max(noise, 1e-12)}
+
+
+def write_table(run_dir: Path, rows: dict[str, dict]) -> str:
+    caps = sorted(next(iter(rows.values()))["capabilities"])
+    header = ["model", *caps, "U", "U_std"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    with open(run_dir / "table.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for name, r in rows.items():
+            vals = [100 * r["capabilities"][c] for c in caps] + [100 * r["U"], 100 * r["U_std"]]
+            w.writerow([name, *(round(v, 3) for v in vals)])
+            lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
+    table = "\n".join(lines)
+    write_atomic(run_dir / "table.md", "Capability scores, normalised against chance (x100); U = macro-average.\n\n"
+                 + table + "\n")
+    _plot(run_dir / "table.png", rows, caps)
+    return table
+
+
+def _plot(path: Path, rows: dict[str, dict], caps: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [*caps, "U"]
+    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 3, 4))
+    width = 0.8 / len(rows)
+    for i, (name, r) in enumerate(rows.items()):
+        vals = [100 * r["capabilities"][c] for c in caps] + [100 * r["U"]]
+        errs = [100 * r["capabilities_std"][c] for c in caps] + [100 * r["U_std"]]
+        ax.bar(np.arange(len(cols)) + i * width, vals, width, yerr=errs, label=name, capsize=2)
+    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
+    ax.set_ylabel("score above chance (x100)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_summary(run_dir: Path, summary: dict) -> None:
+    write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=float))

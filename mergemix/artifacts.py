@@ -1,0 +1,98 @@
+"""Content-addressed stage cache: every artifact lives at cache/<stage>/<key>, where the key hashes the inputs
+that determine it (config subset, upstream keys, the stage's code version). Artifacts are built in a temporary
+directory and renamed into place, so a killed stage never leaves a half artifact; a file lock keeps two processes
+from building the same artifact twice."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# Bump a stage's version when its code changes what it produces.
+CODE_VERSIONS = {
+    "corpus": 1, "tokenizer": 1, "tokens": 1, "base": 1, "expert": 1, "benchmarks": 1,
+    "search": 1, "mixture": 1, "eval": 1,
+}
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_key(stage: str, inputs: dict) -> str:
+    payload = canonical_json({"stage": stage, "version": CODE_VERSIONS[stage], "inputs": inputs})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class ArtifactStore:
+    """`store.get_or_build(stage, inputs, build)` returns the artifact directory, building it at most once."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def is_complete(self, stage: str, key: str) -> bool:
+        return (self.path(stage, key) / "manifest.json").is_file()
+
+    def get_or_build(self, stage: str, inputs: dict, build: Callable[[Path], dict | None]) -> Path:
+        key = stage_key(stage, inputs)
+        final = self.path(stage, key)
+        if self.is_complete(stage, key):
+            return final
+        with _locked(self.root / ".locks" / f"{stage}-{key}.lock"):
+            if self.is_complete(stage, key):  # built by another process while we waited
+                return final
+            tmp = final.parent / f".tmp-{key}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                extra = build(tmp) or {}
+                manifest = {"stage": stage, "key": key, "inputs": inputs, "created": time.time(), **extra}
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+                shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover without manifest
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return final
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write a file via a temporary sibling + rename, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_manifest(path: str | Path) -> dict:
+    return json.loads((Path(path) / "manifest.json").read_text())

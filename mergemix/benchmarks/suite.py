@@ -1,0 +1,75 @@
+"""A benchmark suite: tasks grouped into capabilities, scores normalised against chance, U = macro-average.
+
+`Suite.evaluate(model)` returns task metrics, capability scores, U and its bootstrap standard deviation."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from mergemix.benchmarks import embedded
+from mergemix.benchmarks.evaluator import Evaluator
+from mergemix.benchmarks.tasks import Task, load_jsonl_task
+from mergemix.errors import MergeMixError
+
+MC_METRICS = ("acc", "acc_norm", "prob")
+
+
+def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], seed: int) -> Task:
+    source = spec.get("source", "embedded")
+    if source == "jsonl":
+        return load_jsonl_task(name, spec["path"], spec.get("kind"), spec.get("limit"),
+                               spec.get("max_new_tokens", 8))
+    if source != "embedded":
+        raise MergeMixError(f"benchmark '{name}': unknown source '{source}' (embedded, jsonl)")
+    builder, n = spec["builder"], int(spec.get("n", 500))
+    if builder == "cloze":
+        docs = heldout_docs.get(spec["domain"])
+        if not docs:
+            raise MergeMixError(f"benchmark '{name}': domain '{spec['domain']}' has no held-out documents")
+        return embedded.cloze(name, docs, n, seed, spec.get("vocab", 400), spec.get("context_chars", 240))
+    if builder == "synthetic_mc":
+        return embedded.synthetic_mc(name, spec["generator"], n, seed)
+    if builder == "synthetic_gen":
+        return embedded.synthetic_gen(name, spec["generator"], n, seed, spec.get("max_new_tokens", 6))
+    raise MergeMixError(f"benchmark '{name}': unknown builder '{builder}'")
+
+
+def normalised(task: Task, scores: Mapping[str, np.ndarray], metric: str) -> np.ndarray:
+    """Per-item scores rescaled so that chance is 0 and perfect is 1."""
+    raw = scores["exact_match"] if task.kind == "gen" else scores[metric]
+    return (raw - task.chance) / (1.0 - task.chance)
+
+
+class Suite:
+    def __init__(self, tokenizer, tasks: dict[str, Task], capabilities: Mapping[str, list[str]],
+                 metric: str = "prob", batch_size: int = 64, max_length: int = 256, bootstrap: int = 200):
+        if metric not in MC_METRICS:
+            raise MergeMixError(f"benchmarks.metric must be one of {MC_METRICS}, got '{metric}'")
+        for cap, members in capabilities.items():
+            missing = [m for m in members if m not in tasks]
+            if missing or not members:
+                raise MergeMixError(f"capability '{cap}' names unknown or no tasks {missing}; tasks: {sorted(tasks)}")
+        self.tasks, self.metric, self.bootstrap = tasks, metric, bootstrap
+        self.capabilities = {c: list(m) for c, m in sorted(capabilities.items())}
+        self.evaluator = Evaluator(tokenizer, tasks, batch_size, max_length)
+
+    def summarize(self, per_item: Mapping[str, Mapping[str, np.ndarray]], seed: int = 0) -> dict:
+        norm = {t: normalised(self.tasks[t], per_item[t], self.metric) for t in self.tasks}
+        caps = {c: float(np.mean([norm[t].mean() for t in ms])) for c, ms in self.capabilities.items()}
+        rng = np.random.default_rng(seed)
+        boot = np.zeros((self.bootstrap, len(caps)))
+        for b in range(self.bootstrap):
+            means = {t: v[rng.integers(0, len(v), len(v))].mean() for t, v in norm.items()}
+            boot[b] = [np.mean([means[t] for t in ms]) for ms in self.capabilities.values()]
+        return {
+            "tasks": {t: {m: float(v.mean()) for m, v in s.items()} for t, s in per_item.items()},
+            "capabilities": caps,
+            "U": float(np.mean(list(caps.values()))),
+            "capabilities_std": dict(zip(caps, boot.std(axis=0).tolist())),
+            "U_std": float(boot.mean(axis=1).std()) if self.bootstrap else 0.0,
+        }
+
+    def evaluate(self, model) -> dict:
+        return self.summarize(self.evaluator.per_item(model))

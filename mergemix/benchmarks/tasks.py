@@ -1,0 +1,60 @@
+"""Benchmark tasks: multiple choice scored by log-likelihood (`mc`) or exact-match generation (`gen`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mergemix.errors import MergeMixError
+
+
+@dataclass
+class Task:
+    name: str
+    kind: str  # "mc" | "gen"
+    items: list[dict] = field(default_factory=list)  # mc: context, choices, label; gen: prompt, answer
+    max_new_tokens: int = 8
+
+    @property
+    def chance(self) -> float:
+        if self.kind == "gen" or not self.items:
+            return 0.0
+        return sum(1.0 / len(it["choices"]) for it in self.items) / len(self.items)
+
+
+def _check_item(item: dict, kind: str, where: str) -> dict:
+    if kind == "mc":
+        if not {"context", "choices", "label"} <= set(item):
+            raise MergeMixError(f"{where}: a multiple-choice item needs context, choices and label")
+        choices, label = item["choices"], item["label"]
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+            raise MergeMixError(f"{where}: choices must be a list of at least two strings")
+        if not isinstance(label, int) or not 0 <= label < len(choices):
+            raise MergeMixError(f"{where}: label must be an integer index into choices, got {label!r}")
+        return {"context": str(item["context"]), "choices": choices, "label": label}
+    if not {"prompt", "answer"} <= set(item):
+        raise MergeMixError(f"{where}: a generation item needs prompt and answer")
+    return {"prompt": str(item["prompt"]), "answer": str(item["answer"]).strip()}
+
+
+def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit: int | None = None,
+                    max_new_tokens: int = 8) -> Task:
+    """A user benchmark: one JSON object per line, `{context, choices, label}` or `{prompt, answer}`."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergeMixError(f"benchmark '{name}': file not found: {path}")
+    items = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MergeMixError(f"benchmark '{name}': {path}:{i} is not valid JSON ({exc.msg})") from exc
+        item_kind = kind or ("mc" if "choices" in raw else "gen")
+        items.append(_check_item(raw, item_kind, f"benchmark '{name}' {path}:{i}"))
+        kind = item_kind
+    if not items:
+        raise MergeMixError(f"benchmark '{name}': {path} holds no items")
+    return Task(name, kind, items[:limit] if limit else items, max_new_tokens)

@@ -1,0 +1,200 @@
+"""`mergemix` console script: Hydra-configured stages, one-line errors for bad input.
+
+    mergemix run [overrides]            all stages (= make demo); last line names the run directory
+    mergemix experts|search [overrides] the pipeline up to that stage
+    mergemix mix weights='{code: 0.5, ...}' [overrides]   train and evaluate one mixture from the base
+    mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR
+    mergemix info [overrides]           the composed config's model size and domains as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from mergemix.errors import MergeMixError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+COMMANDS = ("run", "experts", "search", "mix", "merge", "info")
+_HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _overrides_and_config_dir(args: list[str]) -> tuple[list[str], str | None]:
+    overrides, config_dir, i = [], None, 0
+    while i < len(args):
+        a = args[i]
+        if a in _HYDRA_FLAGS_WITH_VALUE:
+            if a in ("--config-dir", "-cd") and i + 1 < len(args):
+                config_dir = args[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config-dir="):
+            config_dir = a.split("=", 1)[1]
+        elif not a.startswith("-"):
+            overrides.append(a)
+        i += 1
+    return overrides, config_dir
+
+
+def compose(overrides: list[str], config_dir: str | None = None, extra_known: tuple[str, ...] = ()):
+    """Compose the config with Hydra's compose API, turning any composition error into one line."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    ours = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in extra_known]
+    if config_dir:
+        if not Path(config_dir).is_dir():
+            raise MergeMixError(f"--config-dir not found: {config_dir}")
+        ours = [*ours, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose("config", overrides=ours, return_hydra_config=False)
+    except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf raise several kinds
+        first = " ".join(str(exc).split("\n")[:1]).strip()
+        detail = [ln.strip() for ln in str(exc).split("\n")[1:] if ln.strip().startswith("Key")]
+        raise MergeMixError(f"bad config: {first}{' ' + detail[0] if detail else ''}") from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def to_plain(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except Exception as exc:  # noqa: BLE001
+        raise MergeMixError(f"bad config: {str(exc).splitlines()[0]}") from exc
+
+
+def _run_dir(cfg: dict) -> Path:
+    if cfg["paths"].get("run_dir"):
+        return Path(cfg["paths"]["run_dir"])
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - not under @hydra.main
+        import time
+
+        return Path(cfg["paths"]["root"]) / "runs" / cfg["run_name"] / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _quiet() -> None:
+    """Offline by default; keep the console to progress bars and results."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
+    """Run one command on a composed, resolved config (used by the Hydra entry point and by tests)."""
+    from mergemix.loggers import make_logger_factory
+    from mergemix.pipeline import Pipeline
+
+    _quiet()
+    if command == "info":
+        from mergemix.models import describe
+
+        print(json.dumps(describe(cfg["model"], cfg["tokenizer"]["vocab_size"]), indent=2))
+        return None
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loggers = make_logger_factory(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}")
+    pipe = Pipeline(cfg, run_dir, loggers)
+    if command == "experts":
+        out = {n: str(p) for n, p in pipe.expert_dirs.items()}
+        print(json.dumps({"base": str(pipe.base_dir), "experts": out}, indent=2))
+    elif command == "search":
+        print((pipe.search_dir / "mixture.yaml").read_text())
+        print(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")
+    elif command == "mix":
+        path = pipe.train_mixture(mix_weights, "custom")
+        result = pipe.evaluate_checkpoint(path)
+        print(json.dumps({"checkpoint": str(path), "U": result["U"], "capabilities": result["capabilities"]},
+                         indent=2))
+    else:
+        pipe.run()
+    print(f"run directory: {run_dir}")
+    return None
+
+
+def _merge(args: list[str]) -> None:
+    from omegaconf import OmegaConf
+
+    from mergemix.merging import export_merge
+
+    try:
+        opts = OmegaConf.to_container(OmegaConf.from_dotlist(args))
+    except Exception as exc:  # noqa: BLE001
+        raise MergeMixError(f"cannot parse merge arguments: {exc}") from exc
+    unknown = sorted(set(opts) - {"base", "experts", "weights", "out"})
+    if unknown:
+        raise MergeMixError(f"unknown merge argument(s) {unknown}; use base=, experts=[...], weights=[...], out=")
+    missing = [k for k in ("base", "experts", "weights", "out") if k not in opts]
+    if missing:
+        raise MergeMixError(f"merge needs {', '.join(f'{k}=' for k in missing)}")
+    experts, weights = opts["experts"], opts["weights"]
+    if not isinstance(experts, list) or not isinstance(weights, list):
+        raise MergeMixError("experts and weights must be lists, e.g. experts=[a,b] weights=[0.5,0.5]")
+    if len(experts) != len(weights):
+        raise MergeMixError(f"weights have {len(weights)} entries but there are {len(experts)} experts")
+    out = export_merge(opts["base"], experts, weights, opts["out"])
+    print(f"merged checkpoint: {out}")
+
+
+def _hydra_entry(command: str, mix_weights) -> None:
+    import hydra
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def _main(cfg) -> None:
+        try:
+            execute(command, to_plain(cfg), mix_weights)
+        except MergeMixError as exc:
+            _fail(str(exc))
+
+    _main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        if command == "merge":
+            return _merge(argv)
+        mix_weights = None
+        if command == "mix":
+            weights = [a for a in argv if a.startswith("weights=")]
+            if not weights:
+                raise MergeMixError("mix needs weights='{domain: weight, ...}'")
+            from omegaconf import OmegaConf
+
+            mix_weights = OmegaConf.to_container(OmegaConf.from_dotlist(weights[:1]))["weights"]
+            argv = [a for a in argv if not a.startswith("weights=")]
+        overrides, config_dir = _overrides_and_config_dir(argv)
+        to_plain(compose(overrides, config_dir))  # validate before Hydra starts: one clear line on error
+    except MergeMixError as exc:
+        _fail(str(exc))
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_entry(command, mix_weights)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Linear merging of domain experts: theta(alpha) = theta_base + sum_k alpha_k (theta_k - theta_base).
+
+`ExpertBank` loads the experts once as task vectors and merges any alpha in place into one preallocated model
+(each storage once, so tied embeddings are merged a single time)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from mergemix.errors import MergeMixError
+from mergemix.models import load_checkpoint
+from mergemix.simplex import check_weights
+
+_IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
+                        "use_cache", "bos_token_id", "eos_token_id", "pad_token_id"}
+
+
+def architecture(model) -> dict:
+    cfg = {k: v for k, v in model.config.to_dict().items() if k not in _IGNORED_CONFIG_KEYS}
+    return {"config": cfg, "shapes": {n: tuple(p.shape) for n, p in model.named_parameters()}}
+
+
+def check_compatible(base, other, name: str) -> None:
+    a, b = architecture(base), architecture(other)
+    if a == b:
+        return
+    diff = [k for k in sorted(set(a["config"]) | set(b["config"])) if a["config"].get(k) != b["config"].get(k)]
+    detail = ", ".join(f"{k}: {a['config'].get(k)} vs {b['config'].get(k)}" for k in diff[:3]) or "parameter shapes"
+    raise MergeMixError(f"expert '{name}' has another architecture than the base ({detail})")
+
+
+def check_finite(model, name: str) -> None:
+    for pname, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise MergeMixError(f"expert '{name}' has NaN or Inf weights (first in {pname}); refusing to merge it")
+
+
+class ExpertBank:
+    """Base weights and the K task vectors, flattened per parameter as a [numel, K] matrix."""
+
+    def __init__(self, base, experts: dict[str, object]):
+        self.names = sorted(experts)
+        self.base_params = {n: p.detach().clone() for n, p in base.named_parameters()}
+        self.deltas: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            check_compatible(base, experts[name], name)
+            check_finite(experts[name], name)
+        for pname, p0 in self.base_params.items():
+            rows = [dict(experts[e].named_parameters())[pname].detach().reshape(-1) - p0.reshape(-1)
+                    for e in self.names]
+            self.deltas[pname] = torch.stack(rows, dim=1).contiguous()  # [numel, K]
+
+    @classmethod
+    def from_paths(cls, base_path: str | Path, expert_paths: dict[str, str | Path]) -> "ExpertBank":
+        base = load_checkpoint(base_path)
+        return cls(base, {n: load_checkpoint(p) for n, p in expert_paths.items()})
+
+    def alpha_vector(self, weights) -> torch.Tensor:
+        w = check_weights(weights, self.names, "merge weights")
+        return torch.tensor([w[n] for n in self.names], dtype=torch.float32)
+
+    @torch.no_grad()
+    def merge_into(self, model, weights) -> None:
+        """Overwrite `model`'s parameters with theta(alpha); no allocation beyond the model itself."""
+        alpha = self.alpha_vector(weights)
+        for pname, p in model.named_parameters():
+            flat = p.data.view(-1)
+            torch.mv(self.deltas[pname], alpha, out=flat)
+            flat.add_(self.base_params[pname].view(-1))
+
+    def task_vector_norms(self) -> dict[str, float]:
+        sq = sum((d.double() ** 2).sum(dim=0) for d in self.deltas.values())
+        return {n: float(v) for n, v in zip(self.names, sq.sqrt())}
+
+    def cosines(self) -> list[list[float]]:
+        dots = sum(d.double().T @ d.double() for d in self.deltas.values())
+        norm = dots.diagonal().sqrt()
+        return (dots / torch.outer(norm, norm).clamp_min(1e-30)).tolist()
+
+
+def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weights: Sequence[float],
+                 out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write theta(alpha) as an HF checkpoint (safetensors + tokenizer when the base has one)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise MergeMixError(f"output directory {out_dir} exists and is not empty; choose another `out`")
+    names = [f"expert{i:03d}:{Path(p).name}" for i, p in enumerate(expert_paths)]
+    bank = ExpertBank.from_paths(base_path, dict(zip(names, expert_paths)))
+    ordered = dict(zip(names, weights)) if len(weights) == len(names) else list(weights)
+    model = load_checkpoint(base_path)
+    bank.merge_into(model, ordered)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for f in Path(base_path).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy2(f, tmp / f.name)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir

@@ -1,0 +1,310 @@
+"""The MergeMix pipeline as cached stages over a plain config dict (Hydra stays in the CLI).
+
+    corpus -> tokenizer -> tokens -> base -> experts -> search -> mixtures -> report
+
+Each stage's artifact is content-addressed by what determines it (see artifacts.py): a second run reuses
+everything, and a changed input recomputes only what depends on it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mergemix import artifacts
+from mergemix.artifacts import ArtifactStore, read_manifest
+from mergemix.data import domains as dom
+from mergemix.data import tokens as tok_store
+from mergemix.data.tokenizer import load_tokenizer, train_tokenizer
+from mergemix.errors import MergeMixError
+from mergemix.simplex import check_weights, token_proportional
+
+
+def _dtype(name):
+    return None if not name else getattr(torch, name)
+
+
+class Pipeline:
+    def __init__(self, cfg: dict, run_dir: str | Path, loggers=None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.store = ArtifactStore(cfg["paths"]["cache_dir"])
+        self.loggers = loggers  # callable(stage_name) -> Lightning logger or None
+        self.domain_names = sorted(cfg["domains"]["sources"])
+        if not self.domain_names:
+            raise MergeMixError("no domains configured (domains.sources is empty)")
+        self.seed = int(cfg["seed"])
+        threads = cfg["trainer"].get("num_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+
+    # ------------------------------------------------------------------------------------------- data ---
+    @cached_property
+    def corpus(self) -> dict[str, Path]:
+        out, d = {}, self.cfg["domains"]
+        for name in self.domain_names:
+            spec = d["sources"][name] or {}
+            inputs = {"source": dom.source_fingerprint(name, spec), "seed": self.seed,
+                      "heldout_fraction": d["heldout_fraction"]}
+
+            def build(tmp: Path, name=name, spec=spec):
+                train, held = dom.load_domain(name, spec, self.seed, d["heldout_fraction"])
+                (tmp / "train.json").write_text(json.dumps(train))
+                (tmp / "heldout.json").write_text(json.dumps(held))
+                return {"docs": {"train": len(train), "heldout": len(held)}}
+
+            out[name] = self.store.get_or_build("corpus", inputs, build)
+        return out
+
+    def docs(self, name: str, split: str) -> list[str]:
+        return json.loads((self.corpus[name] / f"{split}.json").read_text())
+
+    @cached_property
+    def tokenizer_dir(self) -> Path:
+        tc = self.cfg["tokenizer"]
+        if tc.get("path"):
+            load_tokenizer(tc["path"])  # fail early and clearly
+            return Path(tc["path"])
+        inputs = {"corpus": {n: p.name for n, p in self.corpus.items()}, "vocab_size": tc["vocab_size"],
+                  "train_chars": tc["train_chars"]}
+
+        def build(tmp: Path):
+            per_domain = tc["train_chars"] // len(self.domain_names)
+
+            def texts():
+                for name in self.domain_names:
+                    used = 0
+                    for doc in self.docs(name, "train"):
+                        if used >= per_domain:
+                            break
+                        used += len(doc)
+                        yield doc
+
+            train_tokenizer(texts(), tc["vocab_size"], tmp)
+
+        return self.store.get_or_build("tokenizer", inputs, build)
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_dir)
+
+    @cached_property
+    def token_dirs(self) -> dict[str, Path]:
+        out = {}
+        for name in self.domain_names:
+            inputs = {"corpus": self.corpus[name].name, "tokenizer": str(self.tokenizer_dir)}
+
+            def build(tmp: Path, name=name):
+                sizes = {}
+                for split in ("train", "heldout"):
+                    arr = tok_store.pack(self.tokenizer, self.docs(name, split))
+                    tok_store.save_split(tmp, split, arr)
+                    sizes[split] = int(len(arr))
+                return {"tokens": sizes}
+
+            out[name] = self.store.get_or_build("tokens", inputs, build)
+        return out
+
+    @cached_property
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {n: tok_store.load_split(p, "train") for n, p in self.token_dirs.items()}
+
+    @cached_property
+    def token_counts(self) -> dict[str, int]:
+        return {n: int(len(a)) for n, a in self.arrays.items()}
+
+    @cached_property
+    def uniform_mixture(self) -> dict[str, float]:
+        """The token-proportional baseline (the paper's 'uniform')."""
+        return token_proportional(self.token_counts)
+
+    # --------------------------------------------------------------------------------------- training ---
+    def _train(self, stage: str, inputs: dict, init: Path | None, ratios: dict, spec: dict, desc: str) -> Path:
+        from mergemix.models import build_model, load_checkpoint
+        from mergemix.training import train_causal_lm
+
+        m, tr = self.cfg["model"], self.cfg["trainer"]
+        full_inputs = {**inputs, "model": m, "tokens": {n: p.name for n, p in self.token_dirs.items()},
+                       "ratios": ratios, "spec": spec, "optim": self.cfg["optim"], "precision": tr["precision"],
+                       "seed": self.seed, "init": init.name if init else None}
+
+        def build(tmp: Path):
+            model = load_checkpoint(init) if init else build_model(
+                {**m, "max_position_embeddings": m["seq_len"]}, len(self.tokenizer), self.seed)
+            trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
+                                                  "gradient_clip_val")}
+            optim = {"weight_decay": self.cfg["optim"]["weight_decay"], "betas": self.cfg["optim"]["betas"],
+                     "warmup_steps": spec.get("warmup_steps", 0), "schedule": spec.get("schedule", "constant")}
+            logger = self.loggers(desc, tmp) if self.loggers else None
+            try:
+                return train_causal_lm(model, self.tokenizer, self.arrays, ratios, tmp, int(spec["tokens"]),
+                                       m["seq_len"], m["batch_size"], float(spec["lr"]), self.seed, optim,
+                                       trainer_kwargs, logger, desc)
+            finally:
+                if logger is not None and hasattr(logger, "experiment") and self.cfg["logger"]["kind"] == "wandb":
+                    import wandb
+                    wandb.finish()
+
+        return self.store.get_or_build(stage, full_inputs, build)
+
+    @cached_property
+    def base_dir(self) -> Path:
+        b = self.cfg["base"]
+        if b.get("checkpoint"):
+            from mergemix.models import load_checkpoint
+            load_checkpoint(b["checkpoint"])  # validates
+            return Path(b["checkpoint"])
+        mixture = self.uniform_mixture if b["mixture"] == "token" else check_weights(
+            b["mixture"], self.domain_names, "base.mixture")
+        return self._train("base", {}, None, mixture, b, "base")
+
+    @cached_property
+    def expert_dirs(self) -> dict[str, Path]:
+        e = self.cfg["experts"]
+        return {n: self._train("expert", {"domain": n, "base": str(self.base_dir)}, self.base_dir,
+                               {n: 1.0}, e, f"expert:{n}") for n in self.domain_names}
+
+    def train_mixture(self, ratios: dict[str, float], label: str) -> Path:
+        ratios = check_weights(ratios, self.domain_names, f"mixture '{label}'")
+        return self._train("mixture", {"base": str(self.base_dir)}, self.base_dir, ratios, self.cfg["mix"],
+                           f"mix:{label}")
+
+    # ----------------------------------------------------------------------------------------- benchmarks ---
+    @cached_property
+    def task_dir(self) -> Path:
+        b = self.cfg["benchmarks"]
+        heldout_keys = {n: self.corpus[n].name for n in self.domain_names}
+        files = {t: artifacts.file_digest(s["path"]) for t, s in b["tasks"].items()
+                 if s.get("source") == "jsonl" and Path(s["path"]).is_file()}
+        inputs = {"tasks": b["tasks"], "heldout": heldout_keys, "files": files, "seed": self.seed}
+
+        def build(tmp: Path):
+            from mergemix.benchmarks.suite import build_task
+
+            held = {n: self.docs(n, "heldout") for n in self.domain_names}
+            for name, spec in sorted(b["tasks"].items()):
+                task = build_task(name, spec, held, self.seed)
+                (tmp / f"{name}.json").write_text(json.dumps({"kind": task.kind, "items": task.items,
+                                                              "max_new_tokens": task.max_new_tokens}))
+            return {"n_items": {t: len(json.loads((tmp / f"{t}.json").read_text())["items"]) for t in b["tasks"]}}
+
+        return self.store.get_or_build("benchmarks", inputs, build)
+
+    @cached_property
+    def suite(self):
+        from mergemix.benchmarks.suite import Suite
+        from mergemix.benchmarks.tasks import Task
+
+        b = self.cfg["benchmarks"]
+        tasks = {}
+        for name in sorted(b["tasks"]):
+            raw = json.loads((self.task_dir / f"{name}.json").read_text())
+            tasks[name] = Task(name, raw["kind"], raw["items"], raw["max_new_tokens"])
+        caps = {c: spec["tasks"] for c, spec in b["capabilities"].items()}
+        return Suite(self.tokenizer, tasks, caps, b["metric"], b["batch_size"], b["max_length"], b["bootstrap"])
+
+    @property
+    def suite_key(self) -> str:
+        b = self.cfg["benchmarks"]
+        return artifacts.stage_key("eval", {"tasks": self.task_dir.name, "metric": b["metric"],
+                                            "capabilities": b["capabilities"], "max_length": b["max_length"],
+                                            "eval_dtype": self.cfg["trainer"].get("eval_dtype")})
+
+    def autocast(self):
+        dtype = _dtype(self.cfg["trainer"].get("eval_dtype"))
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu" if self.cfg["trainer"]["accelerator"] == "cpu" else "cuda", dtype=dtype)
+
+    def evaluate_checkpoint(self, path: Path) -> dict:
+        """Scores of a stored checkpoint, cached by (checkpoint, benchmark suite)."""
+        from mergemix.models import load_checkpoint
+
+        inputs = {"checkpoint": str(path), "suite": self.suite_key}
+
+        def build(tmp: Path):
+            with self.autocast():
+                result = self.suite.evaluate(load_checkpoint(path))
+            (tmp / "scores.json").write_text(json.dumps(result, indent=2))
+
+        return json.loads((self.store.get_or_build("eval", inputs, build) / "scores.json").read_text())
+
+    # ------------------------------------------------------------------------------------------- search ---
+    @cached_property
+    def search_dir(self) -> Path:
+        from mergemix.search.run import run_surrogate_search
+
+        s = self.cfg["search"]
+        inputs = {"base": str(self.base_dir), "experts": {n: str(p) for n, p in self.expert_dirs.items()},
+                  "suite": self.suite_key, "search": s, "seed": self.seed, "prior": self.uniform_mixture}
+        cache_path = self.store.root / "evalcache" / f"{artifacts.stage_key('search', inputs)}.jsonl"
+
+        def build(tmp: Path):
+            return run_surrogate_search(self, tmp, cache_path)
+
+        return self.store.get_or_build("search", inputs, build)
+
+    @property
+    def alpha_star(self) -> dict[str, float]:
+        return read_manifest(self.search_dir)["alpha_star"]
+
+    @property
+    def search_result(self) -> dict:
+        return json.loads((self.search_dir / "search.json").read_text())
+
+    # ------------------------------------------------------------------------------------------ the run ---
+    def run(self) -> dict:
+        """All stages; writes table.{md,csv,png}, mixture.yaml and summary.json into the run directory."""
+        import shutil
+
+        from mergemix.analysis import report
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        rows = {"base": self.evaluate_checkpoint(self.base_dir)}
+        for name, path in self.expert_dirs.items():
+            rows[f"expert:{name}"] = self.evaluate_checkpoint(path)
+        search = self.search_result
+        alpha = search["alpha_star"]
+        uniform = self.uniform_mixture
+        rows["uniform (trained)"] = self.evaluate_checkpoint(self.train_mixture(uniform, "uniform"))
+        rows["mergemix (trained)"] = self.evaluate_checkpoint(self.train_mixture(alpha, "mergemix"))
+        rows["mergemix (merge)"] = search["verified_result"]
+
+        shutil.copy2(self.search_dir / "mixture.yaml", self.run_dir / "mixture.yaml")
+        shutil.copy2(self.search_dir / "seeds.csv", self.run_dir / "seeds.csv")
+        table = report.write_table(self.run_dir, rows)
+        cap_domain = {c: s.get("domain") for c, s in self.cfg["benchmarks"]["capabilities"].items()}
+        calib = report.calibration(rows, cap_domain, self.search_dir / "seeds.csv", self.domain_names)
+        result = report.margin(rows["mergemix (trained)"], rows["uniform (trained)"])
+        summary = {
+            "alpha_star": alpha, "uniform_mixture": uniform, "predicted": search["predicted"],
+            "rows": {k: {"capabilities": v["capabilities"], "capabilities_std": v["capabilities_std"],
+                         "U": v["U"], "U_std": v["U_std"], "tasks": v["tasks"]} for k, v in rows.items()},
+            "mergemix_vs_uniform": result, "calibration": calib,
+            "surrogate_cv_spearman": search["surrogate_cv_spearman"], "domain_tokens": self.token_counts,
+            "artifacts": {"base": str(self.base_dir), "search": str(self.search_dir),
+                          "experts": {k: str(v) for k, v in self.expert_dirs.items()}},
+        }
+        report.write_summary(self.run_dir, summary)
+        self._print(table, summary)
+        return summary
+
+    def _print(self, table: str, s: dict) -> None:
+        fmt = ", ".join(f"{d}={w:.3f}" for d, w in s["alpha_star"].items())
+        uni = ", ".join(f"{d}={w:.3f}" for d, w in s["uniform_mixture"].items())
+        print(f"\nalpha* (MergeMix): {fmt}\nuniform (token-proportional): {uni}\n\n{table}\n")
+        print("calibration:")
+        for cap, g in s["calibration"]["expert_gains"].items():
+            print(f"  expert:{g['domain']:<6} lifts {cap:<9} {100 * g['base']:6.1f} -> {100 * g['expert']:6.1f}"
+                  f"  ({g['sigmas']:+.1f} sigma){'' if g['clear'] else '  NOT CLEAR'}")
+        t = s["calibration"]["tradeoff"]
+        print(f"  best merge interior: {t['best_is_interior']} (interior U {100 * t['best_interior_U']:.1f}"
+              f" vs best vertex U {100 * (t['best_vertex_U'] or float('nan')):.1f}; seed U spread std"
+              f" {100 * t['U_spread_std']:.1f})")
+        m = s["mergemix_vs_uniform"]
+        print(f"MergeMix vs uniform (trained): U {100 * m['U_diff']:+.2f} (noise std {100 * m['noise_std']:.2f},"
+              f" {m['sigmas']:+.1f} sigma)")

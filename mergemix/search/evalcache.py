@@ -1,0 +1,43 @@
+"""Persistent evaluation cache keyed by the merge weights: no candidate is merged and evaluated twice, and a
+killed search resumes from what it already evaluated (one JSON line per evaluation, appended and flushed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+def alpha_key(alpha: Sequence[float]) -> str:
+    return ",".join(f"{a:.6f}" for a in alpha)
+
+
+class EvalCache:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict] = {}
+        self.hits = self.misses = 0
+        if self.path and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill: ignore it
+                    continue
+                self.entries[rec["key"]] = rec["result"]
+
+    def get_or_eval(self, alpha: Sequence[float], evaluate: Callable[[], dict]) -> dict:
+        key = alpha_key(alpha)
+        if key in self.entries:
+            self.hits += 1
+            return self.entries[key]
+        self.misses += 1
+        result = evaluate()
+        self.entries[key] = result
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps({"key": key, "alpha": list(map(float, alpha)), "result": result}) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        return result

@@ -1,0 +1,63 @@
+"""The learned surrogate: one LightGBM regressor per capability, alpha -> capability score, and a fine search
+of the utility over the simplex on the regressors."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from mergemix.simplex import grid, grid_size
+
+
+def utility(caps: Mapping[str, np.ndarray | float], objective: str = "macro"):
+    """U: macro-average of the (chance-normalised) capability scores, or one capability for a specialist."""
+    if objective == "macro":
+        return np.mean([np.asarray(v) for v in caps.values()], axis=0)
+    return np.asarray(caps[objective])
+
+
+class Surrogate:
+    def __init__(self, lgbm_params: Mapping, seed: int = 0):
+        self.params, self.seed = dict(lgbm_params), seed
+        self.models: dict[str, object] = {}
+
+    def fit(self, alphas: np.ndarray, scores: Mapping[str, Sequence[float]]) -> "Surrogate":
+        import lightgbm as lgb
+
+        params = {"objective": "regression", "seed": self.seed, "deterministic": True, "num_threads": 1,
+                  **self.params}
+        rounds = int(params.pop("n_estimators", 100))
+        for cap, y in scores.items():
+            data = lgb.Dataset(np.asarray(alphas, dtype=float), np.asarray(y, dtype=float),
+                               params={"min_data_in_bin": params.get("min_data_in_bin", 1), "verbose": -1})
+            self.models[cap] = lgb.train(params, data, num_boost_round=rounds)
+        return self
+
+    def predict(self, alphas: np.ndarray) -> dict[str, np.ndarray]:
+        return {cap: m.predict(np.atleast_2d(alphas)) for cap, m in self.models.items()}
+
+
+def candidates(k: int, n: int, seed: int, extra: np.ndarray | None = None) -> np.ndarray:
+    """Uniform (Dirichlet(1)) samples plus the finest grid that fits in n/10 points, plus `extra`."""
+    rng = np.random.default_rng(seed)
+    r = 2
+    while grid_size(k, r + 1) <= n // 10:
+        r += 1
+    parts = [rng.dirichlet(np.ones(k), n), grid(k, r)]
+    if extra is not None:
+        parts.append(extra)
+    return np.vstack(parts)
+
+
+def fine_search(surrogate: Surrogate, k: int, n: int, top_k: int, seed: int, objective: str = "macro",
+                extra: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """alpha* = mean of the top-k candidates by predicted utility (tree models give plateaus; averaging picks
+    the plateau's centre, as RegMix does). Returns alpha* and the regressors' prediction there."""
+    cand = candidates(k, n, seed, extra)
+    u = utility(surrogate.predict(cand), objective)
+    top = cand[np.argsort(-u, kind="stable")[:top_k]]
+    alpha = top.mean(axis=0)
+    alpha = alpha / alpha.sum()
+    pred = {c: float(v[0]) for c, v in surrogate.predict(alpha).items()}
+    return alpha, pred
