@@ -97,7 +97,12 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning_fabric",
+                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -105,6 +110,7 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     """Run one command on a composed, resolved config (used by the Hydra entry point and by tests)."""
     from mergemix.loggers import make_logger_factory
     from mergemix.pipeline import Pipeline
+    from mergemix.simplex import check_weights
 
     _quiet()
     if command == "info":
@@ -123,7 +129,7 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
         print((pipe.search_dir / "mixture.yaml").read_text())
         print(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")
     elif command == "mix":
-        path = pipe.train_mixture(mix_weights, "custom")
+        path = pipe.train_mixture(check_weights(mix_weights, pipe.domain_names, "mix weights"), "custom")
         result = pipe.evaluate_checkpoint(path)
         print(json.dumps({"checkpoint": str(path), "U": result["U"], "capabilities": result["capabilities"]},
                          indent=2))

@@ -41,6 +41,34 @@ class Pipeline:
         threads = cfg["trainer"].get("num_threads")
         if threads:
             torch.set_num_threads(int(threads))
+        self.validate()
+
+    def validate(self) -> None:
+        """Check what can be checked before any work starts, so bad input fails in seconds."""
+        from mergemix.benchmarks.suite import MC_METRICS
+
+        for name in self.domain_names:
+            spec = self.cfg["domains"]["sources"][name] or {}
+            if spec.get("source") == "files":
+                dom.resolve_files(name, spec)
+        if self.cfg["base"]["mixture"] != "token":
+            check_weights(self.cfg["base"]["mixture"], self.domain_names, "base.mixture")
+        b = self.cfg["benchmarks"]
+        if b["metric"] not in MC_METRICS:
+            raise MergeMixError(f"benchmarks.metric must be one of {MC_METRICS}, got '{b['metric']}'")
+        for cap, spec in b["capabilities"].items():
+            missing = [t for t in spec["tasks"] if t not in b["tasks"]]
+            if missing:
+                raise MergeMixError(f"capability '{cap}' names unknown tasks {missing}; tasks: {sorted(b['tasks'])}")
+            if spec.get("domain") and spec["domain"] not in self.domain_names:
+                raise MergeMixError(f"capability '{cap}' names unknown domain '{spec['domain']}'")
+        for t, spec in b["tasks"].items():
+            if spec.get("source") == "jsonl" and not Path(spec["path"]).is_file():
+                raise MergeMixError(f"benchmark '{t}': file not found: {spec['path']}")
+        for key in ("base", "experts", "mix"):
+            if int(self.cfg[key]["tokens"]) < self.cfg["model"]["seq_len"] * self.cfg["model"]["batch_size"]:
+                raise MergeMixError(f"{key}.tokens must cover at least one batch "
+                                    f"({self.cfg['model']['seq_len'] * self.cfg['model']['batch_size']} tokens)")
 
     # ------------------------------------------------------------------------------------------- data ---
     @cached_property
@@ -278,8 +306,9 @@ class Pipeline:
         shutil.copy2(self.search_dir / "seeds.csv", self.run_dir / "seeds.csv")
         table = report.write_table(self.run_dir, rows)
         cap_domain = {c: s.get("domain") for c, s in self.cfg["benchmarks"]["capabilities"].items()}
-        calib = report.calibration(rows, cap_domain, self.search_dir / "seeds.csv", self.domain_names)
-        result = report.margin(rows["mergemix (trained)"], rows["uniform (trained)"])
+        caps = self.suite.capabilities
+        calib = report.calibration(rows, cap_domain, caps, self.search_dir / "seeds.csv", self.domain_names)
+        result = report.margin(rows["mergemix (trained)"], rows["uniform (trained)"], caps)
         summary = {
             "alpha_star": alpha, "uniform_mixture": uniform, "predicted": search["predicted"],
             "rows": {k: {"capabilities": v["capabilities"], "capabilities_std": v["capabilities_std"],
@@ -306,5 +335,5 @@ class Pipeline:
               f" vs best vertex U {100 * (t['best_vertex_U'] or float('nan')):.1f}; seed U spread std"
               f" {100 * t['U_spread_std']:.1f})")
         m = s["mergemix_vs_uniform"]
-        print(f"MergeMix vs uniform (trained): U {100 * m['U_diff']:+.2f} (noise std {100 * m['noise_std']:.2f},"
-              f" {m['sigmas']:+.1f} sigma)")
+        print(f"MergeMix vs uniform (trained): U {100 * m['U_diff']:+.2f} (paired noise std"
+              f" {100 * m['noise_std']:.2f}, {m['sigmas']:+.1f} sigma)")

@@ -11,8 +11,8 @@ import numpy as np
 from mergemix.artifacts import write_atomic
 
 
-def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], seeds_csv: Path, names: list[str],
-                min_sigmas: float = 3.0) -> dict:
+def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
+                seeds_csv: Path, names: list[str], min_sigmas: float = 3.0) -> dict:
     """The testbed is informative only if each expert clearly lifts its own capability, the capabilities trade
     off (the best evaluated merge is interior, not a vertex) and differences exceed the evaluation noise."""
     base = rows["base"]
@@ -21,8 +21,8 @@ def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], seeds_
         if not domain or f"expert:{domain}" not in rows:
             continue
         exp = rows[f"expert:{domain}"]
-        noise = float(np.hypot(base["capabilities_std"][cap], exp["capabilities_std"][cap]))
-        gain = exp["capabilities"][cap] - base["capabilities"][cap]
+        gap = paired_gap(exp, base, capabilities)
+        noise, gain = gap["capabilities_std"][cap], gap["capabilities"][cap]
         gains[cap] = {"domain": domain, "base": base["capabilities"][cap], "expert": exp["capabilities"][cap],
                       "gain": gain, "noise_std": noise, "sigmas": gain / max(noise, 1e-12),
                       "clear": bool(gain > min_sigmas * noise)}
@@ -39,10 +39,13 @@ def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], seeds_
             "tradeoff": interior}
 
 
-def margin(a: dict, b: dict) -> dict:
-    diff = a["U"] - b["U"]
-    noise = float(np.hypot(a["U_std"], b["U_std"]))
-    return {"U_diff": diff, "noise_std": noise, "sigmas": diff / max(noise, 1e-12)}
+def margin(a: dict, b: dict, capabilities: dict[str, list[str]]) -> dict:
+    """U(a) - U(b) on the same benchmark items, with its paired-bootstrap standard deviation."""
+    from mergemix.benchmarks.suite import paired_gap
+
+    gap = paired_gap(a, b, capabilities)
+    return {"U_diff": gap["U"], "noise_std": gap["U_std"], "sigmas": gap["U"] / max(gap["U_std"], 1e-12),
+            "capabilities_diff": gap["capabilities"]}
 
 
 def write_table(run_dir: Path, rows: dict[str, dict]) -> str:

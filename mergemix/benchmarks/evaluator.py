@@ -18,7 +18,11 @@ from mergemix.benchmarks.tasks import Task
 class _Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    rows: list[tuple[int, int, list[int], list[int]]]  # (request, choice or -1 for all, positions, targets)
+    sel_rows: torch.Tensor  # (row, position) pairs where the LM head is needed
+    sel_cols: torch.Tensor
+    gather_sel: torch.Tensor  # for every scored token: which selected position,
+    gather_tok: torch.Tensor  # which token id,
+    slot: np.ndarray          # and which (item, choice) slot it adds its log-prob to
 
 
 def _encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -45,18 +49,19 @@ class Evaluator:
 
     # -------------------------------------------------------------------------------------------- prepare ---
     def _prepare_mc(self, task: Task) -> list[_Batch]:
-        seqs: list[tuple[list[int], int, int, list[int], list[int]]] = []
+        first_slot = np.cumsum([0] + [len(it["choices"]) for it in task.items])
+        seqs = []  # (input ids, [(position, [(token, slot), ...]), ...])
         for r, item in enumerate(task.items):
             pairs = [_encode_pair(self.tok, item["context"], c) for c in item["choices"]]
             if all(len(cont) == 1 for _, cont in pairs) and len({tuple(c) for c, _ in pairs}) == 1:
-                ctx = pairs[0][0][-(self.max_length - 1):]
-                seqs.append((ctx, r, -1, [len(ctx) - 1], [cont[0] for _, cont in pairs]))
+                ctx = pairs[0][0][-(self.max_length - 1):]  # one forward scores every one-token choice
+                seqs.append((ctx, [(len(ctx) - 1, [(cont[0], first_slot[r] + c)
+                                                   for c, (_, cont) in enumerate(pairs)])]))
                 continue
             for c, (ctx, cont) in enumerate(pairs):
-                full = (ctx + cont)[-(self.max_length + 1):]
-                inp = full[:-1]
+                inp = (ctx + cont)[-(self.max_length + 1):][:-1]
                 start = len(inp) - len(cont)
-                seqs.append((inp, r, c, list(range(start, len(inp))), cont))
+                seqs.append((inp, [(start + i, [(t, first_slot[r] + c)]) for i, t in enumerate(cont)]))
         seqs.sort(key=lambda s: len(s[0]))
         batches = []
         for i in range(0, len(seqs), self.batch_size):
@@ -64,25 +69,33 @@ class Evaluator:
             width = max(len(s[0]) for s in chunk)
             ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, (inp, *_rest) in enumerate(chunk):
+            rows, cols, g_sel, g_tok, slots = [], [], [], [], []
+            for j, (inp, scored) in enumerate(chunk):
                 ids[j, :len(inp)] = torch.tensor(inp)
                 mask[j, :len(inp)] = 1
-            batches.append(_Batch(ids, mask, [(r, c, pos, tgt) for _, r, c, pos, tgt in chunk]))
+                for pos, targets in scored:
+                    for tok, slot in targets:
+                        g_sel.append(len(rows))
+                        g_tok.append(tok)
+                        slots.append(slot)
+                    rows.append(j)
+                    cols.append(pos)
+            batches.append(_Batch(ids, mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(g_sel),
+                                  torch.tensor(g_tok), np.array(slots)))
         return batches
 
     # ------------------------------------------------------------------------------------------- evaluate ---
     @torch.no_grad()
     def _score_mc(self, model, name: str) -> dict[str, np.ndarray]:
         task = self.tasks[name]
-        ll = [np.zeros(len(it["choices"])) for it in task.items]
+        first_slot = np.cumsum([0] + [len(it["choices"]) for it in task.items])
+        flat = np.zeros(first_slot[-1])
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
         for b in self.mc_batches[name]:
-            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits.float()
-            for j, (r, c, pos, tgt) in enumerate(b.rows):
-                logp = torch.log_softmax(logits[j, pos], dim=-1)
-                if c < 0:  # one-token choices, all read at the last context position
-                    ll[r][:] = logp[0, tgt].numpy()
-                else:
-                    ll[r][c] = float(logp[torch.arange(len(tgt)), tgt].sum())
+            hidden = decoder(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
+            logp = torch.log_softmax(head(hidden[b.sel_rows, b.sel_cols]).float(), dim=-1)
+            np.add.at(flat, b.slot, logp[b.gather_sel, b.gather_tok].numpy())
+        ll = [flat[first_slot[r]:first_slot[r + 1]] for r in range(len(task.items))]
         labels = np.array([it["label"] for it in task.items])
         lengths = [np.array([max(1, len(ch)) for ch in it["choices"]]) for it in task.items]
         acc = np.array([np.argmax(x) == y for x, y in zip(ll, labels)], dtype=float)

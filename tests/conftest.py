@@ -1,0 +1,47 @@
+"""Shared fixtures: configs composed once with the compose API, a micro pipeline built once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+def micro_cfg(tmp_root, *overrides: str) -> dict:
+    from mergemix.cli import compose, to_plain
+
+    cfg = to_plain(compose(["experiment=micro", "logger=none", f"paths.root={tmp_root}",
+                            f"paths.run_dir={tmp_root}/run", *overrides]))
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def micro_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("micro")
+
+
+@pytest.fixture(scope="session")
+def micro_run(micro_root):
+    """One end-to-end micro run (tokenizer, base, experts, search, two mixtures, report)."""
+    from mergemix.cli import _quiet
+    from mergemix.pipeline import Pipeline
+
+    _quiet()
+    cfg = micro_cfg(micro_root)
+    pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
+    summary = pipe.run()
+    return pipe, summary
+
+
+@pytest.fixture(scope="session")
+def micro_models(micro_run):
+    """(base, {domain: expert}) models and their paths from the micro run."""
+    from mergemix.models import load_checkpoint
+
+    pipe, _ = micro_run
+    return pipe.base_dir, dict(pipe.expert_dirs), load_checkpoint(pipe.base_dir), {
+        n: load_checkpoint(p) for n, p in pipe.expert_dirs.items()}

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from mergemix.errors import MergeMixError
+from mergemix.search.design import seed_mixtures
+from mergemix.search.evalcache import EvalCache
+from mergemix.search.surrogate import Surrogate, fine_search
+from mergemix.simplex import check_weights, grid, grid_size
+
+LGBM = {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 7, "min_data_in_leaf": 3,
+        "min_data_in_bin": 1, "verbose": -1}
+
+
+def test_grid_covers_the_simplex():
+    g = grid(4, 3)
+    assert len(g) == grid_size(4, 3) == 20
+    assert np.allclose(g.sum(1), 1) and (g >= 0).all()
+    assert all(any(np.allclose(row, np.eye(4)[i]) for row in g) for i in range(4))
+
+
+def test_seed_design():
+    prior = {"a": 0.7, "b": 0.1, "c": 0.1, "d": 0.1}
+    s = seed_mixtures(list("abcd"), 40, 3, [prior], 10, seed=0)
+    assert s.shape == (40, 4) and np.allclose(s.sum(1), 1) and (s >= 0).all()
+    assert len({tuple(np.round(r, 4)) for r in s}) == 40
+    assert any(np.allclose(r, [0.25] * 4) for r in s) and any(np.allclose(r, [0.7, 0.1, 0.1, 0.1]) for r in s)
+    assert np.array_equal(s, seed_mixtures(list("abcd"), 40, 3, [prior], 10, seed=0))
+
+
+def test_surrogate_finds_a_known_interior_optimum():
+    """Capabilities that saturate in their own domain's weight: U's optimum is known analytically."""
+    rng = np.random.default_rng(0)
+    target = np.array([0.4, 0.3, 0.2, 0.1])
+
+    def caps(a):
+        return {f"c{i}": 1 - (np.atleast_2d(a)[:, i] - target[i]) ** 2 * 4 - np.atleast_2d(a)[:, i] * 0
+                for i in range(4)}
+
+    seeds = np.vstack([grid(4, 3), rng.dirichlet(np.ones(4), 40)])
+    sur = Surrogate(LGBM).fit(seeds, caps(seeds))
+    alpha, pred = fine_search(sur, 4, 20000, 50, 0, extra=seeds)
+    assert np.allclose(alpha.sum(), 1)
+    assert np.abs(alpha - target).max() < 0.12, alpha
+
+
+def test_specialist_objective_weights_its_domain():
+    rng = np.random.default_rng(1)
+    seeds = rng.dirichlet(np.ones(3), 60)
+    sur = Surrogate(LGBM).fit(seeds, {"x": seeds[:, 0], "y": seeds[:, 1]})
+    alpha, _ = fine_search(sur, 3, 5000, 20, 0, objective="y")
+    assert alpha[1] > 0.7
+
+
+def test_eval_cache_evaluates_each_alpha_once(tmp_path):
+    calls = []
+    cache = EvalCache(tmp_path / "c.jsonl")
+    for a in ([0.5, 0.5], [0.5, 0.5], [0.2, 0.8]):
+        cache.get_or_eval(a, lambda a=a: calls.append(a) or {"U": sum(a)})
+    assert len(calls) == 2 and cache.hits == 1
+    again = EvalCache(tmp_path / "c.jsonl")  # a resumed search reads what was evaluated
+    again.get_or_eval([0.2, 0.8], lambda: pytest.fail("re-evaluated"))
+
+
+@pytest.mark.parametrize("w, message", [
+    ([0.5, 0.5 + 2e-6], "sum to 1"), ([1.0, 0.0, 0.0], "have 3 entries"), ({"a": 1.0}, "miss domains"),
+])
+def test_check_weights(w, message):
+    with pytest.raises(MergeMixError, match=message):
+        check_weights(w, ["a", "b"])
+    assert check_weights([0.5, 0.5 + 5e-7], ["a", "b"])
