@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # Bump a stage's version when its code changes what it produces.
 CODE_VERSIONS = {

@@ -58,7 +58,7 @@ def compose(overrides: list[str], config_dir: str | None = None, extra_known: tu
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose("config", overrides=ours, return_hydra_config=False)
-    except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf raise several kinds
+    except Exception as exc:
         first = " ".join(str(exc).split("\n")[:1]).strip()
         detail = [ln.strip() for ln in str(exc).split("\n")[1:] if ln.strip().startswith("Key")]
         raise MergeMixError(f"bad config: {first}{' ' + detail[0] if detail else ''}") from exc
@@ -71,7 +71,7 @@ def to_plain(cfg) -> dict:
 
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise MergeMixError(f"bad config: {str(exc).splitlines()[0]}") from exc
 
 
@@ -146,7 +146,7 @@ def _merge(args: list[str]) -> None:
 
     try:
         opts = OmegaConf.to_container(OmegaConf.from_dotlist(args))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise MergeMixError(f"cannot parse merge arguments: {exc}") from exc
     unknown = sorted(set(opts) - {"base", "experts", "weights", "out"})
     if unknown:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def make_logger_factory(logger_cfg: dict, run_dir: Path, group: str) -> Callable | None:

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -55,7 +55,7 @@ class ExpertBank:
             self.deltas[pname] = torch.stack(rows, dim=1).contiguous()  # [numel, K]
 
     @classmethod
-    def from_paths(cls, base_path: str | Path, expert_paths: dict[str, str | Path]) -> "ExpertBank":
+    def from_paths(cls, base_path: str | Path, expert_paths: dict[str, str | Path]) -> ExpertBank:
         base = load_checkpoint(base_path)
         return cls(base, {n: load_checkpoint(p) for n, p in expert_paths.items()})
 

@@ -41,7 +41,7 @@ def load_checkpoint(path: str | Path):
         raise MergeMixError(f"not a checkpoint directory (no config.json): {path}")
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - safetensors/transformers raise many kinds
+    except Exception as exc:
         raise MergeMixError(f"cannot load checkpoint {path}: {str(exc).splitlines()[0]}") from exc
 
 

@@ -131,7 +131,7 @@ class Pipeline:
                 for split in ("train", "heldout"):
                     arr = tok_store.pack(self.tokenizer, self.docs(name, split))
                     tok_store.save_split(tmp, split, arr)
-                    sizes[split] = int(len(arr))
+                    sizes[split] = len(arr)
                 return {"tokens": sizes}
 
             out[name] = self.store.get_or_build("tokens", inputs, build)
@@ -143,7 +143,7 @@ class Pipeline:
 
     @cached_property
     def token_counts(self) -> dict[str, int]:
-        return {n: int(len(a)) for n, a in self.arrays.items()}
+        return {n: len(a) for n, a in self.arrays.items()}
 
     @cached_property
     def uniform_mixture(self) -> dict[str, float]:

@@ -69,8 +69,8 @@ class CausalLMModule(pl.LightningModule):
         super().__init__()
         self.model = model
         self.lr, self.total_steps, self.weight_decay, self.betas = lr, total_steps, weight_decay, tuple(betas)
-        self.sched = dict(warmup=warmup_steps, schedule=schedule, decay_fraction=decay_fraction,
-                          min_ratio=min_lr_ratio)
+        self.sched = {"warmup": warmup_steps, "schedule": schedule, "decay_fraction": decay_fraction,
+                          "min_ratio": min_lr_ratio}
         self.last_loss = float("nan")
 
     def training_step(self, batch: torch.Tensor, _idx: int) -> torch.Tensor:

@@ -46,7 +46,7 @@ def test_normalisation_against_chance():
 
 
 def test_suite_scores_and_generation(micro_run):
-    pipe, summary = micro_run
+    _pipe, summary = micro_run
     base = summary["rows"]["base"]
     assert set(base["capabilities"]) == {"code", "instruct", "language", "math"}
     assert base["U"] == pytest.approx(np.mean(list(base["capabilities"].values())))

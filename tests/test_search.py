@@ -38,7 +38,7 @@ def test_surrogate_finds_a_known_interior_optimum():
 
     seeds = np.vstack([grid(4, 3), rng.dirichlet(np.ones(4), 40)])
     sur = Surrogate(LGBM).fit(seeds, caps(seeds))
-    alpha, pred = fine_search(sur, 4, 20000, 50, 0, extra=seeds)
+    alpha, _pred = fine_search(sur, 4, 20000, 50, 0, extra=seeds)
     assert np.allclose(alpha.sum(), 1)
     assert np.abs(alpha - target).max() < 0.12, alpha
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from mergemix.artifacts import write_atomic
+from mergemix.benchmarks.suite import paired_gap
 
 
 def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
                 seeds_csv: Path, names: list[str], min_sigmas: float = 3.0) -> dict:
     """The testbed is informative only if each expert clearly lifts its own capability, the capabilities trade
-    off (the best evaluated merge is interior, not a vertex) and differences exceed the evaluation noise."""
+    off (the best evaluated merge is interior, not a vertex) and differences exceed the evaluation noise (paired
+    bootstrap over benchmark items)."""
     base = rows["base"]
     gains = {}
     for cap, domain in sorted(cap_domain.items()):
@@ -41,8 +43,6 @@ def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabi
 
 def margin(a: dict, b: dict, capabilities: dict[str, list[str]]) -> dict:
     """U(a) - U(b) on the same benchmark items, with its paired-bootstrap standard deviation."""
-    from mergemix.benchmarks.suite import paired_gap
-
     gap = paired_gap(a, b, capabilities)
     return {"U_diff": gap["U"], "noise_std": gap["U_std"], "sigmas": gap["U"] / max(gap["U_std"], 1e-12),
             "capabilities_diff": gap["capabilities"]}

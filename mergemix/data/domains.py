@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from mergemix.artifacts import file_digest
 from mergemix.data import embedded

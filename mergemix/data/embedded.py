@@ -57,7 +57,7 @@ def _capped(docs: list[str], max_chars: int, seed: int) -> list[str]:
 
 
 def prose_docs(max_chars: int, seed: int) -> list[str]:
-    import pydoc_data.topics as topics
+    from pydoc_data import topics
 
     docs = [c for name in sorted(topics.topics) for c in _chunks(topics.topics[name].strip(), 2000)]
     for path in _stdlib_files():

@@ -49,7 +49,7 @@ def math_item(rng: random.Random) -> Item:
         a, b = rng.randint(1, 10), rng.randint(1, 10)
         return Item(f"What is {a} * {b}?", str(a * b), _num_distractors(rng, a * b), kind)
     if kind == "compare":
-        a, b = rng.sample(range(0, 100), 2)
+        a, b = rng.sample(range(100), 2)
         return Item(f"Which is larger, {a} or {b}?", str(max(a, b)), (str(min(a, b)), str(a + b), str(abs(a - b))), kind)
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
     if kind == "word_add":

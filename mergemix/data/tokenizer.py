@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mergemix.errors import MergeMixError
 
@@ -33,7 +33,7 @@ def load_tokenizer(path: str | Path):
         raise MergeMixError(f"tokenizer directory not found: {path}")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds here
+    except Exception as exc:
         raise MergeMixError(f"cannot load tokenizer from {path}: {exc}") from exc
     if tok.eos_token_id is None:
         raise MergeMixError(f"tokenizer at {path} has no EOS token")

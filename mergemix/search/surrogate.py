@@ -3,7 +3,7 @@ of the utility over the simplex on the regressors."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ class Surrogate:
         self.params, self.seed = dict(lgbm_params), seed
         self.models: dict[str, object] = {}
 
-    def fit(self, alphas: np.ndarray, scores: Mapping[str, Sequence[float]]) -> "Surrogate":
+    def fit(self, alphas: np.ndarray, scores: Mapping[str, Sequence[float]]) -> Surrogate:
         import lightgbm as lgb
 
         params = {"objective": "regression", "seed": self.seed, "deterministic": True, "num_threads": 1,
