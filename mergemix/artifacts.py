@@ -60,6 +60,15 @@ class ArtifactStore:
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def ref(self, path: str | Path) -> str:
+        """A location-independent name for an input: `stage/key` inside the store; for a user's directory, its
+        absolute path and the newest modification time of its files (so an edited checkpoint invalidates)."""
+        path = Path(path).resolve()
+        if path.parent.parent == self.root.resolve():
+            return f"{path.parent.name}/{path.name}"
+        mtimes = [f.stat().st_mtime_ns for f in path.iterdir()] if path.is_dir() else [path.stat().st_mtime_ns]
+        return f"{path}@{max(mtimes, default=0)}"
+
     def is_complete(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / "manifest.json").is_file()
 

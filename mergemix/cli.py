@@ -144,6 +144,7 @@ def _merge(args: list[str]) -> None:
 
     from mergemix.merging import export_merge
 
+    _quiet()
     try:
         opts = OmegaConf.to_container(OmegaConf.from_dotlist(args))
     except Exception as exc:

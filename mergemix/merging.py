@@ -89,8 +89,8 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise MergeMixError(f"output directory {out_dir} exists and is not empty; choose another `out`")
     names = [f"expert{i:03d}:{Path(p).name}" for i, p in enumerate(expert_paths)]
+    ordered = check_weights(list(weights), names, "merge weights")  # before loading anything
     bank = ExpertBank.from_paths(base_path, dict(zip(names, expert_paths)))
-    ordered = dict(zip(names, weights)) if len(weights) == len(names) else list(weights)
     model = load_checkpoint(base_path)
     bank.merge_into(model, ordered)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")

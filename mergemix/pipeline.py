@@ -60,9 +60,10 @@ class Pipeline:
             missing = [t for t in spec["tasks"] if t not in b["tasks"]]
             if missing:
                 raise MergeMixError(f"capability '{cap}' names unknown tasks {missing}; tasks: {sorted(b['tasks'])}")
-            if spec.get("domain") and spec["domain"] not in self.domain_names:
-                raise MergeMixError(f"capability '{cap}' names unknown domain '{spec['domain']}'")
         for t, spec in b["tasks"].items():
+            if spec.get("builder") == "cloze" and spec["domain"] not in self.domain_names:
+                raise MergeMixError(f"benchmark '{t}' is built from domain '{spec['domain']}', which is not "
+                                    f"configured (domains: {self.domain_names})")
             if spec.get("source") == "jsonl" and not Path(spec["path"]).is_file():
                 raise MergeMixError(f"benchmark '{t}': file not found: {spec['path']}")
         for key in ("base", "experts", "mix"):
@@ -124,7 +125,7 @@ class Pipeline:
     def token_dirs(self) -> dict[str, Path]:
         out = {}
         for name in self.domain_names:
-            inputs = {"corpus": self.corpus[name].name, "tokenizer": str(self.tokenizer_dir)}
+            inputs = {"corpus": self.corpus[name].name, "tokenizer": self.store.ref(self.tokenizer_dir)}
 
             def build(tmp: Path, name=name):
                 sizes = {}
@@ -158,7 +159,7 @@ class Pipeline:
         m, tr = self.cfg["model"], self.cfg["trainer"]
         full_inputs = {**inputs, "model": m, "tokens": {n: p.name for n, p in self.token_dirs.items()},
                        "ratios": ratios, "spec": spec, "optim": self.cfg["optim"], "precision": tr["precision"],
-                       "seed": self.seed, "init": init.name if init else None}
+                       "seed": self.seed, "init": self.store.ref(init) if init else None}
 
         def build(tmp: Path):
             model = load_checkpoint(init) if init else build_model(
@@ -193,12 +194,12 @@ class Pipeline:
     @cached_property
     def expert_dirs(self) -> dict[str, Path]:
         e = self.cfg["experts"]
-        return {n: self._train("expert", {"domain": n, "base": str(self.base_dir)}, self.base_dir,
+        return {n: self._train("expert", {"domain": n}, self.base_dir,
                                {n: 1.0}, e, f"expert:{n}") for n in self.domain_names}
 
     def train_mixture(self, ratios: dict[str, float], label: str) -> Path:
         ratios = check_weights(ratios, self.domain_names, f"mixture '{label}'")
-        return self._train("mixture", {"base": str(self.base_dir)}, self.base_dir, ratios, self.cfg["mix"],
+        return self._train("mixture", {}, self.base_dir, ratios, self.cfg["mix"],
                            f"mix:{label}")
 
     # ----------------------------------------------------------------------------------------- benchmarks ---
@@ -208,14 +209,15 @@ class Pipeline:
         heldout_keys = {n: self.corpus[n].name for n in self.domain_names}
         files = {t: artifacts.file_digest(s["path"]) for t, s in b["tasks"].items()
                  if s.get("source") == "jsonl" and Path(s["path"]).is_file()}
-        inputs = {"tasks": b["tasks"], "heldout": heldout_keys, "files": files, "seed": self.seed}
+        inputs = {"tasks": b["tasks"], "heldout": heldout_keys, "files": files, "seed": self.seed,
+                  "tokenizer": self.store.ref(self.tokenizer_dir)}
 
         def build(tmp: Path):
             from mergemix.benchmarks.suite import build_task
 
             held = {n: self.docs(n, "heldout") for n in self.domain_names}
             for name, spec in sorted(b["tasks"].items()):
-                task = build_task(name, spec, held, self.seed)
+                task = build_task(name, spec, held, self.seed, self.tokenizer)
                 (tmp / f"{name}.json").write_text(json.dumps({"kind": task.kind, "items": task.items,
                                                               "max_new_tokens": task.max_new_tokens}))
             return {"n_items": {t: len(json.loads((tmp / f"{t}.json").read_text())["items"]) for t in b["tasks"]}}
@@ -252,7 +254,7 @@ class Pipeline:
         """Scores of a stored checkpoint, cached by (checkpoint, benchmark suite)."""
         from mergemix.models import load_checkpoint
 
-        inputs = {"checkpoint": str(path), "suite": self.suite_key}
+        inputs = {"checkpoint": self.store.ref(path), "suite": self.suite_key}
 
         def build(tmp: Path):
             with self.autocast():
@@ -267,7 +269,8 @@ class Pipeline:
         from mergemix.search.run import run_surrogate_search
 
         s = self.cfg["search"]
-        inputs = {"base": str(self.base_dir), "experts": {n: str(p) for n, p in self.expert_dirs.items()},
+        inputs = {"base": self.store.ref(self.base_dir),
+                  "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()},
                   "suite": self.suite_key, "search": s, "seed": self.seed, "prior": self.uniform_mixture}
         cache_path = self.store.root / "evalcache" / f"{artifacts.stage_key('search', inputs)}.jsonl"
 

@@ -50,12 +50,21 @@ def test_changed_input_recomputes_only_its_dependents(micro_run, micro_root, tmp
 
 
 def test_changed_domain_file_invalidates_that_domain(tmp_path):
+    from mergemix.cli import compose, to_plain
+
     (tmp_path / "a.txt").write_text("alpha " * 50)
     (tmp_path / "b.txt").write_text("beta " * 50)
-    over = ["domains=example_files", "~domains.sources.math", "~domains.sources.code", "~domains.sources.web",
-            f"+domains.sources.a={{source: files, paths: [{tmp_path}/a.txt]}}",
-            f"+domains.sources.b={{source: files, paths: [{tmp_path}/b.txt]}}"]
-    cfg = micro_cfg(tmp_path, *over)
+    (tmp_path / "conf" / "domains").mkdir(parents=True)
+    (tmp_path / "conf" / "domains" / "two.yaml").write_text(
+        f"heldout_fraction: 0.0\nbase_mixture: token\nsources:\n"
+        f"  a: {{source: files, paths: [{tmp_path}/a.txt]}}\n  b: {{source: files, paths: [{tmp_path}/b.txt]}}\n")
+    (tmp_path / "conf" / "benchmarks").mkdir()
+    (tmp_path / "bench.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    (tmp_path / "conf" / "benchmarks" / "mine.yaml").write_text(
+        f"metric: prob\nbatch_size: 8\nmax_length: 64\nbootstrap: 10\ncapabilities:\n"
+        f"  math: {{domain: a, tasks: [sums]}}\ntasks:\n  sums: {{source: jsonl, path: {tmp_path}/bench.jsonl}}\n")
+    cfg = to_plain(compose(["domains=two", "benchmarks=mine", "logger=none", f"paths.root={tmp_path}"],
+                           str(tmp_path / "conf")))
     first = Pipeline(cfg, tmp_path / "r1").corpus
     (tmp_path / "b.txt").write_text("gamma " * 50)
     second = Pipeline(cfg, tmp_path / "r2").corpus
@@ -70,7 +79,7 @@ def _mergemix(*args, cwd):
 def test_run_bad_inputs_one_line_nonzero(tmp_path):
     cases = [
         (["run", "no_such_key=1"], "Could not override 'no_such_key'"),
-        (["run", "domains=example_files"], "no file matches data/math/*.jsonl"),
+        (["run", "domains=example_files"], "no file matches data/code/*.parquet"),
         (["run", "experiment=micro", "base.mixture={code: 0.5, math: 0.6, prose: 0, sft: 0}"], "sum to 1"),
         (["mix", "experiment=micro", "weights={code: 1.0}"], "miss domains"),
     ]

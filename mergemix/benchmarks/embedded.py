@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
 
 from mergemix.benchmarks.tasks import Task
 from mergemix.data import synthetic
@@ -17,12 +18,18 @@ from mergemix.data import synthetic
 WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9]+")
 
 
-def cloze(name: str, docs: list[str], n: int, seed: int, vocab: int = 400, context_chars: int = 240) -> Task:
+def cloze(name: str, docs: list[str], n: int, seed: int, vocab: int = 400, context_chars: int = 240,
+          single_token: Callable[[str], bool] | None = None) -> Task:
+    """With `single_token` (is " word" one token?), only such words are used, after a space: every choice is
+    then one token and one forward pass of the context scores all four."""
     counts = Counter(w for d in docs for w in WORD.findall(d))
+    if single_token is not None:
+        counts = Counter({w: c for w, c in counts.items() if single_token(w)})
     top = {w for w, _ in counts.most_common(vocab)}
+    lead_chars = " " if single_token is not None else " ("
     rng = random.Random(f"cloze-{name}-{seed}")
     sites = [(i, m.start()) for i, d in enumerate(docs) for m in WORD.finditer(d)
-             if m.group() in top and m.start() >= context_chars and d[m.start() - 1] in " ("]
+             if m.group() in top and m.start() >= context_chars and d[m.start() - 1] in lead_chars]
     rng.shuffle(sites)
     by_occurrence = [w for w, c in counts.items() if w in top for _ in range(c)]
     items, seen = [], set()

@@ -16,7 +16,7 @@ from mergemix.errors import MergeMixError
 MC_METRICS = ("acc", "acc_norm", "prob")
 
 
-def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], seed: int) -> Task:
+def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], seed: int, tokenizer=None) -> Task:
     source = spec.get("source", "embedded")
     if source == "jsonl":
         return load_jsonl_task(name, spec["path"], spec.get("kind"), spec.get("limit"),
@@ -28,7 +28,11 @@ def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], 
         docs = heldout_docs.get(spec["domain"])
         if not docs:
             raise MergeMixError(f"benchmark '{name}': domain '{spec['domain']}' has no held-out documents")
-        return embedded.cloze(name, docs, n, seed, spec.get("vocab", 400), spec.get("context_chars", 240))
+        single = None
+        if tokenizer is not None and spec.get("single_token", True):
+            def single(word: str) -> bool:
+                return len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+        return embedded.cloze(name, docs, n, seed, spec.get("vocab", 400), spec.get("context_chars", 240), single)
     if builder == "synthetic_mc":
         return embedded.synthetic_mc(name, spec["generator"], n, seed)
     if builder == "synthetic_gen":
