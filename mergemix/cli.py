@@ -123,8 +123,12 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     loggers = make_logger_factory(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}")
     pipe = Pipeline(cfg, run_dir, loggers)
     if command == "experts":
+        from mergemix.analysis.report import print_gains
+
         out = {n: str(p) for n, p in pipe.expert_dirs.items()}
         print(json.dumps({"base": str(pipe.base_dir), "experts": out}, indent=2))
+        print("expert gains on their own capability:")
+        print_gains(pipe.expert_report())
     elif command == "search":
         print((pipe.search_dir / "mixture.yaml").read_text())
         print(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")

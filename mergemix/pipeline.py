@@ -325,14 +325,23 @@ class Pipeline:
         self._print(table, summary)
         return summary
 
+    def expert_report(self) -> dict:
+        """Base and expert scores, and each expert's gain on its own capability (paired noise)."""
+        from mergemix.analysis import report
+
+        rows = {"base": self.evaluate_checkpoint(self.base_dir)}
+        rows.update({f"expert:{n}": self.evaluate_checkpoint(p) for n, p in self.expert_dirs.items()})
+        cap_domain = {c: s.get("domain") for c, s in self.cfg["benchmarks"]["capabilities"].items()}
+        return report.expert_gains(rows, cap_domain, self.suite.capabilities)
+
     def _print(self, table: str, s: dict) -> None:
+        from mergemix.analysis import report
+
         fmt = ", ".join(f"{d}={w:.3f}" for d, w in s["alpha_star"].items())
         uni = ", ".join(f"{d}={w:.3f}" for d, w in s["uniform_mixture"].items())
         print(f"\nalpha* (MergeMix): {fmt}\nuniform (token-proportional): {uni}\n\n{table}\n")
         print("calibration:")
-        for cap, g in s["calibration"]["expert_gains"].items():
-            print(f"  expert:{g['domain']:<6} lifts {cap:<9} {100 * g['base']:6.1f} -> {100 * g['expert']:6.1f}"
-                  f"  ({g['sigmas']:+.1f} sigma){'' if g['clear'] else '  NOT CLEAR'}")
+        report.print_gains(s["calibration"]["expert_gains"])
         t = s["calibration"]["tradeoff"]
         print(f"  best merge interior: {t['best_is_interior']} (interior U {100 * t['best_interior_U']:.1f}"
               f" vs best vertex U {100 * (t['best_vertex_U'] or float('nan')):.1f}; seed U spread std"

@@ -12,13 +12,10 @@ from mergemix.artifacts import write_atomic
 from mergemix.benchmarks.suite import paired_gap
 
 
-def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
-                seeds_csv: Path, names: list[str], min_sigmas: float = 3.0) -> dict:
-    """The testbed is informative only if each expert clearly lifts its own capability, the capabilities trade
-    off (the best evaluated merge is interior, not a vertex) and differences exceed the evaluation noise (paired
-    bootstrap over benchmark items)."""
-    base = rows["base"]
-    gains = {}
+def expert_gains(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
+                 min_sigmas: float = 3.0) -> dict:
+    """Each expert's gain on its own capability over the base, with paired-bootstrap noise over the items."""
+    base, gains = rows["base"], {}
     for cap, domain in sorted(cap_domain.items()):
         if not domain or f"expert:{domain}" not in rows:
             continue
@@ -28,17 +25,35 @@ def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabi
         gains[cap] = {"domain": domain, "base": base["capabilities"][cap], "expert": exp["capabilities"][cap],
                       "gain": gain, "noise_std": noise, "sigmas": gain / max(noise, 1e-12),
                       "clear": bool(gain > min_sigmas * noise)}
+    return gains
+
+
+def tradeoff(seeds_csv: Path, names: list[str]) -> dict:
+    """Do the capabilities trade off? True when the best evaluated merge is interior, not a vertex."""
     with open(seeds_csv) as fh:
         seeds = list(csv.DictReader(fh))
     alphas = np.array([[float(r[n]) for n in names] for r in seeds])
     u = np.array([float(r["U"]) for r in seeds])
     vertex = alphas.max(axis=1) > 1 - 1e-9
-    interior = {"best_vertex_U": float(u[vertex].max()) if vertex.any() else None,
-                "best_interior_U": float(u[~vertex].max()),
-                "best_is_interior": bool(not vertex.any() or u[~vertex].max() > u[vertex].max()),
-                "U_spread_std": float(u.std())}
+    return {"best_vertex_U": float(u[vertex].max()) if vertex.any() else None,
+            "best_interior_U": float(u[~vertex].max()),
+            "best_is_interior": bool(not vertex.any() or u[~vertex].max() > u[vertex].max()),
+            "U_spread_std": float(u.std())}
+
+
+def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
+                seeds_csv: Path, names: list[str], min_sigmas: float = 3.0) -> dict:
+    """The testbed is informative only if each expert clearly lifts its own capability, the capabilities trade
+    off and differences exceed the evaluation noise."""
+    gains = expert_gains(rows, cap_domain, capabilities, min_sigmas)
     return {"expert_gains": gains, "all_experts_clear": all(g["clear"] for g in gains.values()),
-            "tradeoff": interior}
+            "tradeoff": tradeoff(seeds_csv, names)}
+
+
+def print_gains(gains: dict) -> None:
+    for cap, g in gains.items():
+        print(f"  expert:{g['domain']:<6} lifts {cap:<9} {100 * g['base']:6.1f} -> {100 * g['expert']:6.1f}"
+              f"  ({g['sigmas']:+.1f} sigma){'' if g['clear'] else '  NOT CLEAR'}")
 
 
 def margin(a: dict, b: dict, capabilities: dict[str, list[str]]) -> dict:

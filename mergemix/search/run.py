@@ -36,6 +36,25 @@ def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]],
     return out
 
 
+def _log_trials(pipe, seeds, results, names, verified, alpha) -> None:
+    """Every merge as a step of the stage's logger (CSV or one W&B run), α* and its verified scores last."""
+    if not pipe.loggers:
+        return
+    logger = pipe.loggers("search", None)
+    rows = [*zip(seeds, results), (alpha, verified)]
+    for step, (a, r) in enumerate(rows):
+        metrics = {f"alpha/{n}": float(w) for n, w in zip(names, a)}
+        metrics.update({f"capability/{c}": v for c, v in r["capabilities"].items()})
+        metrics.update({"U": r["U"], "U_std": r["U_std"], "is_alpha_star": float(step == len(rows) - 1)})
+        logger.log_metrics(metrics, step=step)
+    logger.save()
+    logger.finalize("success")
+    if pipe.cfg["logger"]["kind"] == "wandb":
+        import wandb
+
+        wandb.finish()
+
+
 def run_surrogate_search(pipe, out_dir: Path, cache_path: Path) -> dict:
     s, names = pipe.cfg["search"], pipe.domain_names
     t0 = time.time()
@@ -70,6 +89,7 @@ def run_surrogate_search(pipe, out_dir: Path, cache_path: Path) -> dict:
         for a, r in zip(seeds, results):
             w.writerow([*np.round(a, 6), *(round(r["capabilities"][c], 6) for c in caps), round(r["U"], 6),
                         round(r["U_std"], 6)])
+    _log_trials(pipe, seeds, results, names, verified, alpha)
     alpha_star = {n: round(float(a), 6) for n, a in zip(names, alpha)}
     mixture = {"domains": names, "alpha_star": alpha_star, "objective": s["objective"],
                "predicted": {k: round(v, 6) for k, v in predicted.items()},
