@@ -5,6 +5,7 @@
     mergemix mix weights='{code: 0.5, ...}' [overrides]   train and evaluate one mixture from the base
     mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR
     mergemix info [overrides]           the composed config's model size and domains as JSON
+    mergemix compare -m experiment=compare strategy=surrogate,tpe,proxy,regmix,uniform seed=0,1,2
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from mergemix.errors import MergeMixError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-COMMANDS = ("run", "experts", "search", "mix", "merge", "info")
+COMMANDS = ("run", "experts", "search", "mix", "merge", "info", "compare")
 _HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
@@ -41,6 +42,22 @@ def _overrides_and_config_dir(args: list[str]) -> tuple[list[str], str | None]:
             overrides.append(a)
         i += 1
     return overrides, config_dir
+
+
+def _sweep_values(overrides: list[str]) -> list[list[str]]:
+    """One override list per value of each `key=a,b,c` sweep (others at their first value)."""
+    plain, sweeps = [], []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if "," in value and not value.lstrip().startswith(("[", "{", "'", '"')):
+            sweeps.append((key, value.split(",")))
+        else:
+            plain.append(o)
+    combos = [[*plain, *(f"{k}={v[0]}" for k, v in sweeps)]]
+    for i, (key, values) in enumerate(sweeps):
+        for v in values[1:]:
+            combos.append([*plain, *(f"{k}={vs[0]}" for j, (k, vs) in enumerate(sweeps) if j != i), f"{key}={v}"])
+    return combos
 
 
 def compose(overrides: list[str], config_dir: str | None = None, extra_known: tuple[str, ...] = ()):
@@ -97,6 +114,8 @@ def _quiet() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", module="optuna")
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -137,6 +156,13 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
         result = pipe.evaluate_checkpoint(path)
         print(json.dumps({"checkpoint": str(path), "U": result["U"], "capabilities": result["capabilities"]},
                          indent=2))
+    elif command == "compare":
+        from mergemix.analysis.compare import aggregate, run_strategy
+
+        result = run_strategy(pipe)
+        aggregate(run_dir.parent)
+        print(f"strategy {result['strategy']} (seed {result['seed']}): trained U {100 * result['U']:.2f}, "
+              f"training tokens {result['cost']['train_tokens']:.3g}; comparison: {run_dir.parent / 'comparison.md'}")
     else:
         pipe.run()
     print(f"run directory: {run_dir}")
@@ -200,7 +226,11 @@ def main(argv: list[str] | None = None) -> None:
             mix_weights = OmegaConf.to_container(OmegaConf.from_dotlist(weights[:1]))["weights"]
             argv = [a for a in argv if not a.startswith("weights=")]
         overrides, config_dir = _overrides_and_config_dir(argv)
-        to_plain(compose(overrides, config_dir))  # validate before Hydra starts: one clear line on error
+        if {"-m", "--multirun"} & set(argv):  # check every value of each swept key
+            for combo in _sweep_values(overrides):
+                to_plain(compose(combo, config_dir))
+        else:
+            to_plain(compose(overrides, config_dir))  # validate before Hydra starts: one clear line on error
     except MergeMixError as exc:
         _fail(str(exc))
     sys.argv = [sys.argv[0], *argv]

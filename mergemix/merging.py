@@ -40,7 +40,8 @@ def check_finite(model, name: str) -> None:
 
 
 class ExpertBank:
-    """Base weights and the K task vectors, flattened per parameter as a [numel, K] matrix."""
+    """Base weights and the K task vectors, flattened per parameter as a [K, numel] matrix (one row per expert:
+    its transpose is the column-major operand BLAS gemv streams fastest)."""
 
     def __init__(self, base, experts: dict[str, object]):
         self.names = sorted(experts)
@@ -52,7 +53,7 @@ class ExpertBank:
         for pname, p0 in self.base_params.items():
             rows = [dict(experts[e].named_parameters())[pname].detach().reshape(-1) - p0.reshape(-1)
                     for e in self.names]
-            self.deltas[pname] = torch.stack(rows, dim=1).contiguous()  # [numel, K]
+            self.deltas[pname] = torch.stack(rows)  # [K, numel]
 
     @classmethod
     def from_paths(cls, base_path: str | Path, expert_paths: dict[str, str | Path]) -> ExpertBank:
@@ -65,19 +66,18 @@ class ExpertBank:
 
     @torch.no_grad()
     def merge_into(self, model, weights) -> None:
-        """Overwrite `model`'s parameters with theta(alpha); no allocation beyond the model itself."""
+        """Overwrite `model`'s parameters with theta(alpha); no allocation beyond the model itself. One fused
+        addmv per parameter reads base and deltas once and writes the parameter once (bench/merge.py)."""
         alpha = self.alpha_vector(weights)
         for pname, p in model.named_parameters():
-            flat = p.data.view(-1)
-            torch.mv(self.deltas[pname], alpha, out=flat)
-            flat.add_(self.base_params[pname].view(-1))
+            torch.addmv(self.base_params[pname].view(-1), self.deltas[pname].T, alpha, out=p.data.view(-1))
 
     def task_vector_norms(self) -> dict[str, float]:
-        sq = sum((d.double() ** 2).sum(dim=0) for d in self.deltas.values())
+        sq = sum((d.double() ** 2).sum(dim=1) for d in self.deltas.values())
         return {n: float(v) for n, v in zip(self.names, sq.sqrt())}
 
     def cosines(self) -> list[list[float]]:
-        dots = sum(d.double().T @ d.double() for d in self.deltas.values())
+        dots = sum(d.double() @ d.double().T for d in self.deltas.values())
         norm = dots.diagonal().sqrt()
         return (dots / torch.outer(norm, norm).clamp_min(1e-30)).tolist()
 

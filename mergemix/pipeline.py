@@ -66,6 +66,18 @@ class Pipeline:
                                     f"configured (domains: {self.domain_names})")
             if spec.get("source") == "jsonl" and not Path(spec["path"]).is_file():
                 raise MergeMixError(f"benchmark '{t}': file not found: {spec['path']}")
+        s = self.cfg["search"]
+        from mergemix.search.backends import get_backend
+
+        get_backend(s["backend"])
+        if int(s["budget"]) < 1:
+            raise MergeMixError(f"search.budget must be at least 1 evaluation, got {s['budget']}")
+        if s.get("sampler"):
+            from mergemix.search.optuna_backend import make_sampler
+            make_sampler(s["sampler"], 0)
+        if s["objective"] != "macro" and s["objective"] not in b["capabilities"]:
+            raise MergeMixError(f"search.objective must be 'macro' or a capability {sorted(b['capabilities'])}, "
+                                f"got '{s['objective']}'")
         for key in ("base", "experts", "mix"):
             if int(self.cfg[key]["tokens"]) < self.cfg["model"]["seq_len"] * self.cfg["model"]["batch_size"]:
                 raise MergeMixError(f"{key}.tokens must cover at least one batch "
@@ -197,10 +209,10 @@ class Pipeline:
         return {n: self._train("expert", {"domain": n}, self.base_dir,
                                {n: 1.0}, e, f"expert:{n}") for n in self.domain_names}
 
-    def train_mixture(self, ratios: dict[str, float], label: str) -> Path:
+    def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None) -> Path:
+        """Train the base on `ratios` (the mid-training run, or a proxy run with another `spec`)."""
         ratios = check_weights(ratios, self.domain_names, f"mixture '{label}'")
-        return self._train("mixture", {}, self.base_dir, ratios, self.cfg["mix"],
-                           f"mix:{label}")
+        return self._train("mixture", {}, self.base_dir, ratios, spec or self.cfg["mix"], f"mix:{label}")
 
     # ----------------------------------------------------------------------------------------- benchmarks ---
     @cached_property
@@ -266,18 +278,30 @@ class Pipeline:
     # ------------------------------------------------------------------------------------------- search ---
     @cached_property
     def search_dir(self) -> Path:
-        from mergemix.search.run import run_surrogate_search
+        from mergemix.search.run import run_search
 
         s = self.cfg["search"]
         inputs = {"base": self.store.ref(self.base_dir),
                   "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()},
                   "suite": self.suite_key, "search": s, "seed": self.seed, "prior": self.uniform_mixture}
-        cache_path = self.store.root / "evalcache" / f"{artifacts.stage_key('search', inputs)}.jsonl"
+        study_path = self.study_path(artifacts.stage_key("search", inputs))
 
         def build(tmp: Path):
-            return run_surrogate_search(self, tmp, cache_path)
+            return run_search(self, tmp, self.merge_cache_path, study_path)
 
         return self.store.get_or_build("search", inputs, build)
+
+    @property
+    def merge_cache_path(self) -> Path:
+        """One evaluation cache per (base, experts, benchmarks), shared by every back-end and seed."""
+        key = artifacts.stage_key("eval", {"base": self.store.ref(self.base_dir), "suite": self.suite_key,
+                                           "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()}})
+        return self.store.root / "evalcache" / f"{key}.jsonl"
+
+    def study_path(self, key: str) -> Path:
+        path = self.store.root / "studies" / f"{key}.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     @property
     def alpha_star(self) -> dict[str, float]:
@@ -302,7 +326,9 @@ class Pipeline:
         alpha = search["alpha_star"]
         uniform = self.uniform_mixture
         rows["uniform (trained)"] = self.evaluate_checkpoint(self.train_mixture(uniform, "uniform"))
-        rows["mergemix (trained)"] = self.evaluate_checkpoint(self.train_mixture(alpha, "mergemix"))
+        total = sum(alpha.values())  # alpha* is stored rounded to 6 decimals
+        rows["mergemix (trained)"] = self.evaluate_checkpoint(
+            self.train_mixture({d: w / total for d, w in alpha.items()}, "mergemix"))
         rows["mergemix (merge)"] = search["verified_result"]
 
         shutil.copy2(self.search_dir / "mixture.yaml", self.run_dir / "mixture.yaml")

@@ -3,6 +3,7 @@ killed search resumes from what it already evaluated (one JSON line per evaluati
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -36,8 +37,11 @@ class EvalCache:
         self.entries[key] = result
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            line = json.dumps({"key": key, "alpha": list(map(float, alpha)), "result": result}) + "\n"
             with open(self.path, "a") as fh:
-                fh.write(json.dumps({"key": key, "alpha": list(map(float, alpha)), "result": result}) + "\n")
+                fcntl.flock(fh, fcntl.LOCK_EX)  # search workers may share the file
+                fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
+                fcntl.flock(fh, fcntl.LOCK_UN)
         return result

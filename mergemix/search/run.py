@@ -1,4 +1,5 @@
-"""The paper's search: merge and evaluate N seed mixtures, fit the surrogate, search the simplex, verify."""
+"""The search stage: one interface (propose alpha -> merge -> evaluate -> record) shared by every back-end, with
+the persistent evaluation cache and the cost ledger; alpha* is verified by a real merge at the end."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from tqdm.auto import tqdm
 
 from mergemix.merging import ExpertBank
-from mergemix.models import load_checkpoint
-from mergemix.search.design import seed_mixtures
+from mergemix.models import count_params, load_checkpoint
+from mergemix.search.backends import get_backend
+from mergemix.search.cost import Ledger
 from mergemix.search.evalcache import EvalCache
-from mergemix.search.surrogate import Surrogate, fine_search, utility
+from mergemix.search.surrogate import Surrogate
 
 
 def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]], lgbm: dict, seed: int,
@@ -36,16 +37,45 @@ def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]],
     return out
 
 
-def _log_trials(pipe, seeds, results, names, verified, alpha) -> None:
-    """Every merge as a step of the stage's logger (CSV or one W&B run), α* and its verified scores last."""
+class MergeObjective:
+    """alpha -> merged model -> benchmark result, cached by alpha and recorded in the ledger and history."""
+
+    def __init__(self, pipe, cache: EvalCache, objective: str = "macro"):
+        self.pipe, self.cache, self.objective = pipe, cache, objective
+        self.names = pipe.domain_names
+        self.bank = ExpertBank.from_paths(pipe.base_dir, pipe.expert_dirs)
+        self.target = load_checkpoint(pipe.base_dir)
+        self.ledger = Ledger(count_params(self.target))
+        self.ledger.train(len(self.names) * int(pipe.cfg["experts"]["tokens"]))  # the experts are MergeMix's cost
+        self.history: list[tuple[np.ndarray, dict]] = []
+
+    def utility(self, result: dict) -> float:
+        return result["U"] if self.objective == "macro" else result["capabilities"][self.objective]
+
+    def __call__(self, alpha) -> dict:
+        alpha = np.asarray(alpha, dtype=float)
+
+        def run() -> dict:
+            self.bank.merge_into(self.target, dict(zip(self.names, map(float, alpha))))
+            with self.pipe.autocast():
+                result = self.pipe.suite.evaluate(self.target)
+            self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result))
+            return result
+
+        result = self.cache.get_or_eval(alpha, run)
+        self.history.append((alpha, result))
+        return result
+
+
+def _log_trials(pipe, history, names) -> None:
+    """Every merge as a step of the stage's logger (CSV or one W&B run); alpha* (verified) last."""
     if not pipe.loggers:
         return
     logger = pipe.loggers("search", None)
-    rows = [*zip(seeds, results), (alpha, verified)]
-    for step, (a, r) in enumerate(rows):
+    for step, (a, r) in enumerate(history):
         metrics = {f"alpha/{n}": float(w) for n, w in zip(names, a)}
         metrics.update({f"capability/{c}": v for c, v in r["capabilities"].items()})
-        metrics.update({"U": r["U"], "U_std": r["U_std"], "is_alpha_star": float(step == len(rows) - 1)})
+        metrics.update({"U": r["U"], "U_std": r["U_std"], "is_alpha_star": float(step == len(history) - 1)})
         logger.log_metrics(metrics, step=step)
     logger.save()
     logger.finalize("success")
@@ -55,54 +85,53 @@ def _log_trials(pipe, seeds, results, names, verified, alpha) -> None:
         wandb.finish()
 
 
-def run_surrogate_search(pipe, out_dir: Path, cache_path: Path) -> dict:
-    s, names = pipe.cfg["search"], pipe.domain_names
-    t0 = time.time()
-    bank = ExpertBank.from_paths(pipe.base_dir, pipe.expert_dirs)
-    target = load_checkpoint(pipe.base_dir)
-    cache = EvalCache(cache_path)
-    suite = pipe.suite
-
-    def evaluate(alpha: np.ndarray) -> dict:
-        def run():
-            bank.merge_into(target, dict(zip(names, map(float, alpha))))
-            with pipe.autocast():
-                return suite.evaluate(target)
-        return cache.get_or_eval(alpha, run)
-
-    seeds = seed_mixtures(names, int(s["n_seeds"]), int(s["grid_resolution"]), [pipe.uniform_mixture],
-                          float(s["prior_concentration"]), pipe.seed)
-    results = [evaluate(a) for a in tqdm(seeds, desc="search: seed merges", unit="merge")]
-    caps = sorted(results[0]["capabilities"])
-    scores = {c: [r["capabilities"][c] for r in results] for c in caps}
-    surrogate = Surrogate(s["lgbm"], pipe.seed).fit(seeds, scores)
-    alpha, predicted = fine_search(surrogate, len(names), int(s["n_candidates"]), int(s["top_k"]), pipe.seed,
-                                   s["objective"], extra=seeds)
-    predicted["U"] = float(utility(predicted, s["objective"]))
-    verified = evaluate(alpha)
-    u_seeds = [r["U"] if s["objective"] == "macro" else r["capabilities"][s["objective"]] for r in results]
-    best = int(np.argmax(u_seeds))
-
-    with open(out_dir / "seeds.csv", "w", newline="") as fh:
+def write_trials(path: Path, history, names) -> None:
+    caps = sorted(history[0][1]["capabilities"])
+    with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([*names, *caps, "U", "U_std"])
-        for a, r in zip(seeds, results):
+        for a, r in history:
             w.writerow([*np.round(a, 6), *(round(r["capabilities"][c], 6) for c in caps), round(r["U"], 6),
                         round(r["U_std"], 6)])
-    _log_trials(pipe, seeds, results, names, verified, alpha)
-    alpha_star = {n: round(float(a), 6) for n, a in zip(names, alpha)}
-    mixture = {"domains": names, "alpha_star": alpha_star, "objective": s["objective"],
-               "predicted": {k: round(v, 6) for k, v in predicted.items()},
+
+
+def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
+    s, names = dict(pipe.cfg["search"]), pipe.domain_names
+    s.setdefault("storage", None)
+    s["storage"] = s["storage"] or f"sqlite:///{study_path}"
+    t0 = time.time()
+    objective = MergeObjective(pipe, EvalCache(cache_path), s["objective"])
+    backend = get_backend(s["backend"])
+    outcome = backend(objective, names, s, pipe.seed, [pipe.uniform_mixture], objective.utility)
+    searched = list(objective.history)
+    verified = objective(outcome.alpha)
+    _log_trials(pipe, objective.history, names)
+    write_trials(out_dir / "seeds.csv", searched, names)
+
+    u = [objective.utility(r) for _, r in searched]
+    best = int(np.argmax(u))
+    alpha_star = {n: round(float(a), 6) for n, a in zip(names, outcome.alpha)}
+    mixture = {"domains": names, "alpha_star": alpha_star, "backend": s["backend"], "objective": s["objective"],
+               "predicted": {k: round(v, 6) for k, v in (outcome.predicted or {}).items()},
                "verified": {"U": round(verified["U"], 6), "U_std": round(verified["U_std"], 6),
                             **{c: round(v, 6) for c, v in verified["capabilities"].items()}},
-               "best_seed": {"alpha": {n: round(float(a), 6) for n, a in zip(names, seeds[best])},
-                             "U": round(u_seeds[best], 6)}}
+               "best_seed": {"alpha": {n: round(float(a), 6) for n, a in zip(names, searched[best][0])},
+                             "U": round(u[best], 6)}}
     (out_dir / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
-    cv = cross_validated_spearman(seeds, scores, s["lgbm"], pipe.seed)
-    (out_dir / "search.json").write_text(json.dumps({**mixture, "surrogate_cv_spearman": cv,
-                                                     "cache_hits": cache.hits, "evaluations": cache.misses,
-                                                     "verified_result": verified,
-                                                     "wall_s": round(time.time() - t0, 1)}, indent=2))
+    caps = sorted(verified["capabilities"])
+    alphas = np.array([a for a, _ in searched])
+    cv = cross_validated_spearman(alphas, {c: [r["capabilities"][c] for _, r in searched] for c in caps},
+                                  s["lgbm"], pipe.seed) if len(searched) >= 10 else {}
+    ledger = objective.ledger.summary()
+    with open(out_dir / "cost_curve.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(objective.ledger.curve[0]) if objective.ledger.curve else ["none"])
+        w.writeheader()
+        w.writerows(objective.ledger.curve)
+    (out_dir / "search.json").write_text(json.dumps({
+        **mixture, "surrogate_cv_spearman": cv, "cache_hits": objective.cache.hits, "cost": ledger,
+        "evaluations": objective.cache.misses, "verified_result": verified, "wall_s": round(time.time() - t0, 1),
+        "info": {k: v for k, v in outcome.info.items() if k not in ("alphas", "results")}}, indent=2, default=float))
     return {"alpha_star": alpha_star, "predicted": mixture["predicted"], "verified": mixture["verified"],
-            "best_seed": mixture["best_seed"], "surrogate_cv_spearman": cv, "n_seeds": len(seeds),
-            "task_vector_norms": bank.task_vector_norms(), "task_vector_cosines": bank.cosines()}
+            "best_seed": mixture["best_seed"], "surrogate_cv_spearman": cv, "n_evaluated": len(searched),
+            "cost": ledger, "task_vector_norms": objective.bank.task_vector_norms(),
+            "task_vector_cosines": objective.bank.cosines()}

@@ -1,0 +1,89 @@
+"""Strategy comparison: each job finds a mixture with one strategy (a merge back-end or a training baseline),
+trains it at the mid-training budget, and writes result.json; `aggregate` turns a sweep of jobs into
+comparison.{json,md} and a best-so-far-vs-cost plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mergemix import artifacts
+from mergemix.artifacts import write_atomic
+
+
+def run_strategy(pipe) -> dict:
+    from mergemix.search.baselines import baseline_mixture
+
+    cfg, names = pipe.cfg, pipe.domain_names
+    kind = cfg["baseline"]["kind"]
+    if kind == "none":
+        search = pipe.search_result
+        alpha, cost = search["alpha_star"], search["cost"]
+        with open(pipe.search_dir / "cost_curve.csv") as fh:
+            curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    else:
+        spec = {**cfg["search"], **cfg["baseline"], "baseline": kind}
+        key = artifacts.stage_key("search", {"base": pipe.store.ref(pipe.base_dir), "baseline": spec,
+                                             "suite": pipe.suite_key, "seed": pipe.seed})
+        alpha, cost = baseline_mixture(pipe, spec, pipe.seed, pipe.study_path(key))
+        curve = cost.pop("curve", [])
+    total = sum(float(alpha[n]) for n in names)
+    alpha = {n: float(alpha[n]) / total for n in names}  # rounding in files may leave the sum 1e-6 off
+    trained = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, cfg["strategy"]))
+    result = {"strategy": cfg["strategy"], "seed": pipe.seed, "alpha": alpha, "U": trained["U"],
+              "U_std": trained["U_std"], "capabilities": trained["capabilities"], "cost": cost, "curve": curve}
+    write_atomic(pipe.run_dir / "result.json", json.dumps(result, indent=2, default=float))
+    return result
+
+
+def aggregate(sweep_dir: Path) -> dict:
+    results = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/result.json"))]
+    by = {}
+    for r in results:
+        by.setdefault(r["strategy"], []).append(r)
+    proxy_tokens = np.mean([r["cost"]["train_tokens"] for r in by.get("proxy", [])] or [np.nan])
+    table = {}
+    for s, rs in sorted(by.items()):
+        u = np.array([r["U"] for r in rs])
+        tokens = float(np.mean([r["cost"]["train_tokens"] for r in rs]))
+        table[s] = {"seeds": [r["seed"] for r in rs], "U_mean": float(u.mean()), "U_std": float(u.std()),
+                    "train_tokens": tokens, "flops": float(np.mean([r["cost"]["flops"] for r in rs])),
+                    "evaluations": float(np.mean([r["cost"]["evaluations"] for r in rs])),
+                    "wall_s": float(np.mean([r["cost"]["wall_s"] for r in rs])),
+                    "cost_ratio_to_proxy": tokens / proxy_tokens if proxy_tokens == proxy_tokens and tokens else None}
+    write_atomic(Path(sweep_dir) / "comparison.json", json.dumps(table, indent=2))
+    lines = ["Trained U of each strategy's mixture (x100 above chance, mean ± std over seeds) and its search cost.",
+             "", "| strategy | seeds | trained U | training tokens | FLOPs | evaluations | tokens / proxy search |",
+             "|---|---|---|---|---|---|---|"]
+    for s, t in sorted(table.items(), key=lambda kv: -kv[1]["U_mean"]):
+        ratio = "—" if t["cost_ratio_to_proxy"] is None else f"{t['cost_ratio_to_proxy']:.3f}"
+        lines.append(f"| {s} | {len(t['seeds'])} | {100 * t['U_mean']:.2f} ± {100 * t['U_std']:.2f} | "
+                     f"{t['train_tokens']:.3g} | {t['flops']:.3g} | {t['evaluations']:.0f} | {ratio} |")
+    write_atomic(Path(sweep_dir) / "comparison.md", "\n".join(lines) + "\n")
+    _plot_curves(Path(sweep_dir) / "cost_curves.png", by)
+    return table
+
+
+def _plot_curves(path: Path, by: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for s, rs in sorted(by.items()):
+        for i, r in enumerate(rs):
+            if r["curve"]:
+                x = [c["flops"] for c in r["curve"]]
+                y = [100 * c["best_so_far"] for c in r["curve"]]
+                ax.step(x, y, where="post", label=s if i == 0 else None, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative FLOPs (training + evaluation)")
+    ax.set_ylabel("best-so-far search objective (x100)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

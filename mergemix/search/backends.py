@@ -1,0 +1,94 @@
+"""Search back-ends over the simplex. Each takes `evaluate(alpha) -> result` (merge + benchmarks, cached) and
+`utility(result) -> float`, spends at most `budget` evaluations, and returns its proposed alpha*.
+
+    surrogate  the paper's method: seed merges -> LightGBM per capability -> fine search on the regressors
+    optuna     Optuna samplers (tpe, cmaes, gp, qmc, random) over the simplex parameterisation of space.py
+    grid       an exhaustive simplex grid (small K)
+    iterative  DeMix-style rounds: refit the surrogate, resample around the predicted optimum, repeat"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mergemix.errors import MergeMixError
+from mergemix.search.design import seed_mixtures
+from mergemix.search.surrogate import Surrogate, fine_search, utility as surrogate_utility
+from mergemix.simplex import dirichlet, grid, grid_size
+
+Evaluate = Callable[[np.ndarray], dict]
+
+
+@dataclass
+class Outcome:
+    alpha: np.ndarray
+    predicted: dict[str, float] | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _evaluate_all(evaluate: Evaluate, alphas: np.ndarray, desc: str) -> list[dict]:
+    return [evaluate(a) for a in tqdm(alphas, desc=desc, unit="merge")]
+
+
+def _fit_and_search(alphas: np.ndarray, results: list[dict], cfg: Mapping, seed: int) -> Outcome:
+    caps = sorted(results[0]["capabilities"])
+    surrogate = Surrogate(cfg["lgbm"], seed).fit(alphas, {c: [r["capabilities"][c] for r in results] for c in caps})
+    alpha, predicted = fine_search(surrogate, alphas.shape[1], int(cfg["n_candidates"]), int(cfg["top_k"]), seed,
+                                   cfg["objective"], extra=alphas)
+    predicted["U"] = float(surrogate_utility(predicted, cfg["objective"]))
+    return Outcome(alpha, predicted, {"alphas": alphas, "results": results})
+
+
+def surrogate(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
+              util: Callable[[dict], float]) -> Outcome:
+    seeds = seed_mixtures(names, int(cfg["budget"]), int(cfg["grid_resolution"]), priors,
+                          float(cfg["prior_concentration"]), seed)
+    return _fit_and_search(seeds, _evaluate_all(evaluate, seeds, "search: seed merges"), cfg, seed)
+
+
+def iterative(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
+              util: Callable[[dict], float]) -> Outcome:
+    """Rounds of sizes budget/2, budget/4, ... (DeMix: 64+32+16): each round samples around the optimum that the
+    surrogate refitted on everything so far predicts."""
+    budget, rng = int(cfg["budget"]), np.random.default_rng(seed)
+    sizes = [budget // 2]
+    while sum(sizes) < budget:
+        sizes.append(max(1, min(sizes[-1] // 2, budget - sum(sizes))))
+    alphas = seed_mixtures(names, sizes[0], int(cfg["grid_resolution"]), priors, float(cfg["prior_concentration"]),
+                           seed)
+    results = _evaluate_all(evaluate, alphas, "search: round 1")
+    for r, size in enumerate(sizes[1:], 2):
+        center = _fit_and_search(alphas, results, cfg, seed + r).alpha
+        new = dirichlet(rng, center, float(cfg["round_concentration"]) * len(names), size)
+        results += _evaluate_all(evaluate, new, f"search: round {r}")
+        alphas = np.vstack([alphas, new])
+    out = _fit_and_search(alphas, results, cfg, seed)
+    out.info["rounds"] = sizes
+    return out
+
+
+def grid_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
+                util: Callable[[dict], float]) -> Outcome:
+    """The finest grid within the budget; alpha* is its best point."""
+    k, r = len(names), 1
+    while grid_size(k, r + 1) <= int(cfg["budget"]):
+        r += 1
+    points = grid(k, r)
+    results = _evaluate_all(evaluate, points, f"search: grid r={r}")
+    best = int(np.argmax([util(x) for x in results]))
+    return Outcome(points[best], None, {"alphas": points, "results": results, "resolution": r})
+
+
+BACKENDS = {"surrogate": surrogate, "iterative": iterative, "grid": grid_search}
+
+
+def get_backend(name: str):
+    from mergemix.search.optuna_backend import optuna_search
+
+    backends = {**BACKENDS, "optuna": optuna_search}
+    if name not in backends:
+        raise MergeMixError(f"unknown search back-end '{name}' (choose from {', '.join(sorted(backends))})")
+    return backends[name]

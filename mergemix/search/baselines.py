@@ -1,0 +1,96 @@
+"""Baseline mixture searches that pay with training runs instead of merges (the cost MergeMix replaces).
+
+    uniform  the token-proportional mixture (no search)
+    manual   a prior given by the user
+    proxy    an Optuna study over lambda; every trial trains a proxy from the base on lambda for `trial_tokens`
+    regmix   RegMix: Dirichlet samples around the token prior, proxy runs, LightGBM per capability, >= 100k
+             simulated mixtures, alpha* = average of the top-k"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mergemix.errors import MergeMixError
+from mergemix.models import count_params, load_checkpoint
+from mergemix.search.cost import Ledger
+from mergemix.search.surrogate import Surrogate, fine_search, utility
+from mergemix.simplex import check_weights, dirichlet
+
+BASELINES = ("uniform", "manual", "proxy", "regmix")
+
+
+class ProxyObjective:
+    """lambda -> proxy trained from the base (a cached artifact) -> benchmark result; costs go to the ledger."""
+
+    def __init__(self, pipe, cfg: Mapping, objective: str):
+        self.pipe, self.names, self.objective = pipe, pipe.domain_names, objective
+        self.spec = {**pipe.cfg["mix"], "tokens": int(cfg["trial_tokens"])}
+        self.ledger = Ledger(count_params(load_checkpoint(pipe.base_dir)))
+        self.history: list[tuple[np.ndarray, dict]] = []
+
+    def utility(self, result: dict) -> float:
+        return result["U"] if self.objective == "macro" else result["capabilities"][self.objective]
+
+    def __call__(self, lam) -> dict:
+        lam = np.asarray(lam, dtype=float)
+        ratios = dict(zip(self.names, map(float, lam / lam.sum())))
+        path = self.pipe.train_mixture(ratios, "proxy", self.spec)
+        result = self.pipe.evaluate_checkpoint(path)
+        self.ledger.train(self.spec["tokens"])
+        self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result))
+        self.history.append((lam, result))
+        return result
+
+
+def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray, ProxyObjective]:
+    from mergemix.search.optuna_backend import make_sampler, open_study
+    from mergemix.search.space import params_from_alpha, suggest_alpha
+
+    obj = ProxyObjective(pipe, cfg, cfg["objective"])
+    study = open_study(cfg.get("storage") or f"sqlite:///{study_path}", f"proxy-{seed}", obj.names,
+                       make_sampler(cfg.get("sampler") or "tpe", seed))
+    if not study.trials:
+        study.enqueue_trial(params_from_alpha([pipe.uniform_mixture[n] for n in obj.names], obj.names))
+    remaining = int(cfg["budget"]) - len(study.trials)
+    for _ in tqdm(range(max(0, remaining)), desc="proxy-training search", unit="run"):
+        trial = study.ask()
+        study.tell(trial, obj.utility(obj(suggest_alpha(trial, obj.names))))
+    best = max(obj.history, key=lambda h: obj.utility(h[1])) if obj.history else None
+    if best is None:  # everything was done by an earlier run: read the study
+        from mergemix.search.space import alpha_of_trial
+        return alpha_of_trial(study.best_trial.params, obj.names), obj
+    return best[0] / best[0].sum(), obj
+
+
+def regmix(pipe, cfg: Mapping, seed: int) -> tuple[np.ndarray, ProxyObjective]:
+    obj = ProxyObjective(pipe, cfg, cfg["objective"])
+    prior = np.array([pipe.uniform_mixture[n] for n in obj.names])
+    rng = np.random.default_rng(seed)
+    lams = dirichlet(rng, prior, float(cfg["prior_concentration"]) * len(obj.names), int(cfg["budget"]))
+    results = [obj(lam) for lam in tqdm(lams, desc="RegMix proxy runs", unit="run")]
+    caps = sorted(results[0]["capabilities"])
+    sur = Surrogate(cfg["lgbm"], seed).fit(lams, {c: [r["capabilities"][c] for r in results] for c in caps})
+    alpha, predicted = fine_search(sur, len(obj.names), max(100_000, int(cfg["n_candidates"])), int(cfg["top_k"]),
+                                   seed, cfg["objective"], extra=lams)
+    predicted["U"] = float(utility(predicted, cfg["objective"]))
+    return alpha, obj
+
+
+def baseline_mixture(pipe, cfg: Mapping, seed: int, study_path) -> tuple[dict[str, float], dict]:
+    """The baseline's mixture and its cost ledger summary."""
+    kind = cfg["baseline"]
+    names = pipe.domain_names
+    if kind == "uniform":
+        return dict(pipe.uniform_mixture), Ledger(0).summary()
+    if kind == "manual":
+        return check_weights(cfg["prior"], names, "baseline prior"), Ledger(0).summary()
+    if kind == "proxy":
+        alpha, obj = proxy_search(pipe, cfg, seed, study_path)
+    elif kind == "regmix":
+        alpha, obj = regmix(pipe, cfg, seed)
+    else:
+        raise MergeMixError(f"unknown baseline '{kind}' (choose from {', '.join(BASELINES)})")
+    return dict(zip(names, map(float, alpha))), {**obj.ledger.summary(), "curve": obj.ledger.curve}

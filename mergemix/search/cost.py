@@ -1,0 +1,37 @@
+"""Cost ledger of a mixture search: training tokens, FLOPs (6·N·D to train, 2·N·D to evaluate), evaluations,
+wall time, and best-so-far U against cumulative cost."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class Ledger:
+    n_params: int
+    train_tokens: int = 0
+    eval_tokens: int = 0
+    evaluations: int = 0
+    started: float = field(default_factory=time.time)
+    curve: list[dict] = field(default_factory=list)  # one point per evaluation
+    _best: float = float("-inf")
+
+    def train(self, tokens: int) -> None:
+        self.train_tokens += int(tokens)
+
+    def evaluation(self, tokens: int, utility: float) -> None:
+        self.evaluations += 1
+        self.eval_tokens += int(tokens)
+        self._best = max(self._best, utility)
+        self.curve.append({"evaluations": self.evaluations, "train_tokens": self.train_tokens,
+                           "flops": self.flops, "wall_s": round(time.time() - self.started, 2),
+                           "utility": utility, "best_so_far": self._best})
+
+    @property
+    def flops(self) -> float:
+        return 6.0 * self.n_params * self.train_tokens + 2.0 * self.n_params * self.eval_tokens
+
+    def summary(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("curve", "_best", "started")}
+        return {**d, "flops": self.flops, "wall_s": round(time.time() - self.started, 2)}

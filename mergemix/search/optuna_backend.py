@@ -1,0 +1,97 @@
+"""Optuna back-end: a persistent study (SQLite under the cache by default, or any RDB URL such as PostgreSQL)
+over the simplex parameterisation of space.py. Workers sharing the storage URL share the study; a heartbeat marks
+the trials of a killed worker failed and their mixtures are retried (the evaluation cache makes a retry free if
+the merge had already been scored). The uniform point and the priors are enqueued as the first trials."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from mergemix.errors import MergeMixError
+from mergemix.search.backends import Evaluate, Outcome
+from mergemix.search.space import alpha_of_trial, params_from_alpha, suggest_alpha
+
+
+def make_sampler(name: str, seed: int):
+    import optuna
+
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+        "qmc": lambda: optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }
+    if name not in samplers:
+        raise MergeMixError(f"unknown Optuna sampler '{name}' (choose from {', '.join(samplers)})")
+    return samplers[name]()
+
+
+def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler):
+    import optuna
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        storage = RDBStorage(storage_url, heartbeat_interval=5, grace_period=15,
+                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    except Exception as exc:  # SQLAlchemy raises many kinds
+        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="maximize",
+                                load_if_exists=True)
+    expected = {f"u_{n}" for n in names}
+    for t in study.get_trials(deepcopy=False):
+        if t.params and set(t.params) != expected:
+            raise MergeMixError(f"study '{study_name}' exists with another search space ({sorted(t.params)}); "
+                                f"choose another search.study_name")
+    return study
+
+
+def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate, util):
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    study = open_study(storage_url, study_name, names, make_sampler(sampler_name, seed))
+
+    def objective(trial):
+        return util(evaluate(suggest_alpha(trial, names)))
+
+    if sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) < budget:
+        study.optimize(objective, callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))],
+                       show_progress_bar=False, catch=())
+    return optuna
+
+
+def optuna_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
+                  util: Callable[[dict], float]) -> Outcome:
+    from optuna.trial import TrialState
+
+    budget, workers = int(cfg["budget"]), int(cfg.get("n_workers", 1))
+    storage_url, study_name = cfg["storage"], cfg["study_name"]
+    study = open_study(storage_url, study_name, names, make_sampler(cfg["sampler"], seed))
+    if not study.trials:
+        for point in [np.full(len(names), 1 / len(names)), *[np.array([p[n] for n in names]) for p in priors]]:
+            study.enqueue_trial(params_from_alpha(point, names), skip_if_exists=True)
+    args = (storage_url, study_name, list(names), cfg["sampler"], seed, budget, evaluate, util)
+    if workers > 1:
+        ctx = mp.get_context("fork")  # workers inherit the loaded experts and benchmark requests
+        procs = [ctx.Process(target=_worker, args=(*args[:4], seed + i, *args[5:])) for i in range(workers)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            raise MergeMixError(f"{len(bad)} search worker(s) failed (exit codes {bad})")
+    else:
+        _worker(*args)
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    best = max(done, key=lambda t: t.value)
+    alphas = np.array([alpha_of_trial(t.params, names) for t in done])
+    return Outcome(alpha_of_trial(best.params, names), None,
+                   {"alphas": alphas, "values": [t.value for t in done], "n_trials": len(study.trials),
+                    "storage": storage_url, "study_name": study_name})

@@ -1,0 +1,133 @@
+"""Search back-ends on synthetic objectives with known optima, the simplex parameterisation, Optuna studies."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mergemix.errors import MergeMixError
+from mergemix.search.backends import get_backend
+from mergemix.search.space import alpha_from_params, params_from_alpha
+
+NAMES = ["a", "b", "c"]
+TARGET = np.array([0.5, 0.3, 0.2])
+CFG = {"budget": 40, "grid_resolution": 2, "prior_concentration": 10, "n_candidates": 20000, "top_k": 50,
+       "objective": "macro", "round_concentration": 30,
+       "lgbm": {"n_estimators": 150, "learning_rate": 0.05, "num_leaves": 7, "min_data_in_leaf": 3,
+                "min_data_in_bin": 1, "verbose": -1}}
+
+
+def synthetic(alpha):
+    """Capabilities that each peak where alpha hits TARGET: U is maximal exactly at TARGET."""
+    a = np.asarray(alpha)
+    caps = {f"c{i}": float(1 - 2 * abs(a[i] - TARGET[i])) for i in range(3)}
+    return {"capabilities": caps, "U": float(np.mean(list(caps.values())))}
+
+
+def test_parameterisation_covers_the_simplex_uniformly():
+    rng = np.random.default_rng(0)
+    alphas = np.array([alpha_from_params(rng.uniform(size=4)) for _ in range(4000)])
+    assert np.allclose(alphas.sum(1), 1) and (alphas >= 0).all()
+    for k in range(4):  # Dirichlet(1,1,1,1) marginals are Beta(1, 3)
+        assert stats.kstest(alphas[:, k], stats.beta(1, 3).cdf).pvalue > 0.01
+    point = np.array([0.1, 0.2, 0.3, 0.4])
+    assert np.allclose(alpha_from_params(list(params_from_alpha(point, "wxyz").values())), point)
+
+
+@pytest.mark.parametrize("backend, sampler, tol", [
+    ("surrogate", None, 0.15), ("iterative", None, 0.15), ("grid", None, 0.15),
+    ("optuna", "tpe", 0.15), ("optuna", "cmaes", 0.15), ("optuna", "gp", 0.15), ("optuna", "qmc", 0.2),
+    ("optuna", "random", 0.2),
+])
+def test_backend_finds_known_optimum(backend, sampler, tol, tmp_path):
+    cfg = {**CFG, "sampler": sampler, "storage": f"sqlite:///{tmp_path}/s.db", "study_name": "t", "n_workers": 1}
+    out = get_backend(backend)(synthetic, NAMES, cfg, 0, [{"a": 0.6, "b": 0.2, "c": 0.2}], lambda r: r["U"])
+    assert np.isclose(out.alpha.sum(), 1) and (out.alpha >= 0).all()
+    assert np.abs(out.alpha - TARGET).max() < tol, out.alpha
+
+
+def test_unknown_backend_and_sampler():
+    from mergemix.search.optuna_backend import make_sampler
+
+    with pytest.raises(MergeMixError, match="unknown search back-end 'annealing'"):
+        get_backend("annealing")
+    with pytest.raises(MergeMixError, match="unknown Optuna sampler 'nsga9'"):
+        make_sampler("nsga9", 0)
+
+
+def test_bad_storage_and_study_with_another_space(tmp_path):
+    from mergemix.search.optuna_backend import make_sampler, open_study
+
+    with pytest.raises(MergeMixError, match="cannot open Optuna storage"):
+        open_study(f"sqlite:///{tmp_path}/no/such/dir/s.db", "x", NAMES, make_sampler("random", 0))
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = open_study(url, "x", NAMES, make_sampler("random", 0))
+    study.optimize(lambda t: sum(t.suggest_float(f"u_{n}", 1e-9, 1) for n in NAMES), n_trials=3)
+    with pytest.raises(MergeMixError, match="exists with another search space"):
+        open_study(url, "x", ["a", "b"], make_sampler("random", 0))
+    assert len(open_study(url, "x", NAMES, make_sampler("random", 0)).trials) == 3  # nothing lost
+
+
+WORKER = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    from mergemix.search.optuna_backend import optuna_search
+    from mergemix.search.evalcache import EvalCache
+    url, log, budget, workers, delay = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+    cache = EvalCache(log + ".cache")
+
+    def evaluate(alpha):
+        def run():
+            time.sleep(delay)
+            with open(log, "a") as fh:
+                fh.write(json.dumps(list(map(float, alpha))) + "\\n")
+            return {"U": float(-np.sum((np.asarray(alpha) - 1 / 3) ** 2)), "capabilities": {}}
+        return cache.get_or_eval(alpha, run)
+
+    cfg = {"budget": budget, "n_workers": workers, "storage": url, "study_name": "s", "sampler": "random"}
+    optuna_search(evaluate, ["a", "b", "c"], cfg, 0, [], lambda r: r["U"])
+""")
+
+
+def _complete(url):
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=url)
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def test_two_workers_share_a_sqlite_study(tmp_path):
+    url, log = f"sqlite:///{tmp_path}/s.db", tmp_path / "calls.jsonl"
+    res = subprocess.run([sys.executable, "-c", WORKER, url, str(log), "12", "2", "0.05"], capture_output=True,
+                         text=True, check=False, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    done = _complete(url)
+    assert len(done) >= 12
+    numbers = [t.number for t in done]
+    assert len(numbers) == len(set(numbers))
+    calls = log.read_text().splitlines()
+    assert len(calls) == len(set(calls))  # no mixture evaluated twice
+
+
+def test_killed_search_resumes_without_losing_or_repeating(tmp_path):
+    url, log = f"sqlite:///{tmp_path}/s.db", tmp_path / "calls.jsonl"
+    args = [sys.executable, "-c", WORKER, url, str(log), "10", "1", "0.4"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = len(_complete(url))
+    assert 0 < before < 10
+    res = subprocess.run(args, capture_output=True, text=True, check=False, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(_complete(url)) == 10
+    calls = log.read_text().splitlines()
+    assert len(calls) == len(set(calls))
