@@ -72,6 +72,11 @@ class ExpertBank:
         for pname, p in model.named_parameters():
             torch.addmv(self.base_params[pname].view(-1), self.deltas[pname].T, alpha, out=p.data.view(-1))
 
+    def merged(self, pname: str, alpha: torch.Tensor) -> torch.Tensor:
+        """theta(alpha) for one parameter as a new tensor, differentiable in alpha."""
+        p0 = self.base_params[pname]
+        return torch.addmv(p0.view(-1), self.deltas[pname].T, alpha).view_as(p0)
+
     def task_vector_norms(self) -> dict[str, float]:
         sq = sum((d.double() ** 2).sum(dim=1) for d in self.deltas.values())
         return {n: float(v) for n, v in zip(self.names, sq.sqrt())}

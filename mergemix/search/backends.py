@@ -4,7 +4,8 @@
     surrogate  the paper's method: seed merges -> LightGBM per capability -> fine search on the regressors
     optuna     Optuna samplers (tpe, cmaes, gp, qmc, random) over the simplex parameterisation of space.py
     grid       an exhaustive simplex grid (small K)
-    iterative  DeMix-style rounds: refit the surrogate, resample around the predicted optimum, repeat"""
+    iterative  DeMix-style rounds: refit the surrogate, resample around the predicted optimum, repeat
+    gradient   alpha = softmax(z) learned through a differentiable merge (gradient.py)"""
 
 from __future__ import annotations
 
@@ -86,9 +87,10 @@ BACKENDS = {"surrogate": surrogate, "iterative": iterative, "grid": grid_search}
 
 
 def get_backend(name: str):
+    from mergemix.search.gradient import gradient_search
     from mergemix.search.optuna_backend import optuna_search
 
-    backends = {**BACKENDS, "optuna": optuna_search}
+    backends = {**BACKENDS, "optuna": optuna_search, "gradient": gradient_search}
     if name not in backends:
         raise MergeMixError(f"unknown search back-end '{name}' (choose from {', '.join(sorted(backends))})")
     return backends[name]

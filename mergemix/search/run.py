@@ -85,8 +85,7 @@ def _log_trials(pipe, history, names) -> None:
         wandb.finish()
 
 
-def write_trials(path: Path, history, names) -> None:
-    caps = sorted(history[0][1]["capabilities"])
+def write_trials(path: Path, history, names, caps: list[str]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow([*names, *caps, "U", "U_std"])
@@ -106,8 +105,9 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     searched = list(objective.history)
     verified = objective(outcome.alpha)
     _log_trials(pipe, objective.history, names)
-    write_trials(out_dir / "seeds.csv", searched, names)
-
+    caps = sorted(verified["capabilities"])
+    write_trials(out_dir / "seeds.csv", searched, names, caps)
+    searched = searched or [(np.asarray(outcome.alpha), verified)]  # the gradient back-end evaluates only alpha*
     u = [objective.utility(r) for _, r in searched]
     best = int(np.argmax(u))
     alpha_star = {n: round(float(a), 6) for n, a in zip(names, outcome.alpha)}
@@ -118,7 +118,6 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
                "best_seed": {"alpha": {n: round(float(a), 6) for n, a in zip(names, searched[best][0])},
                              "U": round(u[best], 6)}}
     (out_dir / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
-    caps = sorted(verified["capabilities"])
     alphas = np.array([a for a, _ in searched])
     cv = cross_validated_spearman(alphas, {c: [r["capabilities"][c] for _, r in searched] for c in caps},
                                   s["lgbm"], pipe.seed) if len(searched) >= 10 else {}
