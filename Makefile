@@ -31,7 +31,12 @@ test-all: install  ## fast and slow tiers
 	WANDB_MODE=disabled $(BIN)/pytest -q -m "slow or not slow"
 
 lint: install
-	$(BIN)/ruff check mergemix tests experiments
+	$(BIN)/ruff check mergemix tests experiments bench
+
+bench: install  ## hot paths vs their baselines -> reports/bench.{md,json,png} (~10 min; BENCH_ARGS="--quick" or "--threads 1")
+	$(BIN)/pip install -q --disable-pip-version-check "lm-eval[hf]==0.4.13"  # the `lm-eval` extra
+	$(BIN)/pip check
+	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 reproduce: install  ## paper-table analogues on the embedded testbed
 	$(BIN)/python experiments/table1.py

@@ -160,6 +160,7 @@ def test_gradient_matches_finite_differences(micro_run):
 
 def test_gradient_backend_on_micro_pipeline(micro_run, micro_root, tmp_path):
     from conftest import micro_cfg
+
     from mergemix.pipeline import Pipeline
 
     cfg = micro_cfg(micro_root, "search=gradient", "search.budget=3", "search.n_candidates=2000",
@@ -168,3 +169,19 @@ def test_gradient_backend_on_micro_pipeline(micro_run, micro_root, tmp_path):
     result = pipe.search_result
     assert abs(sum(result["alpha_star"].values()) - 1) < 1e-5
     assert len(result["info"]["dev_nll"]) == 3 and result["evaluations"] >= 1
+
+
+def test_compare_sweep_writes_comparison(micro_root, tmp_path):
+    import json
+
+    res = subprocess.run([sys.executable, "-m", "mergemix.cli", "compare", "-m", "experiment=micro", "logger=none",
+                          "strategy=surrogate,proxy,uniform", "seed=0", "search.budget=5", "baseline.budget=3",
+                          "baseline.trial_tokens=4096", f"paths.root={micro_root}",
+                          f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, check=False,
+                         cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = json.loads((tmp_path / "sweep" / "comparison.json").read_text())
+    assert set(table) == {"surrogate", "proxy", "uniform"}
+    assert table["proxy"]["train_tokens"] == 3 * 4096  # three proxy runs
+    assert table["surrogate"]["cost_ratio_to_proxy"] > 0 and table["uniform"]["train_tokens"] == 0
+    assert (tmp_path / "sweep" / "comparison.md").is_file() and (tmp_path / "sweep" / "cost_curves.png").is_file()

@@ -53,7 +53,7 @@ def aggregate(sweep_dir: Path) -> dict:
                     "train_tokens": tokens, "flops": float(np.mean([r["cost"]["flops"] for r in rs])),
                     "evaluations": float(np.mean([r["cost"]["evaluations"] for r in rs])),
                     "wall_s": float(np.mean([r["cost"]["wall_s"] for r in rs])),
-                    "cost_ratio_to_proxy": tokens / proxy_tokens if proxy_tokens == proxy_tokens and tokens else None}
+                    "cost_ratio_to_proxy": tokens / proxy_tokens if np.isfinite(proxy_tokens) and tokens else None}
     write_atomic(Path(sweep_dir) / "comparison.json", json.dumps(table, indent=2))
     lines = ["Trained U of each strategy's mixture (x100 above chance, mean ± std over seeds) and its search cost.",
              "", "| strategy | seeds | trained U | training tokens | FLOPs | evaluations | tokens / proxy search |",

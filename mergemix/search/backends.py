@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from mergemix.errors import MergeMixError
 from mergemix.search.design import seed_mixtures
-from mergemix.search.surrogate import Surrogate, fine_search, utility as surrogate_utility
+from mergemix.search.surrogate import Surrogate, fine_search
+from mergemix.search.surrogate import utility as surrogate_utility
 from mergemix.simplex import dirichlet, grid, grid_size
 
 Evaluate = Callable[[np.ndarray], dict]

@@ -54,7 +54,10 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
                        make_sampler(cfg.get("sampler") or "tpe", seed))
     if not study.trials:
         study.enqueue_trial(params_from_alpha([pipe.uniform_mixture[n] for n in obj.names], obj.names))
-    remaining = int(cfg["budget"]) - len(study.trials)
+    from optuna.trial import TrialState
+
+    done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    remaining = int(cfg["budget"]) - done  # an enqueued (waiting) trial is taken by the first ask
     for _ in tqdm(range(max(0, remaining)), desc="proxy-training search", unit="run"):
         trial = study.ask()
         study.tell(trial, obj.utility(obj(suggest_alpha(trial, obj.names))))

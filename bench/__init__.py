@@ -1,0 +1,1 @@
+"""`make bench`: the hot paths (merge, candidate evaluation, training, search scaling) against their baselines."""

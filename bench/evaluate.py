@@ -1,0 +1,145 @@
+"""Candidate evaluation: the Evaluator against a bare batched forward over exactly its padded batches, and
+against lm-eval's HFLM (in memory, same tasks as local YAML + JSONL, fully offline): speed and equal `acc`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from bench.common import alternate, build, med, model_cfg, n_params, ratio
+from mergemix.benchmarks.evaluator import Evaluator
+
+BATCH = 64  # the pipeline's benchmarks.batch_size, for both evaluators
+
+
+def autocast(bf16: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def bare_forward(model, ev: Evaluator) -> None:
+    for batches in ev.mc_batches.values():
+        for b in batches:
+            _ = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+
+
+# ------------------------------------------------------------------------------------------------ lm-eval ---
+def lmeval_available() -> bool:
+    try:
+        import lm_eval  # noqa: F401
+        from lm_eval.models.huggingface import HFLM  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def lmeval_tasks(workdir: Path, tasks: dict) -> object:
+    """Our tasks as lm-eval task YAMLs over local JSONL files; a TaskManager that sees only them."""
+    from lm_eval.tasks import TaskManager
+
+    d = workdir / "lm_eval_tasks"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, task in tasks.items():
+        data = d / f"{name}.jsonl"
+        data.write_text("".join(json.dumps(it) + "\n" for it in task.items))
+        spec = {"task": f"mm_{name}", "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
+                "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(workdir / "hf_datasets")},
+                "doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "label",
+                "target_delimiter": "",  # our choices carry their own leading space
+                "metric_list": [{"metric": "acc"}]}
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    logging.getLogger("lm-eval").setLevel(logging.ERROR)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return TaskManager(include_path=str(d), include_defaults=False)
+
+
+def lmeval_runner(model, tok, tm, names: list[str], model_time: list | None = None, per_item: bool = False):
+    """A function running lm-eval's simple_evaluate on `model`: {task: acc}, or {task: per-item acc in item
+    order} with `per_item`. Seconds spent inside HFLM's model calls are appended to `model_time`."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+
+    hflm = HFLM(pretrained=model, tokenizer=tok, batch_size=BATCH, device="cpu")
+    if model_time is not None:
+        call = hflm._model_call
+
+        def timed_call(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = call(*args, **kwargs)
+            model_time.append(time.perf_counter() - t0)
+            return out
+
+        hflm._model_call = timed_call
+
+    def run() -> dict:
+        with contextlib.redirect_stderr(io.StringIO()):  # its progress bars ignore TQDM_DISABLE
+            out = lm_eval.simple_evaluate(model=hflm, tasks=[f"mm_{n}" for n in names], task_manager=tm,
+                                          bootstrap_iters=0, log_samples=per_item)
+        if per_item:
+            return {n: np.array([x["acc"] for x in sorted(out["samples"][f"mm_{n}"], key=lambda x: x["doc_id"])])
+                    for n in names}
+        return {n: float(out["results"][f"mm_{n}"]["acc,none"]) for n in names}
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- run ---
+def _under(bf16: bool, fn):
+    def side() -> None:
+        with autocast(bf16):
+            fn()
+    return side
+
+
+def measure(size: str, tok, tasks: dict, repeats: int, tm=None) -> dict:
+    """Evaluator, bare forward and lm-eval (when `tm` is given) in fp32 and under bf16 autocast, side by side;
+    then `acc` of the Evaluator and of lm-eval item by item, both in fp32."""
+    model = build(model_cfg(size), vocab=len(tok)).eval()
+    ev = Evaluator(tok, tasks, BATCH, 256)
+    sides, lm_fwd = {}, {"": [], "_bf16": []}
+    for bf16, sfx in ((False, ""), (True, "_bf16")):
+        sides[f"evaluator{sfx}"] = _under(bf16, lambda: ev.per_item(model))
+        sides[f"forward{sfx}"] = _under(bf16, lambda: bare_forward(model, ev))
+        if tm is not None:
+            sides[f"lm_eval{sfx}"] = _under(bf16, lmeval_runner(model, tok, tm, list(tasks), lm_fwd[sfx]))
+    t = alternate(sides, repeats)
+    row = {"size": size, "params": n_params(model), "items": sum(len(x.items) for x in tasks.values()),
+           "sequences": sum(int(b.input_ids.shape[0]) for bs in ev.mc_batches.values() for b in bs),
+           "batches": sum(len(bs) for bs in ev.mc_batches.values()), **{f"{k}_s": med(v) for k, v in t.items()}}
+    for sfx in ("", "_bf16"):
+        row[f"forward_ratio{sfx}"] = ratio(t[f"evaluator{sfx}"], t[f"forward{sfx}"])
+        if tm is not None:
+            row[f"lmeval_speedup{sfx}"] = ratio(t[f"lm_eval{sfx}"], t[f"evaluator{sfx}"])
+            runs = repeats + 1  # with the untimed warm-up round
+            row[f"lm_eval_forward_s{sfx}"] = sum(lm_fwd[sfx]) / runs
+            row[f"lm_eval_forward_calls{sfx}"] = len(lm_fwd[sfx]) // runs
+    ours = {n: s["acc"] for n, s in ev.per_item(model).items()}
+    row["acc_ours"] = {n: float(a.mean()) for n, a in ours.items()}
+    if tm is not None:
+        theirs = lmeval_runner(model, tok, tm, list(tasks), per_item=True)()
+        row["acc_lm_eval"] = {n: float(a.mean()) for n, a in theirs.items()}
+        row["acc_identical"] = all(np.array_equal(ours[n], theirs[n]) for n in tasks)  # item by item
+    return row
+
+
+def run(sizes: list[str], tok, tasks: dict, workdir: Path, repeats: int) -> tuple[list[dict], list[str]]:
+    notes = []
+    tm = lmeval_tasks(workdir, tasks) if lmeval_available() else None
+    if tm is None:
+        notes.append("lm-eval not installed: the lm-eval comparison was skipped (`make bench` installs it)")
+    rows = []
+    for size in sizes:
+        rows.append(measure(size, tok, tasks, repeats, tm))
+        r = rows[-1]
+        print(f"  eval {size}: evaluator / bare forward {r['forward_ratio']:.2f}"
+              + (f", lm-eval / evaluator {r['lmeval_speedup']:.1f}x, acc identical {r['acc_identical']}"
+                 if tm is not None else ""), flush=True)
+    return rows, notes
