@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from mergemix.errors import MergeMixError
 from mergemix.models import count_params, load_checkpoint
 from mergemix.search.cost import Ledger
-from mergemix.search.surrogate import Surrogate, fine_search, utility
+from mergemix.search.surrogate import Surrogate, fine_search, result_utility, utility
 from mergemix.simplex import check_weights, dirichlet
 
 BASELINES = ("uniform", "manual", "proxy", "regmix")
@@ -32,7 +32,7 @@ class ProxyObjective:
         self.history: list[tuple[np.ndarray, dict]] = []
 
     def utility(self, result: dict) -> float:
-        return result["U"] if self.objective == "macro" else result["capabilities"][self.objective]
+        return result_utility(result, self.objective)
 
     def __call__(self, lam) -> dict:
         lam = np.asarray(lam, dtype=float)

@@ -16,7 +16,7 @@ from mergemix.models import count_params, load_checkpoint
 from mergemix.search.backends import get_backend
 from mergemix.search.cost import Ledger
 from mergemix.search.evalcache import EvalCache
-from mergemix.search.surrogate import Surrogate
+from mergemix.search.surrogate import Surrogate, result_utility
 
 
 def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]], lgbm: dict, seed: int,
@@ -50,7 +50,7 @@ class MergeObjective:
         self.history: list[tuple[np.ndarray, dict]] = []
 
     def utility(self, result: dict) -> float:
-        return result["U"] if self.objective == "macro" else result["capabilities"][self.objective]
+        return result_utility(result, self.objective)
 
     def __call__(self, alpha) -> dict:
         alpha = np.asarray(alpha, dtype=float)

@@ -17,6 +17,11 @@ def utility(caps: Mapping[str, np.ndarray | float], objective: str = "macro"):
     return np.asarray(caps[objective])
 
 
+def result_utility(result: Mapping, objective: str = "macro") -> float:
+    """The search objective of one evaluated model: its U, or one capability's score."""
+    return result["U"] if objective == "macro" else result["capabilities"][objective]
+
+
 class Surrogate:
     def __init__(self, lgbm_params: Mapping, seed: int = 0):
         self.params, self.seed = dict(lgbm_params), seed
