@@ -5,7 +5,7 @@
     mergemix mix weights='{code: 0.5, ...}' [overrides]   train and evaluate one mixture from the base
     mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR
     mergemix info [overrides]           the composed config's model size and domains as JSON
-    mergemix compare -m experiment=compare strategy=surrogate,tpe,proxy,regmix,uniform seed=0,1,2
+    mergemix compare -m experiment=compare search_seed=0,1,2 strategy=surrogate,tpe,proxy,regmix,uniform
 """
 
 from __future__ import annotations

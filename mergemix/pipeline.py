@@ -37,7 +37,8 @@ class Pipeline:
         self.domain_names = sorted(cfg["domains"]["sources"])
         if not self.domain_names:
             raise MergeMixError("no domains configured (domains.sources is empty)")
-        self.seed = int(cfg["seed"])
+        self.seed = int(cfg["seed"])  # corpus split, tokenizer, base, experts, benchmarks
+        self.search_seed = int(cfg.get("search_seed", self.seed))  # search and mixture-training data order
         threads = cfg["trainer"].get("num_threads")
         if threads:
             torch.set_num_threads(int(threads))
@@ -164,18 +165,20 @@ class Pipeline:
         return token_proportional(self.token_counts)
 
     # --------------------------------------------------------------------------------------- training ---
-    def _train(self, stage: str, inputs: dict, init: Path | None, ratios: dict, spec: dict, desc: str) -> Path:
+    def _train(self, stage: str, inputs: dict, init: Path | None, ratios: dict, spec: dict, desc: str,
+               seed: int | None = None) -> Path:
         from mergemix.models import build_model, load_checkpoint
         from mergemix.training import train_causal_lm
 
         m, tr = self.cfg["model"], self.cfg["trainer"]
+        seed = self.seed if seed is None else seed
         full_inputs = {**inputs, "model": m, "tokens": {n: p.name for n, p in self.token_dirs.items()},
                        "ratios": ratios, "spec": spec, "optim": self.cfg["optim"], "precision": tr["precision"],
-                       "seed": self.seed, "init": self.store.ref(init) if init else None}
+                       "seed": seed, "init": self.store.ref(init) if init else None}
 
         def build(tmp: Path):
             model = load_checkpoint(init) if init else build_model(
-                {**m, "max_position_embeddings": m["seq_len"]}, len(self.tokenizer), self.seed)
+                {**m, "max_position_embeddings": m["seq_len"]}, len(self.tokenizer), seed)
             trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
                                                   "gradient_clip_val")}
             optim = {"weight_decay": self.cfg["optim"]["weight_decay"], "betas": self.cfg["optim"]["betas"],
@@ -183,7 +186,7 @@ class Pipeline:
             logger = self.loggers(desc, tmp) if self.loggers else None
             try:
                 return train_causal_lm(model, self.tokenizer, self.arrays, ratios, tmp, int(spec["tokens"]),
-                                       m["seq_len"], m["batch_size"], float(spec["lr"]), self.seed, optim,
+                                       m["seq_len"], m["batch_size"], float(spec["lr"]), seed, optim,
                                        trainer_kwargs, logger, desc)
             finally:
                 if logger is not None and hasattr(logger, "experiment") and self.cfg["logger"]["kind"] == "wandb":
@@ -212,7 +215,8 @@ class Pipeline:
     def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None) -> Path:
         """Train the base on `ratios` (the mid-training run, or a proxy run with another `spec`)."""
         ratios = check_weights(ratios, self.domain_names, f"mixture '{label}'")
-        return self._train("mixture", {}, self.base_dir, ratios, spec or self.cfg["mix"], f"mix:{label}")
+        return self._train("mixture", {}, self.base_dir, ratios, spec or self.cfg["mix"], f"mix:{label}",
+                           self.search_seed)
 
     # ----------------------------------------------------------------------------------------- benchmarks ---
     @cached_property
@@ -283,7 +287,7 @@ class Pipeline:
         s = self.cfg["search"]
         inputs = {"base": self.store.ref(self.base_dir),
                   "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()},
-                  "suite": self.suite_key, "search": s, "seed": self.seed, "prior": self.uniform_mixture}
+                  "suite": self.suite_key, "search": s, "seed": self.search_seed, "prior": self.uniform_mixture}
         study_path = self.study_path(artifacts.stage_key("search", inputs))
 
         def build(tmp: Path):

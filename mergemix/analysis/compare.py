@@ -27,13 +27,13 @@ def run_strategy(pipe) -> dict:
     else:
         spec = {**cfg["search"], **cfg["baseline"], "baseline": kind}
         key = artifacts.stage_key("search", {"base": pipe.store.ref(pipe.base_dir), "baseline": spec,
-                                             "suite": pipe.suite_key, "seed": pipe.seed})
-        alpha, cost = baseline_mixture(pipe, spec, pipe.seed, pipe.study_path(key))
+                                             "suite": pipe.suite_key, "seed": pipe.search_seed})
+        alpha, cost = baseline_mixture(pipe, spec, pipe.search_seed, pipe.study_path(key))
         curve = cost.pop("curve", [])
     total = sum(float(alpha[n]) for n in names)
     alpha = {n: float(alpha[n]) / total for n in names}  # rounding in files may leave the sum 1e-6 off
     trained = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, cfg["strategy"]))
-    result = {"strategy": cfg["strategy"], "seed": pipe.seed, "alpha": alpha, "U": trained["U"],
+    result = {"strategy": cfg["strategy"], "seed": pipe.search_seed, "alpha": alpha, "U": trained["U"],
               "U_std": trained["U_std"], "capabilities": trained["capabilities"], "cost": cost, "curve": curve}
     write_atomic(pipe.run_dir / "result.json", json.dumps(result, indent=2, default=float))
     return result

@@ -101,7 +101,7 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     t0 = time.time()
     objective = MergeObjective(pipe, EvalCache(cache_path), s["objective"])
     backend = get_backend(s["backend"])
-    outcome = backend(objective, names, s, pipe.seed, [pipe.uniform_mixture], objective.utility)
+    outcome = backend(objective, names, s, pipe.search_seed, [pipe.uniform_mixture], objective.utility)
     searched = list(objective.history)
     verified = objective(outcome.alpha)
     _log_trials(pipe, objective.history, names)
@@ -120,7 +120,7 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     (out_dir / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
     alphas = np.array([a for a, _ in searched])
     cv = cross_validated_spearman(alphas, {c: [r["capabilities"][c] for _, r in searched] for c in caps},
-                                  s["lgbm"], pipe.seed) if len(searched) >= 10 else {}
+                                  s["lgbm"], pipe.search_seed) if len(searched) >= 10 else {}
     ledger = objective.ledger.summary()
     with open(out_dir / "cost_curve.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(objective.ledger.curve[0]) if objective.ledger.curve else ["none"])
