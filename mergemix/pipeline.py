@@ -79,6 +79,13 @@ class Pipeline:
         if s["objective"] != "macro" and s["objective"] not in b["capabilities"]:
             raise MergeMixError(f"search.objective must be 'macro' or a capability {sorted(b['capabilities'])}, "
                                 f"got '{s['objective']}'")
+        bl = self.cfg.get("baseline") or {"kind": "none"}
+        if bl["kind"] in ("proxy", "regmix"):
+            if int(bl["budget"]) < 1:
+                raise MergeMixError(f"baseline.budget must be at least 1 proxy run, got {bl['budget']}")
+            if int(bl["trial_tokens"]) < self.cfg["model"]["seq_len"] * self.cfg["model"]["batch_size"]:
+                raise MergeMixError(f"baseline.trial_tokens must cover at least one batch "
+                                    f"({self.cfg['model']['seq_len'] * self.cfg['model']['batch_size']} tokens)")
         for key in ("base", "experts", "mix"):
             if int(self.cfg[key]["tokens"]) < self.cfg["model"]["seq_len"] * self.cfg["model"]["batch_size"]:
                 raise MergeMixError(f"{key}.tokens must cover at least one batch "
@@ -212,11 +219,13 @@ class Pipeline:
         return {n: self._train("expert", {"domain": n}, self.base_dir,
                                {n: 1.0}, e, f"expert:{n}") for n in self.domain_names}
 
-    def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None) -> Path:
-        """Train the base on `ratios` (the mid-training run, or a proxy run with another `spec`)."""
+    def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None,
+                      seed: int | None = None) -> Path:
+        """Train the base on `ratios` (the mid-training run, or a proxy run with another `spec`); `seed` (data
+        order) defaults to search_seed."""
         ratios = check_weights(ratios, self.domain_names, f"mixture '{label}'")
         return self._train("mixture", {}, self.base_dir, ratios, spec or self.cfg["mix"], f"mix:{label}",
-                           self.search_seed)
+                           self.search_seed if seed is None else int(seed))
 
     # ----------------------------------------------------------------------------------------- benchmarks ---
     @cached_property

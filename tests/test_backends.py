@@ -95,10 +95,10 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _complete(url):
+def _complete(url, name="s"):
     import optuna
 
-    study = optuna.load_study(study_name="s", storage=url)
+    study = optuna.load_study(study_name=name, storage=url)
     return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
 
 
@@ -185,3 +185,53 @@ def test_compare_sweep_writes_comparison(micro_root, tmp_path):
     assert table["proxy"]["train_tokens"] == 3 * 4096  # three proxy runs
     assert table["surrogate"]["cost_ratio_to_proxy"] > 0 and table["uniform"]["train_tokens"] == 0
     assert (tmp_path / "sweep" / "comparison.md").is_file() and (tmp_path / "sweep" / "cost_curves.png").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.budget=0", "search.budget must be at least 1 evaluation, got 0"),
+    ("baseline=proxy", "baseline.budget must be at least 1 proxy run, got 0"),
+])
+def test_zero_budget_is_one_clear_error(override, message, tmp_path):
+    extra = ["baseline.budget=0"] if override == "baseline=proxy" else []
+    res = subprocess.run([sys.executable, "-m", "mergemix.cli", "search", "experiment=micro", "logger=none",
+                          override, *extra, f"paths.root={tmp_path}"], capture_output=True, text=True,
+                         check=False, cwd=tmp_path, timeout=300)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and message in lines[0], res.stderr[-2000:]
+    assert not (tmp_path / "cache").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("backend", ["surrogate", "tpe"])
+def test_killed_search_stage_resumes_to_the_same_result(backend, micro_run, micro_root, tmp_path):
+    """SIGKILL the real search stage mid-way, rerun the same command: no merge is evaluated twice, and the result
+    equals the uninterrupted search (the micro run's, for the surrogate)."""
+    import json
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "root"
+    shutil.copytree(micro_root / "cache", root / "cache",
+                    ignore=shutil.ignore_patterns("search", "evalcache", "studies", "mixture", "eval"))
+    args = [sys.executable, "-m", "mergemix.cli", "search", "experiment=micro", "logger=none",
+            f"search={backend}", f"paths.root={root}", f"paths.run_dir={tmp_path}/run"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline, cache = time.time() + 300, root / "cache" / "evalcache"
+    while time.time() < deadline and sum(len(p.read_text().splitlines()) for p in cache.glob("*.jsonl")) < 4:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list((root / "cache").glob("search/*/manifest.json"))  # nothing half-written reads as complete
+    res = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    keys = [json.loads(line)["key"] for p in cache.glob("*.jsonl") for line in p.read_text().splitlines()]
+    assert len(keys) == len(set(keys))  # no merge evaluated twice across the kill
+    search = json.loads(next((root / "cache").glob("search/*/search.json")).read_text())
+    if backend == "tpe":
+        study = next((root / "cache" / "studies").glob("*.db"))
+        assert len(_complete(f"sqlite:///{study}", name=None)) == 12  # the budget exactly, none lost
+    else:
+        pipe, _ = micro_run
+        reference = yaml.safe_load((pipe.search_dir / "mixture.yaml").read_text())["alpha_star"]
+        assert search["alpha_star"] == reference
