@@ -5,6 +5,7 @@
     mergemix mix weights='{code: 0.5, ...}' [overrides]   train and evaluate one mixture from the base
     mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR
     mergemix info [overrides]           the composed config's model size and domains as JSON
+    mergemix validate [overrides]       merged vs really trained mixtures: rank consistency (validate.*)
     mergemix compare -m experiment=compare search_seed=0,1,2 strategy=surrogate,tpe,proxy,regmix,uniform
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from mergemix.errors import MergeMixError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-COMMANDS = ("run", "experts", "search", "mix", "merge", "info", "compare")
+COMMANDS = ("run", "experts", "search", "mix", "merge", "info", "compare", "validate")
 _HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
@@ -137,6 +138,10 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
 
         print(json.dumps(describe(cfg["model"], cfg["tokenizer"]["vocab_size"]), indent=2))
         return None
+    if command == "validate":
+        from mergemix.analysis.validate import check_config
+
+        check_config(cfg)  # before anything is built or trained
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers = make_logger_factory(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}")
@@ -163,6 +168,11 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
         aggregate(run_dir.parent)
         print(f"strategy {result['strategy']} (seed {result['seed']}): trained U {100 * result['U']:.2f}, "
               f"training tokens {result['cost']['train_tokens']:.3g}; comparison: {run_dir.parent / 'comparison.md'}")
+    elif command == "validate":
+        from mergemix.analysis.validate import run_validation
+
+        run_validation(pipe)
+        print(f"\n{(run_dir / 'validation.md').read_text()}")
     else:
         pipe.run()
     print(f"run directory: {run_dir}")

@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import micro_cfg
+from scipy.stats import kendalltau, spearmanr
+
+from mergemix.analysis import rank
+from mergemix.analysis.validate import sample_mixtures
+
+
+# ------------------------------------------------------------------------------------------ rank metrics ---
+def test_point_metrics_match_scipy_and_known_values():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=20), rng.normal(size=20)
+    assert rank.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
+    assert rank.kendall(x, y) == pytest.approx(kendalltau(x, y).statistic)
+    assert rank.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank.kendall([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank.recovery([1, 2, 3], [2, 4, 6]) == pytest.approx(0.5)
+
+
+def test_top25_uses_the_references_best_quarter():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=12), rng.normal(size=12)
+    top = np.argsort(-y)[:3]
+    assert rank.top25_spearman(x, y) == pytest.approx(spearmanr(x[top], y[top]).statistic)
+    assert np.isnan(rank.top25_spearman(x[:8], y[:8]))  # 2 mixtures in the top quarter: undefined
+
+
+@pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")
+def test_batched_metrics_equal_scipy_row_by_row_with_ties():
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 5, size=(50, 12)).astype(float), rng.integers(0, 5, size=(50, 12)).astype(float)
+    for name, (fn, rows_fn) in rank.METRICS.items():
+        with np.errstate(all="ignore"):
+            batched = rows_fn(x, y)
+        expected = [fn(a, b) for a, b in zip(x, y)]
+        np.testing.assert_allclose(batched, expected, rtol=1e-10, err_msg=name)
+
+
+def test_bootstrap_interval_contains_point_and_is_seeded():
+    rng = np.random.default_rng(3)
+    trained = rng.normal(size=30)
+    pred = {"overall": trained + 0.5 * rng.normal(size=30), "math": rng.normal(size=30)}
+    ref = {"overall": trained, "math": pred["math"] + rng.normal(size=30)}
+    a = rank.compare(pred, [ref], n_boot=500, seed=7)
+    for metric, block in a.items():
+        lo, hi = block["interval"]["overall"]
+        assert lo <= block["overall"] <= hi, metric
+        assert lo < hi
+    assert a == rank.compare(pred, [ref], n_boot=500, seed=7)
+    assert a["spearman"]["interval"] != rank.compare(pred, [ref], n_boot=500, seed=8)["spearman"]["interval"]
+    assert a["spearman"]["overall"] == pytest.approx(spearmanr(pred["overall"], ref["overall"]).statistic)
+
+
+def test_dirichlet_design_extends_without_changing_earlier_mixtures():
+    small, large = sample_mixtures(4, 5, "dirichlet", 0), sample_mixtures(4, 9, "dirichlet", 0)
+    np.testing.assert_array_equal(small, large[:5])
+    grid = sample_mixtures(4, 12, "grid", 0)
+    assert len({tuple(p) for p in grid}) == 12 and np.allclose(grid.sum(1), 1)
+    assert np.allclose(grid * 3, np.round(grid * 3))  # the resolution-3 grid (10 < 12 <= 20 points)
+
+
+# ------------------------------------------------------------------------------------------ the stage ---
+def test_validate_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys):
+    from mergemix.cli import execute
+
+    overrides = ("validate.n_mixtures=4", "validate.seeds=[0,1]", "validate.bootstrap=200")
+    cfg = micro_cfg(micro_root, *overrides, f"paths.run_dir={tmp_path}/first")
+    execute("validate", cfg)
+    progress = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("validate: mixture")]
+    assert len(progress) == 8  # one line per trained mixture and seed
+    run = tmp_path / "first"
+    for f in ("validation.json", "validation.md", "validation.png"):
+        assert (run / f).is_file(), f
+    v = json.loads((run / "validation.json").read_text())
+    caps = {"code", "instruct", "language", "math"}
+    for key in ("spearman", "kendall", "top25_spearman", "capability_recovery"):
+        for block in (v[key], v["noise_ceiling"][key]):
+            assert set(block) == {"overall", "capabilities", "interval"}
+            assert set(block["capabilities"]) == caps and set(block["interval"]["capabilities"]) == caps
+    assert v["spearman"]["overall"] is None or -1 <= v["spearman"]["overall"] <= 1
+    assert v["top25_spearman"]["overall"] is None  # 4 mixtures: the top quarter is one mixture
+    assert set(v["by_metric"]) == {"prob", "acc"} and v["metric"] == "prob"
+    assert len(v["mixtures"]) == 4 and len(v["raw"]) == 4
+    ckpts = [tuple(r["checkpoints"].values()) for r in v["raw"]]
+    assert all(len(set(c)) == 2 for c in ckpts)  # the two seeds are two different runs
+    # the soft scores of the metric in U reproduce the suite's own capability scores
+    merged = v["by_metric"]["prob"]["scores"]["merged"]
+    assert merged["math"][0] == pytest.approx(v["raw"][0]["merged"]["capabilities"]["math"])
+    assert merged["overall"][2] == pytest.approx(v["raw"][2]["merged"]["U"])
+
+    from mergemix import training
+    from mergemix.benchmarks import suite
+
+    def boom(*a, **k):
+        raise AssertionError("a second validation must reuse every trained and evaluated model")
+
+    monkeypatch.setattr(training, "train_causal_lm", boom)
+    monkeypatch.setattr(suite.Suite, "evaluate", boom)
+    cfg = micro_cfg(micro_root, *overrides, f"paths.run_dir={tmp_path}/second")
+    execute("validate", cfg)
+    again = json.loads((tmp_path / "second" / "validation.json").read_text())
+    assert again["raw"] == v["raw"] and again["spearman"] == v["spearman"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("validate.n_mixtures=2", "validate.n_mixtures must be at least 3"),
+    ("mix.tokens=0", "mix.tokens (the budget each validation mixture is trained for) must be positive"),
+])
+def test_bad_validation_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
+    from mergemix import training
+    from mergemix.cli import main
+
+    monkeypatch.setattr(training, "train_causal_lm", lambda *a, **k: pytest.fail("trained despite bad input"))
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "experiment=micro", "logger=none", f"paths.root={tmp_path}", override])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
