@@ -6,6 +6,7 @@
     mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR
     mergemix info [overrides]           the composed config's model size and domains as JSON
     mergemix validate [overrides]       merged vs really trained mixtures: rank consistency (validate.*)
+    mergemix theory [overrides]         gradients, curvature and the merge-vs-mix gap at the base (theory.*)
     mergemix compare -m experiment=compare search_seed=0,1,2 strategy=surrogate,tpe,proxy,regmix,uniform
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from mergemix.errors import MergeMixError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-COMMANDS = ("run", "experts", "search", "mix", "merge", "info", "compare", "validate")
+COMMANDS = ("run", "experts", "search", "mix", "merge", "info", "compare", "validate", "theory")
 _HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
@@ -173,6 +174,12 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
 
         run_validation(pipe)
         print(f"\n{(run_dir / 'validation.md').read_text()}")
+    elif command == "theory":
+        from mergemix.analysis.theory import resolve_mixtures, theory_report
+
+        t = cfg["theory"]
+        theory_report(pipe, run_dir, resolve_mixtures(pipe, t["mixtures"]), int(t["n_seqs"]))
+        print(f"\n{(run_dir / 'theory.md').read_text()}")
     else:
         pipe.run()
     print(f"run directory: {run_dir}")
