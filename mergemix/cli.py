@@ -3,7 +3,7 @@
     mergemix run [overrides]            all stages (= make demo); last line names the run directory
     mergemix experts|search [overrides] the pipeline up to that stage
     mergemix mix weights='{code: 0.5, ...}' [overrides]   train and evaluate one mixture from the base
-    mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR
+    mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR [stream=true|false]
     mergemix info [overrides]           the composed config's model size and domains as JSON
     mergemix validate [overrides]       merged vs really trained mixtures: rank consistency (validate.*)
     mergemix theory [overrides]         gradients, curvature and the merge-vs-mix gap at the base (theory.*)
@@ -157,6 +157,7 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     elif command == "search":
         print((pipe.search_dir / "mixture.yaml").read_text())
         print(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")
+        print(f"exports: {', '.join(str(p) for p in pipe.write_exports().values())}")
     elif command == "mix":
         path = pipe.train_mixture(check_weights(mix_weights, pipe.domain_names, "mix weights"), "custom")
         result = pipe.evaluate_checkpoint(path)
@@ -196,9 +197,10 @@ def _merge(args: list[str]) -> None:
         opts = OmegaConf.to_container(OmegaConf.from_dotlist(args))
     except Exception as exc:
         raise MergeMixError(f"cannot parse merge arguments: {exc}") from exc
-    unknown = sorted(set(opts) - {"base", "experts", "weights", "out"})
+    unknown = sorted(set(opts) - {"base", "experts", "weights", "out", "stream"})
     if unknown:
-        raise MergeMixError(f"unknown merge argument(s) {unknown}; use base=, experts=[...], weights=[...], out=")
+        raise MergeMixError(f"unknown merge argument(s) {unknown}; use base=, experts=[...], weights=[...], out=, "
+                            "and optionally stream=true|false")
     missing = [k for k in ("base", "experts", "weights", "out") if k not in opts]
     if missing:
         raise MergeMixError(f"merge needs {', '.join(f'{k}=' for k in missing)}")
@@ -207,7 +209,11 @@ def _merge(args: list[str]) -> None:
         raise MergeMixError("experts and weights must be lists, e.g. experts=[a,b] weights=[0.5,0.5]")
     if len(experts) != len(weights):
         raise MergeMixError(f"weights have {len(weights)} entries but there are {len(experts)} experts")
-    out = export_merge(opts["base"], experts, weights, opts["out"])
+    stream = opts.get("stream")
+    if stream not in (None, True, False):
+        raise MergeMixError(f"stream must be true or false (default: stream when the merge would not fit in RAM), "
+                            f"got {stream!r}")
+    out = export_merge(opts["base"], experts, weights, opts["out"], stream=stream)
     print(f"merged checkpoint: {out}")
 
 

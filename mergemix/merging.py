@@ -24,17 +24,45 @@ def architecture(model) -> dict:
     return {"config": cfg, "shapes": {n: tuple(p.shape) for n, p in model.named_parameters()}}
 
 
+# Config keys naming an MoE's expert count (Glm4Moe/DeepSeek, Qwen-MoE, Mixtral spellings).
+_EXPERT_COUNT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts", "num_experts_per_tok",
+                      "n_shared_experts")
+
+
+def check_same_config(base_cfg: dict, other_cfg: dict, name: str) -> None:
+    """One clear error when an expert's config differs from the base's (expert counts named first)."""
+    a = {k: v for k, v in base_cfg.items() if k not in _IGNORED_CONFIG_KEYS}
+    b = {k: v for k, v in other_cfg.items() if k not in _IGNORED_CONFIG_KEYS}
+    for key in _EXPERT_COUNT_KEYS:
+        if a.get(key) != b.get(key):
+            raise MergeMixError(f"expert '{name}' has {key}={b.get(key)} but the base has {a.get(key)}: "
+                                "an MoE expert count must match the base to merge")
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in diff[:3])
+        raise MergeMixError(f"expert '{name}' has another architecture than the base ({detail})")
+
+
 def check_compatible(base, other, name: str) -> None:
     a, b = architecture(base), architecture(other)
-    if a == b:
-        return
-    diff = [k for k in sorted(set(a["config"]) | set(b["config"])) if a["config"].get(k) != b["config"].get(k)]
-    detail = ", ".join(f"{k}: {a['config'].get(k)} vs {b['config'].get(k)}" for k in diff[:3]) or "parameter shapes"
-    raise MergeMixError(f"expert '{name}' has another architecture than the base ({detail})")
+    check_same_config(a["config"], b["config"], name)
+    if a["shapes"] != b["shapes"]:
+        raise MergeMixError(f"expert '{name}' has another architecture than the base (parameter shapes)")
+
+
+def mergeable(model) -> dict[str, torch.Tensor]:
+    """Every tensor a merge covers: the parameters (each storage once, so tied weights count once) and the
+    persistent floating-point buffers (e.g. an MoE router's expert-score bias)."""
+    out = dict(model.named_parameters())
+    for mod_name, mod in model.named_modules():
+        for b_name, buf in mod.named_buffers(recurse=False):
+            if buf.is_floating_point() and b_name not in mod._non_persistent_buffers_set:
+                out[f"{mod_name}.{b_name}" if mod_name else b_name] = buf
+    return out
 
 
 def check_finite(model, name: str) -> None:
-    for pname, p in model.named_parameters():
+    for pname, p in mergeable(model).items():
         if not torch.isfinite(p).all():
             raise MergeMixError(f"expert '{name}' has NaN or Inf weights (first in {pname}); refusing to merge it")
 
@@ -45,14 +73,14 @@ class ExpertBank:
 
     def __init__(self, base, experts: dict[str, object]):
         self.names = sorted(experts)
-        self.base_params = {n: p.detach().clone() for n, p in base.named_parameters()}
+        self.base_params = {n: p.detach().clone() for n, p in mergeable(base).items()}
         self.deltas: dict[str, torch.Tensor] = {}
         for name in self.names:
             check_compatible(base, experts[name], name)
             check_finite(experts[name], name)
+        tensors = {e: mergeable(experts[e]) for e in self.names}
         for pname, p0 in self.base_params.items():
-            rows = [dict(experts[e].named_parameters())[pname].detach().reshape(-1) - p0.reshape(-1)
-                    for e in self.names]
+            rows = [tensors[e][pname].detach().reshape(-1) - p0.reshape(-1) for e in self.names]
             self.deltas[pname] = torch.stack(rows)  # [K, numel]
 
     @classmethod
@@ -69,7 +97,7 @@ class ExpertBank:
         """Overwrite `model`'s parameters with theta(alpha); no allocation beyond the model itself. One fused
         addmv per parameter reads base and deltas once and writes the parameter once (bench/merge.py)."""
         alpha = self.alpha_vector(weights)
-        for pname, p in model.named_parameters():
+        for pname, p in mergeable(model).items():
             torch.addmv(self.base_params[pname].view(-1), self.deltas[pname].T, alpha, out=p.data.view(-1))
 
     def merged(self, pname: str, alpha: torch.Tensor) -> torch.Tensor:
@@ -87,23 +115,53 @@ class ExpertBank:
         return (dots / torch.outer(norm, norm).clamp_min(1e-30)).tolist()
 
 
+def _fits_in_memory(base_path: str | Path, k: int) -> bool:
+    """Whether the in-memory merge (base, K task vectors and the model, all fp32) fits in half the free RAM."""
+    from mergemix.streaming import checkpoint_bytes
+
+    try:
+        size = checkpoint_bytes(base_path) * 2  # a bf16 checkpoint doubles in fp32
+    except MergeMixError:
+        return True  # not safetensors: only the in-memory path can read it
+    avail = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemAvailable:")), None) if Path("/proc/meminfo").is_file() else None
+    return avail is None or (k + 2) * size <= avail // 2
+
+
 def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weights: Sequence[float],
-                 out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Write theta(alpha) as an HF checkpoint (safetensors + tokenizer when the base has one)."""
+                 out_dir: str | Path, overwrite: bool = False, stream: bool | None = None) -> Path:
+    """Write theta(alpha) as an HF checkpoint (safetensors + config + tokenizer when the base has one).
+    `stream`: merge tensor by tensor from memory-mapped safetensors (mergemix/streaming.py) instead of loading
+    K + 2 models; None streams when the in-memory merge would not fit in half the free RAM."""
+    from mergemix.streaming import check_lineage, stream_merge
+
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise MergeMixError(f"output directory {out_dir} exists and is not empty; choose another `out`")
     names = [f"expert{i:03d}:{Path(p).name}" for i, p in enumerate(expert_paths)]
     ordered = check_weights(list(weights), names, "merge weights")  # before loading anything
-    bank = ExpertBank.from_paths(base_path, dict(zip(names, expert_paths)))
-    model = load_checkpoint(base_path)
-    bank.merge_into(model, ordered)
+    paths = dict(zip(names, expert_paths))
+    for name, p in paths.items():
+        check_lineage(base_path, p, name)
+    if stream is None:
+        stream = not _fits_in_memory(base_path, len(names))
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    for f in Path(base_path).iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens")):
-            shutil.copy2(f, tmp / f.name)
+    try:
+        if stream:
+            stream_merge(base_path, paths, ordered, tmp)
+            shutil.copy2(Path(base_path) / "config.json", tmp / "config.json")
+        else:
+            bank = ExpertBank.from_paths(base_path, paths)
+            model = load_checkpoint(base_path)
+            bank.merge_into(model, ordered)
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        for f in Path(base_path).iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "generation_config")) and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)

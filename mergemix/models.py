@@ -1,4 +1,5 @@
-"""Model construction: Llama-style configs from named sizes, or a user's HF checkpoint by local path."""
+"""Model construction: named sizes -> transformers configs (`arch: llama` dense, `arch: glm4_moe` mixture of
+experts), or a user's HF checkpoint by local path. Parameter counts (total and active) on the meta device."""
 
 from __future__ import annotations
 
@@ -21,14 +22,54 @@ def llama_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: 
                        bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
+def moe_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
+               intermediate_size: int, moe_intermediate_size: int, num_experts: int, num_experts_per_tok: int,
+               max_position_embeddings: int, num_shared_experts: int = 1, first_dense_layers: int = 1,
+               tie_word_embeddings: bool = False, initializer_range: float = 0.02, **_):
+    """GQA attention with full RoPE, `first_dense_layers` dense FFN layers (`intermediate_size`), then MoE layers of
+    `num_experts` routed experts (top `num_experts_per_tok`, sigmoid router) plus shared experts, all of
+    `moe_intermediate_size` (transformers' Glm4Moe, the layout of the paper's Ling-2.0-style models)."""
+    from transformers import Glm4MoeConfig
+
+    if not 0 < num_experts_per_tok <= num_experts:
+        raise MergeMixError(f"num_experts_per_tok must be in 1..num_experts ({num_experts}), got {num_experts_per_tok}")
+    return Glm4MoeConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+                         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
+                         head_dim=hidden_size // num_heads, intermediate_size=intermediate_size,
+                         moe_intermediate_size=moe_intermediate_size, n_routed_experts=num_experts,
+                         num_experts_per_tok=num_experts_per_tok, n_shared_experts=num_shared_experts,
+                         first_k_dense_replace=first_dense_layers, n_group=1, topk_group=1, num_mtp_layers=0,
+                         partial_rotary_factor=1.0, max_position_embeddings=max_position_embeddings,
+                         tie_word_embeddings=tie_word_embeddings, initializer_range=initializer_range,
+                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+
+
+ARCHS = {"llama": llama_config, "glm4_moe": moe_config}
+
+
+def hf_config(model_cfg: dict, vocab_size: int):
+    """The transformers config of a size spec; the spec's own `vocab_size` (a paper model's) wins if given."""
+    arch = model_cfg.get("arch", "llama")
+    if arch not in ARCHS:
+        raise MergeMixError(f"unknown model arch '{arch}'; choose one of {sorted(ARCHS)}")
+    spec = {"max_position_embeddings": model_cfg.get("seq_len"), **model_cfg}
+    spec["vocab_size"] = int(model_cfg.get("vocab_size") or vocab_size)
+    try:
+        return ARCHS[arch](**spec)
+    except TypeError as exc:
+        raise MergeMixError(f"model '{model_cfg.get('name')}' ({arch}): {exc}") from exc
+
+
 def build_model(model_cfg: dict, vocab_size: int, seed: int):
-    """A fresh model from a size spec (`arch: llama`), or the user's checkpoint (`path:`)."""
+    """A fresh model from a size spec (`arch: llama` or `glm4_moe`), or the user's checkpoint (`path:`)."""
     from transformers import AutoModelForCausalLM
 
     if model_cfg.get("path"):
         return load_checkpoint(model_cfg["path"])
+    cfg = hf_config(model_cfg, vocab_size)
+    if cfg.vocab_size < vocab_size:
+        raise MergeMixError(f"model vocab_size {cfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
     torch.manual_seed(seed)
-    cfg = llama_config(vocab_size=vocab_size, **model_cfg)
     return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
 
 
@@ -49,16 +90,30 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def routed_expert_params(model) -> tuple[int, int]:
+    """(routed expert parameters, of which used per token): transformers 5 stores each MoE layer's routed
+    experts as stacked tensors of an `...Experts` module with `num_experts`; a token uses `num_experts_per_tok`
+    of them. Shared experts and routers are ordinary (always active) parameters."""
+    k = getattr(model.config, "num_experts_per_tok", None)
+    routed = used = 0
+    for mod in model.modules():
+        if type(mod).__name__.endswith("Experts") and hasattr(mod, "num_experts") and k:
+            n = sum(p.numel() for p in mod.parameters(recurse=False))
+            routed, used = routed + n, used + n * k // mod.num_experts
+    return routed, used
+
+
 def describe(model_cfg: dict, vocab_size: int) -> dict:
-    """Parameter counts of a configured model, computed on the meta device (no weights allocated)."""
+    """Total and active parameter counts of a configured model, on the meta device (no weights allocated)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if model_cfg.get("path"):
         cfg = AutoConfig.from_pretrained(model_cfg["path"], local_files_only=True)
     else:
-        cfg = llama_config(vocab_size=vocab_size, max_position_embeddings=model_cfg["seq_len"], **model_cfg)
+        cfg = hf_config(model_cfg, vocab_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
     total = count_params(model)
-    return {"name": model_cfg.get("name"), "architecture": type(model).__name__, "total_params": total,
-            "active_params": total}
+    routed, used = routed_expert_params(model)
+    return {"name": model_cfg.get("name"), "architecture": type(model).__name__, "vocab_size": cfg.vocab_size,
+            "total_params": total, "active_params": total - routed + used, "routed_expert_params": routed}

@@ -345,6 +345,7 @@ class Pipeline:
         rows["mergemix (merge)"] = search["verified_result"]
 
         shutil.copy2(self.search_dir / "mixture.yaml", self.run_dir / "mixture.yaml")
+        self.write_exports()
         shutil.copy2(self.search_dir / "seeds.csv", self.run_dir / "seeds.csv")
         table = report.write_table(self.run_dir, rows)
         cap_domain = {c: s.get("domain") for c, s in self.cfg["benchmarks"]["capabilities"].items()}
@@ -363,6 +364,14 @@ class Pipeline:
         report.write_summary(self.run_dir, summary)
         self._print(table, summary)
         return summary
+
+    def write_exports(self) -> dict[str, Path]:
+        """alpha* as a mergekit config, a weight YAML and a blend list in the run directory (exports.py). Not in
+        the search artifact: the data prefix is a deployment setting, not an input of the search."""
+        from mergemix.exports import write_exports
+
+        prefix = (self.cfg.get("export") or {}).get("data_prefix", "/data/{domain}")
+        return write_exports(self.run_dir, self.alpha_star, self.base_dir, self.expert_dirs, prefix)
 
     def expert_report(self) -> dict:
         """Base and expert scores, and each expert's gain on its own capability (paired noise)."""
