@@ -94,6 +94,23 @@ class ArtifactStore:
                 raise
         return final
 
+    def follow(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], timeout_s: float = 3600) -> Path:
+        """For a secondary rank of a distributed build: run `build` into a scratch directory (it takes part in the
+        collectives, writes nothing that is kept), then wait for the leader's artifact to be complete."""
+        import tempfile
+
+        key = stage_key(stage, inputs)
+        if not self.is_complete(stage, key):
+            with tempfile.TemporaryDirectory(prefix=f"mergemix-{stage}-") as scratch:
+                build(Path(scratch))
+            deadline = time.time() + timeout_s
+            while not self.is_complete(stage, key):
+                if time.time() > deadline:
+                    from mergemix.errors import MergeMixError
+                    raise MergeMixError(f"rank 0 did not complete {stage}/{key} within {timeout_s:.0f} s")
+                time.sleep(0.5)
+        return self.path(stage, key)
+
 
 def write_atomic(path: str | Path, text: str) -> None:
     """Write a file via a temporary sibling + rename, so readers never see a partial file."""

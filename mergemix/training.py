@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mergemix.data.sampler import MixturePlan, plan_mixture
 
@@ -48,17 +49,25 @@ class WindowDataset(Dataset):
 
 
 class MixtureDataModule(pl.LightningDataModule):
-    """Training windows at exact per-domain ratios; `plan.realised_tokens()` reports what was drawn."""
+    """Training windows at exact per-domain ratios; `plan.realised_tokens()` reports what was drawn. With `world`
+    processes the window count is a multiple of the global batch (batch_size x world), so the distributed
+    sampler splits it evenly and pads nothing."""
 
     def __init__(self, arrays: dict[str, np.ndarray], ratios: dict[str, float], n_tokens: int, seq_len: int,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, world: int = 1):
         super().__init__()
         self.arrays, self.batch_size = arrays, batch_size
-        n_windows = max(batch_size, n_tokens // seq_len // batch_size * batch_size)
+        step = batch_size * world
+        n_windows = max(step, n_tokens // seq_len // step * step)
         self.plan = plan_mixture({d: len(a) for d, a in arrays.items()}, ratios, n_windows, seq_len, seed)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(WindowDataset(self.arrays, self.plan), batch_size=self.batch_size, shuffle=False)
+        """The plan's order on every layout: rank r takes windows r, r+W, r+2W, ..., so global step s sees the
+        windows a single process would see (Lightning's own distributed sampler would reshuffle them)."""
+        data, sampler = WindowDataset(self.arrays, self.plan), None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = DistributedSampler(data, self.trainer.world_size, self.trainer.global_rank, shuffle=False)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=False, sampler=sampler)
 
 
 # --------------------------------------------------------------------------------------------------- model ---
@@ -79,6 +88,17 @@ class CausalLMModule(pl.LightningModule):
         self.last_loss = float(loss.detach())
         return loss
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning's FSDP precision plugin cannot clip by norm; FSDP's own clip_grad_norm_ reduces the norm over
+        all shards, so the clipped update equals the unsharded one."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = self.trainer.model if self._trainer is not None else None
+        if gradient_clip_val and isinstance(wrapped, FullyShardedDataParallel):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
@@ -91,25 +111,38 @@ class CausalLMModule(pl.LightningModule):
 def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dict[str, float], out_dir: Path,
                     n_tokens: int, seq_len: int, batch_size: int, lr: float, seed: int, optim: dict,
                     trainer_kwargs: dict, logger=None, desc: str = "train") -> dict:
-    """Train `model` on the mixture `ratios` for `n_tokens` tokens and save an HF checkpoint in `out_dir`."""
+    """Train `model` on the mixture `ratios` for `n_tokens` tokens and save an HF checkpoint in `out_dir`.
+
+    `batch_size` is per device; `trainer_kwargs["strategy"]` is a plain dict (see strategies.py). Every rank of a
+    distributed run calls this; rank 0 alone writes `out_dir` (FSDP shards are gathered first)."""
+    from mergemix.strategies import build_strategy, save_consolidated
+
+    kwargs = dict(trainer_kwargs)
+    strategy = build_strategy(kwargs.pop("strategy", None), model)
     pl.seed_everything(seed, workers=True, verbose=False)
-    data = MixtureDataModule(arrays, ratios, n_tokens, seq_len, batch_size, seed)
-    steps = len(data.plan.domain) // batch_size
-    module = CausalLMModule(model, lr=lr, total_steps=steps, **optim)
-    trainer = pl.Trainer(max_steps=steps, max_epochs=1, logger=logger if logger is not None else False,
+    trainer = pl.Trainer(max_epochs=1, logger=logger if logger is not None else False, strategy=strategy,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         log_every_n_steps=max(1, steps // 50), **trainer_kwargs)
-    print(f"[{desc}] {steps} steps x {batch_size} x {seq_len} tokens, lr {lr:g}, mixture "
-          + ", ".join(f"{d}={r:.3f}" for d, r in sorted(ratios.items())), flush=True)
+                         use_distributed_sampler=False, **kwargs)
+    world = trainer.num_nodes * trainer.num_devices
+    data = MixtureDataModule(arrays, ratios, n_tokens, seq_len, batch_size, seed, world)
+    steps = len(data.plan.domain) // (batch_size * world)
+    trainer.fit_loop.epoch_loop.max_steps = steps
+    trainer.log_every_n_steps = max(1, steps // 50)
+    module = CausalLMModule(model, lr=lr, total_steps=steps, **optim)
+    if rank_zero_only.rank == 0:
+        print(f"[{desc}] {steps} steps x {batch_size} x {world} devices x {seq_len} tokens, lr {lr:g}, mixture "
+              + ", ".join(f"{d}={r:.3f}" for d, r in sorted(ratios.items())), flush=True)
     t0 = time.time()
     trainer.fit(module, datamodule=data)
     wall = time.time() - t0
     if not math.isfinite(module.last_loss):
         from mergemix.errors import MergeMixError
         raise MergeMixError(f"[{desc}] training diverged (final loss {module.last_loss}); lower the learning rate")
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
+    save_consolidated(trainer, model, out_dir)
+    if trainer.is_global_zero:
+        tokenizer.save_pretrained(str(out_dir))
+    trainer.strategy.barrier("mergemix-saved")
     tokens = data.plan.realised_tokens()
     return {"final_loss": module.last_loss, "steps": steps, "realised_tokens": tokens,
-            "train_tokens": sum(tokens.values()), "wall_s": round(wall, 2),
-            "tokens_per_s": round(sum(tokens.values()) / max(wall, 1e-9))}
+            "train_tokens": sum(tokens.values()), "wall_s": round(wall, 2), "world_size": world,
+            "global_rank": trainer.global_rank, "tokens_per_s": round(sum(tokens.values()) / max(wall, 1e-9))}
