@@ -233,6 +233,11 @@ def _hydra_entry(command: str, mix_weights) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    relaunched = os.environ.get("MERGEMIX_COMMAND") if os.environ.get("LOCAL_RANK", "0") != "0" else None
+    if relaunched:  # Lightning re-runs this command for its other devices with the arguments Hydra saw
+        command, mix_weights = json.loads(relaunched)
+        sys.argv = [sys.argv[0], *argv]
+        return _hydra_entry(command, mix_weights)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return
@@ -257,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     except MergeMixError as exc:
         _fail(str(exc))
     sys.argv = [sys.argv[0], *argv]
+    os.environ["MERGEMIX_COMMAND"] = json.dumps([command, mix_weights])  # for Lightning's per-device re-runs
     _hydra_entry(command, mix_weights)
 
 
