@@ -23,7 +23,7 @@ for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZER
 
 import torch
 
-from bench import common, evaluate, merge, report, scaling, train
+from bench import common, evaluate, merge, report, scaling, streaming, train
 
 # What each mode measures: sizes, items per task, training steps, rounds.
 PLANS = {
@@ -67,6 +67,8 @@ def main(argv=None) -> dict:
         sections.append(s)
         (merge_rows, merge_notes), s = section("merge", lambda: merge.run(args.quick, plan["repeats"]))
         sections.append(s)
+        (stream_rows, stream_notes), s = section("streaming merge", lambda: streaming.run(args.quick, work))
+        sections.append(s)
         (eval_rows, eval_notes), s = section(
             "evaluation", lambda: evaluate.run(plan["eval_sizes"], tok, tasks, work, plan["eval_repeats"]))
         sections.append(s)
@@ -80,7 +82,8 @@ def main(argv=None) -> dict:
     scaling.plot(scaling_rows, args.out / "bench_scaling.png")
     info["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     result = report.assemble(info, args.quick, plan, merge_rows, eval_rows, train_rows, scaling_rows, check,
-                             merge_notes + eval_notes, sections, time.time() - t0)
+                             merge_notes + eval_notes + stream_notes, sections, time.time() - t0,
+                             stream_rows=stream_rows)
     report.write(result, args.out)
     print(report.headline(result), flush=True)
     return result

@@ -12,6 +12,7 @@ GOALS = {
     "eval_forward_ratio": ("Evaluator time / bare forward time (fp32)", "<=", 1.3),
     "eval_lmeval_speedup": ("lm-eval HFLM time / Evaluator time (fp32)", ">=", 10.0),
     "train_plain_ratio": ("Lightning tokens/s / plain loop tokens/s", ">=", 0.9),
+    "stream_rss_ratio": ("streaming merge peak RSS / (1.2 x model size + largest tensor)", "<=", 1.0),
 }
 
 
@@ -21,7 +22,7 @@ def _largest(rows: list[dict], **match) -> dict | None:
 
 
 def assemble(info, quick, plan, merge_rows, eval_rows, train_rows, scaling_rows, check, notes, sections,
-             wall) -> dict:
+             wall, stream_rows=None) -> dict:
     m = _largest(merge_rows, threads=max(r["threads"] for r in merge_rows))  # the session's threads
     e = _largest(eval_rows)
     t = _largest(train_rows, precision=plan["train"][-1][1])
@@ -30,6 +31,9 @@ def assemble(info, quick, plan, merge_rows, eval_rows, train_rows, scaling_rows,
              "eval_forward_ratio": (e["forward_ratio"], f"{e['size']} ({e['params'] / 1e6:.1f}M params)"),
              "eval_lmeval_speedup": (e.get("lmeval_speedup"), f"{e['size']} ({e['params'] / 1e6:.1f}M params)"),
              "train_plain_ratio": (t["ratio"], f"{t['size']} ({t['params'] / 1e6:.1f}M params), {t['precision']}")}
+    st = _largest(stream_rows or [])
+    heads["stream_rss_ratio"] = (st["rss_goal_ratio"], (
+        f"{st['size']} bf16, K={st['K']}: peak RSS {st['rss_model_ratio']:.2f} x model")) if st else (None, "-")
     goals = {}
     for key, (what, op, goal) in GOALS.items():
         value, at = heads[key]
@@ -47,7 +51,7 @@ def assemble(info, quick, plan, merge_rows, eval_rows, train_rows, scaling_rows,
         notes = notes + ["mergekit: not installed, comparison skipped"]
     return {**{k: v for k, (v, _) in heads.items()}, "goals": goals, "quick": quick, "wall_s": round(wall, 1),
             "machine": info, "notes": notes, "sections": sections, "merge": merge_rows, "eval": eval_rows,
-            "train": train_rows, "scaling": scaling_rows, "scaling_check": check}
+            "train": train_rows, "scaling": scaling_rows, "scaling_check": check, "streaming": stream_rows or []}
 
 
 # ---------------------------------------------------------------------------------------------- markdown ---
@@ -112,6 +116,16 @@ def markdown(res: dict) -> str:
                                    ("timed steps", "steps", "d"), ("tokens/step", "tokens_per_step", "d"),
                                    ("Lightning tok/s", "lightning_tok_s", ",.0f"), ("plain tok/s", "plain_tok_s", ",.0f"),
                                    ("Lightning / plain", "ratio", ".3f"), ("same weights", "same_weights", "")])
+    lines += ["## Streaming merge: peak memory of `mergemix merge` on a large checkpoint", "",
+              ("A synthetic bf16 Llama checkpoint (base + K experts as safetensors) merged by `export_merge(stream="
+              "True)` in a fresh subprocess; peak RSS from `getrusage` (it includes the interpreter and torch, "
+              "`RSS before`). `in-memory GB`: what the ExpertBank path would hold ((K + 2) fp32 models)."), ""]
+    lines += _table(res.get("streaming", []), [
+        ("size", "size", ""), ("params", "params", ",d"), ("K", "K", "d"), ("model GB", "model_gb", ".2f"),
+        ("largest tensor GB", "largest_gb", ".3f"), ("merge s", "merge_s", ".1f"), ("read GB/s", "read_gbps", ".2f"),
+        ("RSS before GB", "rss_before_gb", ".2f"), ("peak RSS GB", "rss_peak_gb", ".2f"),
+        ("peak / model", "rss_model_ratio", ".2f"), ("(peak - before) / model", "rss_merge_ratio", ".2f"),
+        ("goal / model", "limit_ratio", ".2f"), ("in-memory GB", "in_memory_gb", ".1f")])
     c = res["scaling_check"]
     lines += ["## Search cost scaling", "",
               ("One candidate = merge K experts + `Suite.evaluate` (bf16 autocast, bootstrap 200) on the tasks "

@@ -154,6 +154,12 @@ def _write_header(fh, entries: list[tuple[str, tuple[int, ...], str]]) -> None:
     fh.write(struct.pack("<Q", len(raw)) + raw)
 
 
+def _raise_non_finite(name: str, span, base: Reader, experts) -> None:
+    for who, r in [("the base", base), *((f"expert '{n}'", r) for n, _, r in experts)]:
+        if not torch.isfinite(r.rows(name, *span)).all():
+            raise MergeMixError(f"{who} has NaN or Inf weights (first in {name}); refusing to merge it")
+
+
 @torch.no_grad()
 def _merge_tensor(name: str, shape, base: Reader, experts: list[tuple[str, float, Reader]], fh, block: int):
     rows = shape[0] if shape else 1
@@ -163,14 +169,12 @@ def _merge_tensor(name: str, shape, base: Reader, experts: list[tuple[str, float
         b = base.rows(name, *span)
         if b.is_floating_point():  # copies: the views are read-only mappings
             acc, b32 = b.to(torch.float32, copy=True), b.float()
-            for ename, a, r in experts:
-                e = r.rows(name, *span).to(torch.float32, copy=True)
-                if not torch.isfinite(e).all():
-                    raise MergeMixError(f"expert '{ename}' has NaN or Inf weights (first in {name}); "
-                                        "refusing to merge it")
-                acc.add_(e.sub_(b32), alpha=a)
+            for _, a, r in experts:
+                acc.add_(r.rows(name, *span).to(torch.float32, copy=True).sub_(b32), alpha=a)
+            if not math.isfinite(acc.sum().item()):  # NaN/Inf anywhere propagates into the sum (0 * NaN too)
+                _raise_non_finite(name, span, base, experts)
             b = acc.to(b.dtype)
-        fh.write(b.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        fh.write(b.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
 def stream_merge(base_path: str | Path, expert_paths: dict[str, str | Path], weights: dict[str, float],
