@@ -4,17 +4,14 @@ against lm-eval's HFLM (in memory, same tasks as local YAML + JSONL, fully offli
 from __future__ import annotations
 
 import contextlib
-import io
-import json
-import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from bench.common import alternate, build, med, model_cfg, n_params, ratio
+from mergemix.benchmarks import lmeval
 from mergemix.benchmarks.evaluator import Evaluator
 
 BATCH = 64  # the pipeline's benchmarks.batch_size, for both evaluators
@@ -32,42 +29,18 @@ def bare_forward(model, ev: Evaluator) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ lm-eval ---
-def lmeval_available() -> bool:
-    try:
-        import lm_eval  # noqa: F401
-        from lm_eval.models.huggingface import HFLM  # noqa: F401
-    except ImportError:
-        return False
-    return True
+lmeval_available = lmeval.available
 
 
 def lmeval_tasks(workdir: Path, tasks: dict) -> object:
     """Our tasks as lm-eval task YAMLs over local JSONL files; a TaskManager that sees only them."""
-    from lm_eval.tasks import TaskManager
-
-    d = workdir / "lm_eval_tasks"
-    d.mkdir(parents=True, exist_ok=True)
-    for name, task in tasks.items():
-        data = d / f"{name}.jsonl"
-        data.write_text("".join(json.dumps(it) + "\n" for it in task.items))
-        spec = {"task": f"mm_{name}", "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
-                "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(workdir / "hf_datasets")},
-                "doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "label",
-                "target_delimiter": "",  # our choices carry their own leading space
-                "metric_list": [{"metric": "acc"}]}
-        (d / f"{name}.yaml").write_text(yaml.safe_dump(spec))
-    logging.getLogger("lm-eval").setLevel(logging.ERROR)
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return TaskManager(include_path=str(d), include_defaults=False)
+    return lmeval.export_tasks(workdir, tasks, prefix="mm_")
 
 
 def lmeval_runner(model, tok, tm, names: list[str], model_time: list | None = None, per_item: bool = False):
     """A function running lm-eval's simple_evaluate on `model`: {task: acc}, or {task: per-item acc in item
     order} with `per_item`. Seconds spent inside HFLM's model calls are appended to `model_time`."""
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    hflm = HFLM(pretrained=model, tokenizer=tok, batch_size=BATCH, device="cpu")
+    hflm = lmeval.hflm(model, tok, BATCH)
     if model_time is not None:
         call = hflm._model_call
 
@@ -80,12 +53,9 @@ def lmeval_runner(model, tok, tm, names: list[str], model_time: list | None = No
         hflm._model_call = timed_call
 
     def run() -> dict:
-        with contextlib.redirect_stderr(io.StringIO()):  # its progress bars ignore TQDM_DISABLE
-            out = lm_eval.simple_evaluate(model=hflm, tasks=[f"mm_{n}" for n in names], task_manager=tm,
-                                          bootstrap_iters=0, log_samples=per_item)
+        out = lmeval.run(hflm, [f"mm_{n}" for n in names], tm, log_samples=per_item)
         if per_item:
-            return {n: np.array([x["acc"] for x in sorted(out["samples"][f"mm_{n}"], key=lambda x: x["doc_id"])])
-                    for n in names}
+            return {n: lmeval.mc_scores(lmeval.samples(out, f"mm_{n}"))["acc"] for n in names}
         return {n: float(out["results"][f"mm_{n}"]["acc,none"]) for n in names}
 
     return run

@@ -49,9 +49,13 @@ class Pipeline:
         from mergemix.benchmarks.suite import MC_METRICS
 
         for name in self.domain_names:
-            spec = self.cfg["domains"]["sources"][name] or {}
-            if spec.get("source") == "files":
-                dom.resolve_files(name, spec)
+            dom.validate_spec(name, self.cfg["domains"]["sources"][name] or {})
+        limit = self.data_cfg.get("max_epochs")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+            raise MergeMixError(f"data.max_epochs must be a positive number or null, got {limit!r}")
+        workers = self.data_cfg.get("num_workers", 0)
+        if not isinstance(workers, int) or workers < 0:
+            raise MergeMixError(f"data.num_workers must be 0 (one per CPU) or a positive integer, got {workers!r}")
         if self.cfg["base"]["mixture"] != "token":
             check_weights(self.cfg["base"]["mixture"], self.domain_names, "base.mixture")
         b = self.cfg["benchmarks"]
@@ -67,6 +71,17 @@ class Pipeline:
                                     f"configured (domains: {self.domain_names})")
             if spec.get("source") == "jsonl" and not Path(spec["path"]).is_file():
                 raise MergeMixError(f"benchmark '{t}': file not found: {spec['path']}")
+        lm = {t: spec for t, spec in b["tasks"].items() if spec.get("source") == "lmeval"}
+        if lm:  # names, include paths and offline datasets of lm-eval members, before any work
+            from mergemix.benchmarks import lmeval
+
+            lmeval.resolve(lm)
+        from mergemix.strategies import check_strategy
+
+        check_strategy(self.cfg["trainer"].get("strategy"))
+        if self.cfg.get("expert_domain") not in (None, *self.domain_names):
+            raise MergeMixError(f"expert_domain '{self.cfg['expert_domain']}' is not a configured domain "
+                                f"({', '.join(self.domain_names)})")
         s = self.cfg["search"]
         from mergemix.search.backends import get_backend
 
@@ -92,25 +107,46 @@ class Pipeline:
                                     f"({self.cfg['model']['seq_len'] * self.cfg['model']['batch_size']} tokens)")
 
     # ------------------------------------------------------------------------------------------- data ---
+    @property
+    def data_cfg(self) -> dict:
+        return self.cfg.get("data") or {}
+
     @cached_property
     def corpus(self) -> dict[str, Path]:
+        """Embedded domains: their documents, split. User domains: fingerprinted only (their files are streamed)."""
         out, d = {}, self.cfg["domains"]
+        memo_path = self.store.root / "digests.json"
+        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+        n_memo = len(memo)
         for name in self.domain_names:
             spec = d["sources"][name] or {}
-            inputs = {"source": dom.source_fingerprint(name, spec), "seed": self.seed,
+            inputs = {"source": dom.source_fingerprint(name, spec, memo), "seed": self.seed,
                       "heldout_fraction": d["heldout_fraction"]}
 
             def build(tmp: Path, name=name, spec=spec):
-                train, held = dom.load_domain(name, spec, self.seed, d["heldout_fraction"])
+                if spec.get("source", "embedded") != "embedded":
+                    parts = dom.shards(name, spec, tmp, d["heldout_fraction"], 1 << 62)
+                    return {"docs": "streamed from the domain's files", "swap": not dom.probe(name, parts)}
+                train, held = dom.load_embedded(name, spec, self.seed, d["heldout_fraction"])
                 (tmp / "train.json").write_text(json.dumps(train))
                 (tmp / "heldout.json").write_text(json.dumps(held))
                 return {"docs": {"train": len(train), "heldout": len(held)}}
 
             out[name] = self.store.get_or_build("corpus", inputs, build)
+        if len(memo) != n_memo:
+            artifacts.write_atomic(memo_path, json.dumps(memo))
         return out
 
-    def docs(self, name: str, split: str) -> list[str]:
-        return json.loads((self.corpus[name] / f"{split}.json").read_text())
+    def shards(self, name: str) -> list[dom.Shard]:
+        """The domain's units of tokenising work (about `data.shard_mb` each)."""
+        swap = bool(read_manifest(self.corpus[name]).get("swap"))
+        return dom.shards(name, self.cfg["domains"]["sources"][name] or {}, self.corpus[name],
+                          self.cfg["domains"]["heldout_fraction"],
+                          int(float(self.data_cfg.get("shard_mb", 64)) * 2**20), swap)
+
+    def docs(self, name: str, split: str):
+        """The domain's documents of one split, streamed in order."""
+        return dom.iter_docs(self.shards(name), split)
 
     @cached_property
     def tokenizer_dir(self) -> Path:
@@ -146,14 +182,13 @@ class Pipeline:
         out = {}
         for name in self.domain_names:
             inputs = {"corpus": self.corpus[name].name, "tokenizer": self.store.ref(self.tokenizer_dir)}
+            cap = (self.cfg["domains"]["sources"][name] or {}).get("max_tokens")
+            if cap:  # only when set, so that the keys of uncapped domains stay as they were
+                inputs["max_tokens"] = int(cap)
 
-            def build(tmp: Path, name=name):
-                sizes = {}
-                for split in ("train", "heldout"):
-                    arr = tok_store.pack(self.tokenizer, self.docs(name, split))
-                    tok_store.save_split(tmp, split, arr)
-                    sizes[split] = len(arr)
-                return {"tokens": sizes}
+            def build(tmp: Path, name=name, cap=cap):
+                return tok_store.pack_shards(self.shards(name), self.tokenizer_dir, tmp,
+                                             int(self.data_cfg.get("num_workers", 0)), cap)
 
             out[name] = self.store.get_or_build("tokens", inputs, build)
         return out
@@ -172,11 +207,35 @@ class Pipeline:
         return token_proportional(self.token_counts)
 
     # --------------------------------------------------------------------------------------- training ---
+    def check_epochs(self, ratios: dict[str, float], n_tokens: int, label: str) -> None:
+        """Refuse a run that would repeat a domain beyond its `max_epochs` (data.max_epochs by default)."""
+        from mergemix.data.sampler import check_epochs
+
+        default = self.data_cfg.get("max_epochs")
+        limits = {n: (self.cfg["domains"]["sources"][n] or {}).get("max_epochs", default) for n in self.domain_names}
+        m = self.cfg["model"]
+        check_epochs(self.token_counts, ratios, int(n_tokens), m["seq_len"], m["batch_size"], limits, label)
+
+    @cached_property
+    def preflight(self) -> bool:
+        """The runs known before any training (base, experts, the uniform mixture), checked at once right after
+        the token stage, so that a repetition error does not wait for the base to train."""
+        if not self.cfg["base"].get("checkpoint"):
+            mixture = self.cfg["base"]["mixture"]
+            self.check_epochs(self.uniform_mixture if mixture == "token" else mixture, self.cfg["base"]["tokens"],
+                              "base")
+        for n in self.domain_names:
+            self.check_epochs({n: 1.0}, self.cfg["experts"]["tokens"], f"expert:{n}")
+        self.check_epochs(self.uniform_mixture, self.cfg["mix"]["tokens"], "mix:uniform")
+        return True
+
     def _train(self, stage: str, inputs: dict, init: Path | None, ratios: dict, spec: dict, desc: str,
                seed: int | None = None) -> Path:
         from mergemix.models import build_model, load_checkpoint
         from mergemix.training import train_causal_lm
 
+        _ = self.preflight  # the known runs, once, before the first training
+        self.check_epochs(ratios, spec["tokens"], desc)
         m, tr = self.cfg["model"], self.cfg["trainer"]
         seed = self.seed if seed is None else seed
         full_inputs = {**inputs, "model": m, "tokens": {n: p.name for n, p in self.token_dirs.items()},
@@ -236,15 +295,22 @@ class Pipeline:
                  if s.get("source") == "jsonl" and Path(s["path"]).is_file()}
         inputs = {"tasks": b["tasks"], "heldout": heldout_keys, "files": files, "seed": self.seed,
                   "tokenizer": self.store.ref(self.tokenizer_dir)}
+        lm = {t: s for t, s in b["tasks"].items() if s.get("source") == "lmeval"}
+        if lm:  # lm-eval's version and the files under each include_path
+            from mergemix.benchmarks import lmeval
+
+            inputs["lmeval"] = lmeval.fingerprint(lm)
 
         def build(tmp: Path):
             from mergemix.benchmarks.suite import build_task
 
-            held = {n: self.docs(n, "heldout") for n in self.domain_names}
+            cloze = {s.get("domain") for s in b["tasks"].values() if s.get("builder") == "cloze"}
+            held = {n: list(self.docs(n, "heldout")) for n in self.domain_names if n in cloze}
             for name, spec in sorted(b["tasks"].items()):
                 task = build_task(name, spec, held, self.seed, self.tokenizer)
                 (tmp / f"{name}.json").write_text(json.dumps({"kind": task.kind, "items": task.items,
-                                                              "max_new_tokens": task.max_new_tokens}))
+                                                              "max_new_tokens": task.max_new_tokens,
+                                                              "lmeval": task.lmeval}))
             return {"n_items": {t: len(json.loads((tmp / f"{t}.json").read_text())["items"]) for t in b["tasks"]}}
 
         return self.store.get_or_build("benchmarks", inputs, build)
@@ -258,7 +324,7 @@ class Pipeline:
         tasks = {}
         for name in sorted(b["tasks"]):
             raw = json.loads((self.task_dir / f"{name}.json").read_text())
-            tasks[name] = Task(name, raw["kind"], raw["items"], raw["max_new_tokens"])
+            tasks[name] = Task(name, raw["kind"], raw["items"], raw["max_new_tokens"], raw.get("lmeval"))
         caps = {c: spec["tasks"] for c, spec in b["capabilities"].items()}
         return Suite(self.tokenizer, tasks, caps, b["metric"], b["batch_size"], b["max_length"], b["bootstrap"])
 

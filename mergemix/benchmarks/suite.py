@@ -21,8 +21,12 @@ def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], 
     if source == "jsonl":
         return load_jsonl_task(name, spec["path"], spec.get("kind"), spec.get("limit"),
                                spec.get("max_new_tokens", 8))
+    if source == "lmeval":
+        from mergemix.benchmarks import lmeval
+
+        return lmeval.resolve({name: spec})[name]
     if source != "embedded":
-        raise MergeMixError(f"benchmark '{name}': unknown source '{source}' (embedded, jsonl)")
+        raise MergeMixError(f"benchmark '{name}': unknown source '{source}' (embedded, jsonl, lmeval)")
     builder, n = spec["builder"], int(spec.get("n", 500))
     if builder == "cloze":
         docs = heldout_docs.get(spec["domain"])
@@ -42,7 +46,7 @@ def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], 
 
 def normalised(task: Task, scores: Mapping[str, np.ndarray], metric: str) -> np.ndarray:
     """Per-item scores rescaled so that chance is 0 and perfect is 1."""
-    raw = scores["exact_match"] if task.kind == "gen" else scores[metric]
+    raw = scores[task.score_key] if task.kind == "gen" else scores[metric]
     return (raw - task.chance) / (1.0 - task.chance)
 
 
@@ -80,7 +84,14 @@ class Suite:
                 raise MergeMixError(f"capability '{cap}' names unknown or no tasks {missing}; tasks: {sorted(tasks)}")
         self.tasks, self.metric, self.bootstrap = tasks, metric, bootstrap
         self.capabilities = {c: list(m) for c, m in sorted(capabilities.items())}
-        self.evaluator = Evaluator(tokenizer, tasks, batch_size, max_length)
+        native = {n: t for n, t in tasks.items() if t.lmeval is None}
+        self.evaluator = Evaluator(tokenizer, native, batch_size, max_length)
+        self.lmeval = None  # lm-eval members, scored by lm-eval itself
+        if len(native) < len(tasks):
+            from mergemix.benchmarks.lmeval import LMEvalMembers
+
+            self.lmeval = LMEvalMembers(tokenizer, {n: t for n, t in tasks.items() if t.lmeval is not None},
+                                        batch_size, max_length)
 
     def summarize(self, per_item: Mapping[str, Mapping[str, np.ndarray]], seed: int = 0) -> dict:
         norm = {t: normalised(self.tasks[t], per_item[t], self.metric) for t in self.tasks}
@@ -95,5 +106,11 @@ class Suite:
             "items": {t: np.round(v, 5).tolist() for t, v in norm.items()},
         }
 
+    def per_item(self, model) -> dict[str, dict[str, np.ndarray]]:
+        scores = self.evaluator.per_item(model)
+        if self.lmeval is not None:
+            scores.update(self.lmeval.per_item(model))
+        return scores
+
     def evaluate(self, model) -> dict:
-        return self.summarize(self.evaluator.per_item(model))
+        return self.summarize(self.per_item(model))

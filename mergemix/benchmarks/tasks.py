@@ -15,6 +15,12 @@ class Task:
     kind: str  # "mc" | "gen"
     items: list[dict] = field(default_factory=list)  # mc: context, choices, label; gen: prompt, answer
     max_new_tokens: int = 8
+    lmeval: dict | None = None  # set for an lm-eval member: scored by lm-eval (benchmarks/lmeval.py)
+
+    @property
+    def score_key(self) -> str:
+        """The per-item score of a generation task."""
+        return (self.lmeval or {}).get("metric") or "exact_match"
 
     @property
     def chance(self) -> float:

@@ -1,10 +1,18 @@
-"""Domains: the embedded corpora or a user's local files (.txt, .jsonl, .parquet), split train/held-out."""
+"""Domains: the embedded corpora, or a user's local data, split train/held-out by document hash.
+
+A user domain (`source: files`) lists paths or globs of `.txt` (one document per file), `.jsonl` (one document per
+line, field `text_field`) and `.parquet` (column `text_field`) files, directories of such shards, and Hugging Face
+datasets saved with `save_to_disk` (read with `datasets.load_from_disk`, an optional dependency). Documents are
+streamed shard by shard, never held in memory all at once."""
 
 from __future__ import annotations
 
 import glob
+import itertools
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from mergemix.artifacts import file_digest
@@ -12,9 +20,27 @@ from mergemix.data import embedded
 from mergemix.errors import MergeMixError
 
 FORMATS = (".txt", ".jsonl", ".parquet")
+HF_MARKERS = ("dataset_info.json", "dataset_dict.json")  # written by datasets' save_to_disk
+NOT_CONTENT = ("max_tokens", "max_epochs")  # spec keys applied downstream: they change no document
+SPLITS = ("train", "heldout")
+
+
+# ------------------------------------------------------------------------------------------ resolving ---
+def is_hf_dataset(path: Path) -> bool:
+    return path.is_dir() and any((path / m).is_file() for m in HF_MARKERS)
+
+
+def _shard_files(name: str, directory: Path) -> list[Path]:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in FORMATS
+                   and not any(part.startswith((".", "_")) for part in p.relative_to(directory).parts))
+    if not files:
+        raise MergeMixError(f"domain '{name}': directory {directory} holds no readable shards "
+                            f"({', '.join(FORMATS)} files, or a dataset saved by datasets' save_to_disk)")
+    return files
 
 
 def resolve_files(name: str, spec: Mapping) -> list[Path]:
+    """The domain's files and saved-dataset directories, in order (a shard directory expands to its files)."""
     paths = spec.get("paths") or []
     if isinstance(paths, str):
         paths = [paths]
@@ -26,60 +52,213 @@ def resolve_files(name: str, spec: Mapping) -> list[Path]:
         if not matches:
             raise MergeMixError(f"domain '{name}': no file matches {pattern}")
         for m in map(Path, matches):
-            if not m.is_file():
+            if is_hf_dataset(m):
+                _require_datasets(name, m)
+                files.append(m)
+            elif m.is_dir():
+                files.extend(_shard_files(name, m))
+            elif not m.is_file():
                 raise MergeMixError(f"domain '{name}': file not found: {m}")
-            if m.suffix not in FORMATS:
+            elif m.suffix not in FORMATS:
                 raise MergeMixError(f"domain '{name}': unsupported file type {m.suffix} ({', '.join(FORMATS)})")
-            files.append(m)
+            else:
+                files.append(m)
     return files
 
 
-def _read(path: Path, text_field: str) -> list[str]:
-    if path.suffix == ".txt":
-        return [path.read_text(encoding="utf-8", errors="replace")]
-    if path.suffix == ".jsonl":
-        docs = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                docs.append(json.loads(line)[text_field])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise MergeMixError(f"{path}:{i}: expected a JSON object with a '{text_field}' string") from exc
-        return docs
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    if text_field not in table.column_names:
-        raise MergeMixError(f"{path}: no column '{text_field}' (columns: {table.column_names})")
-    return [str(x) for x in table.column(text_field).to_pylist() if x]
+def _require_datasets(name: str, path: Path):
+    try:
+        import datasets
+    except ImportError as exc:
+        raise MergeMixError(f"domain '{name}': {path} is a saved Hugging Face dataset; reading it needs the "
+                            f"`datasets` package (pip install datasets)") from exc
+    return datasets
 
 
-def source_fingerprint(name: str, spec: Mapping) -> dict:
-    """What determines a domain's documents: its spec and, for files, their contents' hashes."""
-    fp = {"name": name, "spec": dict(spec)}
+def _load_hf(path: str, hf_split: str | None, text_field: str):
+    datasets = _require_datasets("?", Path(path))
+    try:
+        ds = datasets.load_from_disk(path)
+    except Exception as exc:
+        raise MergeMixError(f"{path}: cannot load the saved dataset ({str(exc).splitlines()[0]})") from exc
+    if isinstance(ds, datasets.DatasetDict):
+        split = hf_split or "train"
+        if split not in ds:
+            raise MergeMixError(f"{path}: no split '{split}' (splits: {sorted(ds)}); set the domain's `split`")
+        ds = ds[split]
+    if text_field not in ds.column_names:
+        raise MergeMixError(f"{path}: no column '{text_field}' (columns: {ds.column_names})")
+    return ds.select_columns([text_field])
+
+
+def validate_spec(name: str, spec: Mapping) -> None:
+    check_source(name, spec)
+    for key, kind in (("max_tokens", int), ("max_epochs", (int, float))):
+        v = spec.get(key)
+        if v is not None and (not isinstance(v, kind) or isinstance(v, bool) or v <= 0):
+            raise MergeMixError(f"domain '{name}': {key} must be a positive number, got {v!r}")
     if spec.get("source") == "files":
-        fp["files"] = {str(p): file_digest(p) for p in resolve_files(name, spec)}
+        resolve_files(name, spec)
+
+
+# ---------------------------------------------------------------------------------------- fingerprint ---
+def _digest(path: Path, memo: dict) -> str:
+    st = path.stat()
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if key not in memo:
+        memo[key] = file_digest(path)
+    return memo[key]
+
+
+def source_fingerprint(name: str, spec: Mapping, memo: dict | None = None) -> dict:
+    """What determines a domain's documents: its spec and, for files, their contents' hashes (`memo` caches
+    hashes by path, size and modification time, so large data is not re-read on every run)."""
+    memo = {} if memo is None else memo
+    fp = {"name": name, "spec": {k: v for k, v in spec.items() if k not in NOT_CONTENT}}
+    if spec.get("source") == "files":
+        files = {}
+        for p in resolve_files(name, spec):
+            members = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+            files.update({str(f): _digest(f, memo) for f in members})
+        fp["files"] = files
     return fp
 
 
-def load_domain(name: str, spec: Mapping, seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
-    source = spec.get("source", "embedded")
-    if source == "embedded":
-        if name not in embedded.NAMES:
-            raise MergeMixError(f"domain '{name}': no embedded corpus of that name ({', '.join(embedded.NAMES)})")
-        kwargs = {k: v for k, v in spec.items() if k in ("max_chars", "n_items", "per_doc")}
-        train, held = embedded.build(name, seed, heldout_fraction, **kwargs)
-    elif source == "files":
-        docs = [d for p in resolve_files(name, spec) for d in _read(p, spec.get("text_field", "text"))
-                if d and d.strip()]
-        if not docs:
-            raise MergeMixError(f"domain '{name}': its files hold no text")
-        train, held = embedded.split_docs(docs, heldout_fraction)
-        if not train:
-            train, held = held, []
-    else:
-        raise MergeMixError(f"domain '{name}': unknown source '{source}' (embedded, files)")
+# --------------------------------------------------------------------------------------------- shards ---
+@dataclass(frozen=True)
+class Shard:
+    """One unit of tokenising work: files read in order, or a row range of a saved dataset. Each document goes to
+    `split` when it is fixed, otherwise to the held-out split with probability `fraction` by its hash. The
+    corpus stage's own `train.json`/`heldout.json` (embedded domains) carry their split in their name."""
+
+    files: tuple[str, ...] = ()
+    dataset: str | None = None
+    hf_split: str | None = None
+    rows: tuple[int, int] = (0, 0)
+    text_field: str = "text"
+    fraction: float = 0.0
+    split: str | None = None
+
+    def documents(self) -> Iterator[tuple[str, str]]:
+        """(split, document) pairs, in order."""
+        if self.dataset:
+            yield from self._splits(_hf_rows(self.dataset, self.hf_split, self.text_field, *self.rows))
+            return
+        for f in map(Path, self.files):
+            if f.suffix == ".json":
+                yield from ((f.stem, d) for d in json.loads(f.read_text()))
+            else:
+                yield from self._splits(_read(f, self.text_field))
+
+    def _splits(self, docs) -> Iterator[tuple[str, str]]:
+        for d in docs:
+            if d.strip():
+                yield self.split or ("heldout" if embedded._doc_heldout(d, self.fraction) else "train"), d
+
+
+def _read(path: Path, text_field: str) -> Iterator[str]:
+    if path.suffix == ".txt":
+        yield path.read_text(encoding="utf-8", errors="replace")
+        return
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)[text_field]
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise MergeMixError(f"{path}:{i}: expected a JSON object with a '{text_field}' string") from exc
+                if not isinstance(doc, str):
+                    raise MergeMixError(f"{path}:{i}: '{text_field}' is not a string")
+                yield doc
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:
+        raise MergeMixError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from exc
+    if text_field not in pf.schema_arrow.names:
+        raise MergeMixError(f"{path}: no column '{text_field}' (columns: {pf.schema_arrow.names})")
+    for batch in pf.iter_batches(batch_size=1024, columns=[text_field]):
+        yield from (str(x) for x in batch.column(0).to_pylist() if x)
+
+
+def _hf_rows(path: str, hf_split: str | None, text_field: str, start: int, stop: int,
+             chunk: int = 1024) -> Iterator[str]:
+    ds = _load_hf(path, hf_split, text_field)
+    for i in range(start, stop, chunk):
+        yield from (str(x) for x in ds[i:min(stop, i + chunk)][text_field] if x)
+
+
+def shards(name: str, spec: Mapping, corpus_dir: Path, fraction: float, shard_bytes: int,
+           swap: bool = False) -> list[Shard]:
+    """The domain as units of work of about `shard_bytes` each: consecutive small files are grouped, a saved
+    dataset is cut into row ranges. `swap` (no document fell in the training split) sends every document to
+    training, so that a tiny domain still trains."""
+    if spec.get("source", "embedded") == "embedded":
+        return [Shard(files=tuple(str(corpus_dir / f"{s}.json") for s in SPLITS))]
+    field, fixed = spec.get("text_field", "text"), "train" if swap else None
+    out, group, size = [], [], 0
+    for p in resolve_files(name, spec):
+        if p.is_dir():
+            ds = _load_hf(str(p), spec.get("split"), field)
+            n_bytes = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            k = max(1, min(len(ds), math.ceil(n_bytes / shard_bytes)))
+            bounds = [len(ds) * i // k for i in range(k + 1)]
+            out += [Shard(dataset=str(p), hf_split=spec.get("split"), rows=(a, b), text_field=field,
+                          fraction=fraction, split=fixed) for a, b in itertools.pairwise(bounds) if b > a]
+            continue
+        group.append(str(p))
+        size += p.stat().st_size
+        if size >= shard_bytes:
+            out.append(Shard(files=tuple(group), text_field=field, fraction=fraction, split=fixed))
+            group, size = [], 0
+    if group:
+        out.append(Shard(files=tuple(group), text_field=field, fraction=fraction, split=fixed))
+    return out
+
+
+def iter_docs(shard_list: list[Shard], split: str) -> Iterator[str]:
+    for shard in shard_list:
+        yield from (d for s, d in shard.documents() if s == split)
+
+
+# ----------------------------------------------------------------------------------------- embedded ---
+def load_embedded(name: str, spec: Mapping, seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    if name not in embedded.NAMES:
+        raise MergeMixError(f"domain '{name}': no embedded corpus of that name ({', '.join(embedded.NAMES)})")
+    kwargs = {k: v for k, v in spec.items() if k in ("max_chars", "n_items", "per_doc")}
+    train, held = embedded.build(name, seed, heldout_fraction, **kwargs)
     if not train:
         raise MergeMixError(f"domain '{name}' is empty")
     return train, held
+
+
+def probe(name: str, shard_list: list[Shard]) -> bool:
+    """Whether any document falls in the training split (stops at the first one); no text at all is an error."""
+    seen = False
+    for shard in shard_list:
+        for split, _ in shard.documents():
+            if split == "train":
+                return True
+            seen = True
+    if not seen:
+        raise MergeMixError(f"domain '{name}': its files hold no text")
+    return False
+
+
+def check_source(name: str, spec: Mapping) -> None:
+    if spec.get("source", "embedded") not in ("embedded", "files"):
+        raise MergeMixError(f"domain '{name}': unknown source '{spec.get('source')}' (embedded, files)")
+
+
+def load_domain(name: str, spec: Mapping, seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    """A domain's documents as two lists (train, held-out): for small domains; the pipeline streams shards."""
+    check_source(name, spec)
+    if spec.get("source", "embedded") == "embedded":
+        return load_embedded(name, spec, seed, heldout_fraction)
+    swap = not probe(name, shards(name, spec, Path(), heldout_fraction, 1 << 62))
+    parts = shards(name, spec, Path(), heldout_fraction, 1 << 62, swap)
+    return list(iter_docs(parts, "train")), list(iter_docs(parts, "heldout"))

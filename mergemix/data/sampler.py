@@ -53,3 +53,23 @@ def plan_mixture(lengths: dict[str, int], ratios: dict[str, float], n_windows: i
     dom_arr, start_arr = np.concatenate(dom), np.concatenate(start)
     order = rng.permutation(len(dom_arr))
     return MixturePlan(names, dom_arr[order], start_arr[order], seq_len)
+
+
+def epochs(lengths: dict[str, int], ratios: dict[str, float], n_tokens: int, seq_len: int,
+           batch_size: int) -> dict[str, float]:
+    """Passes over each domain's tokens that a run of `n_tokens` on `ratios` draws (windows as the trainer
+    plans them on one device: whole batches, each domain's share by largest-remainder rounding)."""
+    n_windows = max(batch_size, n_tokens // seq_len // batch_size * batch_size)
+    counts = allocate({d: ratios.get(d, 0.0) for d in lengths}, n_windows)
+    return {d: counts[d] * seq_len / max(1, lengths[d]) for d in sorted(lengths)}
+
+
+def check_epochs(lengths: dict[str, int], ratios: dict[str, float], n_tokens: int, seq_len: int, batch_size: int,
+                 limits: dict[str, float | None], label: str) -> None:
+    """One clear error when the run would repeat a domain more often than its limit allows."""
+    for d, e in epochs(lengths, ratios, n_tokens, seq_len, batch_size).items():
+        if limits.get(d) is not None and e > limits[d]:
+            raise MergeMixError(
+                f"{label} would repeat domain '{d}' {e:.2f} times ({round(e * lengths[d]):,} tokens drawn from "
+                f"{lengths[d]:,} available), more than its max_epochs {limits[d]:g}: lower the run's tokens or "
+                f"that domain's share, add data, or raise max_epochs")

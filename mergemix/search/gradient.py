@@ -11,6 +11,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from mergemix.benchmarks.evaluator import _encode_pair
+from mergemix.errors import MergeMixError
 from mergemix.search.backends import Outcome
 
 
@@ -58,8 +59,11 @@ def gradient_search(evaluate, names: Sequence[str], cfg: Mapping, seed: int, pri
                     util: Callable[[dict], float]) -> Outcome:
     """`evaluate` must be a MergeObjective (it carries the experts, the model and the benchmarks)."""
     suite = evaluate.pipe.suite
-    requests = dev_requests(suite.evaluator.tok, suite.tasks, int(cfg.get("dev_every", 5)),
-                            suite.evaluator.max_length)
+    requests = dev_requests(suite.evaluator.tok, suite.evaluator.tasks, int(cfg.get("dev_every", 5)),
+                            suite.evaluator.max_length)  # native tasks: lm-eval members are scored by lm-eval only
+    if not requests:
+        raise MergeMixError("the gradient back-end needs benchmark tasks of the project's own evaluator "
+                            "(lm-eval members are not differentiated through)")
     nll = MergeNLL(evaluate.bank, evaluate.target, requests, suite.evaluator.tok.pad_token_id)
     z = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([z], lr=float(cfg.get("lr", 0.1)))
