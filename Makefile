@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-all lint bench reproduce clean
+.PHONY: install demo test test-all test-postgres gpu-check lint bench reproduce clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,8 +30,15 @@ test: install  ## fast tier
 test-all: install  ## fast and slow tiers
 	WANDB_MODE=disabled $(BIN)/pytest -q -m "slow or not slow"
 
+test-postgres: install  ## Optuna workers on a real PostgreSQL study (server: Debian's postgresql package)
+	$(BIN)/pip install -q --disable-pip-version-check "psycopg2-binary==2.9.13"  # the `postgres` extra
+	WANDB_MODE=disabled $(BIN)/pytest -q -m slow tests/test_postgres.py
+
+gpu-check: install  ## one GPU: FSDP/bf16 training of a ~1B model, merge and evaluation; tokens/s and MFU
+	scripts/gpu_check.sh
+
 lint: install
-	$(BIN)/ruff check mergemix tests experiments bench
+	$(BIN)/ruff check mergemix tests experiments bench scripts
 
 bench: install  ## hot paths vs their baselines -> reports/bench.{md,json,png} (~10 min; BENCH_ARGS="--quick" or "--threads 1")
 	$(BIN)/pip install -q --disable-pip-version-check "lm-eval[hf]==0.4.13"  # the `lm-eval` extra

@@ -72,7 +72,10 @@ class ArtifactStore:
     def is_complete(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / "manifest.json").is_file()
 
-    def get_or_build(self, stage: str, inputs: dict, build: Callable[[Path], dict | None]) -> Path:
+    def get_or_build(self, stage: str, inputs: dict, build: Callable[[Path], dict | None],
+                     leader: str | None = None) -> Path:
+        """`leader` (a distributed launch's id) is announced while building, so that the other ranks of the same
+        launch join the build (`follow`) while those of another launch wait for the result."""
         key = stage_key(stage, inputs)
         final = self.path(stage, key)
         if self.is_complete(stage, key):
@@ -83,6 +86,9 @@ class ArtifactStore:
             tmp = final.parent / f".tmp-{key}-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+            marker = self._leader_marker(stage, key)
+            if leader:
+                write_atomic(marker, leader)
             try:
                 extra = build(tmp) or {}
                 manifest = {"stage": stage, "key": key, "inputs": inputs, "created": time.time(), **extra}
@@ -92,23 +98,32 @@ class ArtifactStore:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
+            finally:
+                if leader:
+                    marker.unlink(missing_ok=True)
         return final
 
-    def follow(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], timeout_s: float = 3600) -> Path:
-        """For a secondary rank of a distributed build: run `build` into a scratch directory (it takes part in the
-        collectives, writes nothing that is kept), then wait for the leader's artifact to be complete."""
+    def _leader_marker(self, stage: str, key: str) -> Path:
+        return self.root / ".locks" / f"{stage}-{key}.leader"
+
+    def follow(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], leader: str,
+               timeout_s: float = 3600) -> Path:
+        """For a secondary rank of a distributed build: once rank 0 of the same launch (`leader`) announces that it
+        builds this artifact, run `build` into a scratch directory (it takes part in the collectives, writes nothing
+        that is kept); return when the artifact is complete, also when another launch built it."""
         import tempfile
 
         key = stage_key(stage, inputs)
-        if not self.is_complete(stage, key):
-            with tempfile.TemporaryDirectory(prefix=f"mergemix-{stage}-") as scratch:
-                build(Path(scratch))
-            deadline = time.time() + timeout_s
-            while not self.is_complete(stage, key):
-                if time.time() > deadline:
-                    from mergemix.errors import MergeMixError
-                    raise MergeMixError(f"rank 0 did not complete {stage}/{key} within {timeout_s:.0f} s")
-                time.sleep(0.5)
+        marker, deadline = self._leader_marker(stage, key), None
+        while not self.is_complete(stage, key):
+            if deadline is None and marker.is_file() and marker.read_text() == leader:
+                with tempfile.TemporaryDirectory(prefix=f"mergemix-{stage}-") as scratch:
+                    build(Path(scratch))
+                deadline = time.time() + timeout_s  # rank 0 writes the manifest right after the last collective
+            elif deadline is not None and time.time() > deadline:
+                from mergemix.errors import MergeMixError
+                raise MergeMixError(f"rank 0 did not complete {stage}/{key} within {timeout_s:.0f} s")
+            time.sleep(0.2)
         return self.path(stage, key)
 
 

@@ -1,7 +1,8 @@
 """`mergemix` console script: Hydra-configured stages, one-line errors for bad input.
 
     mergemix run [overrides]            all stages (= make demo); last line names the run directory
-    mergemix experts|search [overrides] the pipeline up to that stage
+    mergemix experts|search [overrides] the pipeline up to that stage (experts: expert_domain=NAME trains one)
+    mergemix search-worker [overrides]  more workers for a running search's study on a shared database
     mergemix mix weights='{code: 0.5, ...}' [overrides]   train and evaluate one mixture from the base
     mergemix merge base=DIR experts=[DIR,...] weights=[w,...] out=DIR [stream=true|false]
     mergemix info [overrides]           the composed config's model size and domains as JSON
@@ -20,7 +21,7 @@ from pathlib import Path
 from mergemix.errors import MergeMixError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-COMMANDS = ("run", "experts", "search", "mix", "merge", "info", "compare", "validate", "theory")
+COMMANDS = ("run", "experts", "search", "search-worker", "mix", "merge", "info", "compare", "validate", "theory")
 _HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
@@ -80,7 +81,8 @@ def compose(overrides: list[str], config_dir: str | None = None, extra_known: tu
     except Exception as exc:
         first = " ".join(str(exc).split("\n")[:1]).strip()
         detail = [ln.strip() for ln in str(exc).split("\n")[1:] if ln.strip().startswith("Key")]
-        raise MergeMixError(f"bad config: {first}{' ' + detail[0] if detail else ''}") from exc
+        hint = " (install the launcher: pip install -e .[slurm])" if "submitit" in first else ""
+        raise MergeMixError(f"bad config: {first}{' ' + detail[0] if detail else ''}{hint}") from exc
     finally:
         GlobalHydra.instance().clear()
 
@@ -150,10 +152,15 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     if command == "experts":
         from mergemix.analysis.report import print_gains
 
-        out = {n: str(p) for n, p in pipe.expert_dirs.items()}
+        names = [cfg["expert_domain"]] if cfg.get("expert_domain") else pipe.domain_names
+        out = {n: str(pipe.expert_dir(n)) for n in names}
         print(json.dumps({"base": str(pipe.base_dir), "experts": out}, indent=2))
         print("expert gains on their own capability:")
         print_gains(pipe.expert_report())
+    elif command == "search-worker":
+        from mergemix.search.join import join_search
+
+        print(json.dumps(join_search(pipe), indent=2))
     elif command == "search":
         print((pipe.search_dir / "mixture.yaml").read_text())
         print(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")

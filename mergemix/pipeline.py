@@ -241,12 +241,16 @@ class Pipeline:
         full_inputs = {**inputs, "model": m, "tokens": {n: p.name for n, p in self.token_dirs.items()},
                        "ratios": ratios, "spec": spec, "optim": self.cfg["optim"], "precision": tr["precision"],
                        "seed": seed, "init": self.store.ref(init) if init else None}
+        # model.batch_size is the global batch: the process layout is not an input (the weights do not depend on it)
+        parallel = bool(tr.get("strategy")) or str(tr["devices"]) != "1" or int(tr.get("num_nodes", 1)) > 1
 
         def build(tmp: Path):
             model = load_checkpoint(init) if init else build_model(
                 {**m, "max_position_embeddings": m["seq_len"]}, len(self.tokenizer), seed)
             trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
                                                   "gradient_clip_val")}
+            trainer_kwargs.update(num_nodes=int(tr.get("num_nodes", 1)), strategy=tr.get("strategy"),
+                                  micro_batch_size=tr.get("micro_batch_size"))
             optim = {"weight_decay": self.cfg["optim"]["weight_decay"], "betas": self.cfg["optim"]["betas"],
                      "warmup_steps": spec.get("warmup_steps", 0), "schedule": spec.get("schedule", "constant")}
             logger = self.loggers(desc, tmp) if self.loggers else None
@@ -259,7 +263,13 @@ class Pipeline:
                     import wandb
                     wandb.finish()
 
-        return self.store.get_or_build(stage, full_inputs, build)
+        if not parallel:
+            return self.store.get_or_build(stage, full_inputs, build)
+        from mergemix.strategies import is_secondary_rank, launch_id
+
+        if is_secondary_rank():  # every rank trains (collectives); rank 0 alone writes the artifact
+            return self.store.follow(stage, full_inputs, build, launch_id())
+        return self.store.get_or_build(stage, full_inputs, build, leader=launch_id())
 
     @cached_property
     def base_dir(self) -> Path:
@@ -274,9 +284,12 @@ class Pipeline:
 
     @cached_property
     def expert_dirs(self) -> dict[str, Path]:
-        e = self.cfg["experts"]
-        return {n: self._train("expert", {"domain": n}, self.base_dir,
-                               {n: 1.0}, e, f"expert:{n}") for n in self.domain_names}
+        return {n: self.expert_dir(n) for n in self.domain_names}
+
+    def expert_dir(self, name: str) -> Path:
+        """One domain's expert (jobs training different experts in parallel share the base through the cache)."""
+        return self._train("expert", {"domain": name}, self.base_dir, {name: 1.0}, self.cfg["experts"],
+                           f"expert:{name}")
 
     def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None,
                       seed: int | None = None) -> Path:
@@ -444,7 +457,8 @@ class Pipeline:
         from mergemix.analysis import report
 
         rows = {"base": self.evaluate_checkpoint(self.base_dir)}
-        rows.update({f"expert:{n}": self.evaluate_checkpoint(p) for n, p in self.expert_dirs.items()})
+        names = [self.cfg["expert_domain"]] if self.cfg.get("expert_domain") else self.domain_names
+        rows.update({f"expert:{n}": self.evaluate_checkpoint(self.expert_dir(n)) for n in names})
         cap_domain = {c: s.get("domain") for c, s in self.cfg["benchmarks"]["capabilities"].items()}
         return report.expert_gains(rows, cap_domain, self.suite.capabilities)
 

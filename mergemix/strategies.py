@@ -30,6 +30,17 @@ def is_secondary_rank() -> bool:
     return int(env.get("LOCAL_RANK", "0")) != 0 or int(env.get("NODE_RANK", "0")) != 0
 
 
+def launch_id() -> str:
+    """The same string on every rank of one distributed launch, another for any other launch: the SLURM job step,
+    the torchrun run, or rank 0's process id (Lightning's re-runs are its children)."""
+    env = os.environ
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
+        return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '')}"
+    if "TORCHELASTIC_RUN_ID" in env:
+        return f"torchrun:{env['TORCHELASTIC_RUN_ID']}@{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+    return f"pid:{os.getppid() if is_secondary_rank() else os.getpid()}"
+
+
 def decoder_layer_classes(model) -> set[type]:
     """The classes of `model`'s decoder layers: HF's `_no_split_modules`, found among its modules by name."""
     names = set(getattr(model, "_no_split_modules", None) or [])
@@ -114,7 +125,12 @@ def save_consolidated(trainer, model, out_dir: str | Path) -> None:
 
     prefix = "model."  # the HF model is CausalLMModule.model
     hf_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    fresh = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(hf_state.values())).dtype)
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+    with no_init_weights():  # every weight is loaded below; initialising ~1B parameters would cost seconds
+        fresh = AutoModelForCausalLM.from_config(model.config, dtype=next(iter(hf_state.values())).dtype)
     missing, unexpected = fresh.load_state_dict(hf_state, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight") and model.config.tie_word_embeddings}
     if set(missing) - tied or unexpected:

@@ -49,16 +49,15 @@ class WindowDataset(Dataset):
 
 
 class MixtureDataModule(pl.LightningDataModule):
-    """Training windows at exact per-domain ratios; `plan.realised_tokens()` reports what was drawn. With `world`
-    processes the window count is a multiple of the global batch (batch_size x world), so the distributed
-    sampler splits it evenly and pads nothing."""
+    """Training windows at exact per-domain ratios; `plan.realised_tokens()` reports what was drawn. `batch_size` is
+    the global batch: the window count is a multiple of it, so `world` processes split every step evenly; each loads
+    `micro_batch` windows at a time (default: its whole share of the step)."""
 
     def __init__(self, arrays: dict[str, np.ndarray], ratios: dict[str, float], n_tokens: int, seq_len: int,
-                 batch_size: int, seed: int, world: int = 1):
+                 batch_size: int, seed: int, world: int = 1, micro_batch: int | None = None):
         super().__init__()
-        self.arrays, self.batch_size = arrays, batch_size
-        step = batch_size * world
-        n_windows = max(step, n_tokens // seq_len // step * step)
+        self.arrays, self.batch_size = arrays, micro_batch or batch_size // world
+        n_windows = max(batch_size, n_tokens // seq_len // batch_size * batch_size)
         self.plan = plan_mixture({d: len(a) for d, a in arrays.items()}, ratios, n_windows, seq_len, seed)
 
     def train_dataloader(self) -> DataLoader:
@@ -113,24 +112,35 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
                     trainer_kwargs: dict, logger=None, desc: str = "train") -> dict:
     """Train `model` on the mixture `ratios` for `n_tokens` tokens and save an HF checkpoint in `out_dir`.
 
-    `batch_size` is per device; `trainer_kwargs["strategy"]` is a plain dict (see strategies.py). Every rank of a
-    distributed run calls this; rank 0 alone writes `out_dir` (FSDP shards are gathered first)."""
+    `batch_size` is the global batch (sequences per optimizer step), split evenly over the devices and, with
+    `trainer_kwargs["micro_batch_size"]`, accumulated in micro-batches, so the weights do not depend on the process
+    layout; `trainer_kwargs["strategy"]` is a plain dict (see strategies.py). Every rank of a distributed run calls
+    this; rank 0 alone writes `out_dir` (FSDP shards are gathered first)."""
     from mergemix.strategies import build_strategy, save_consolidated
 
     kwargs = dict(trainer_kwargs)
     strategy = build_strategy(kwargs.pop("strategy", None), model)
+    micro = kwargs.pop("micro_batch_size", None)  # sequences per forward pass; the rest is gradient accumulation
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer = pl.Trainer(max_epochs=1, logger=logger if logger is not None else False, strategy=strategy,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                          use_distributed_sampler=False, **kwargs)
     world = trainer.num_nodes * trainer.num_devices
-    data = MixtureDataModule(arrays, ratios, n_tokens, seq_len, batch_size, seed, world)
-    steps = len(data.plan.domain) // (batch_size * world)
+    per_device = batch_size // world
+    micro = int(micro or per_device)
+    if batch_size % world or per_device % micro:
+        from mergemix.errors import MergeMixError
+        raise MergeMixError(f"model.batch_size {batch_size} (sequences per step on all devices together) must be a "
+                            f"multiple of the {world} devices x trainer.micro_batch_size {micro}")
+    data = MixtureDataModule(arrays, ratios, n_tokens, seq_len, batch_size, seed, world, micro)
+    steps = len(data.plan.domain) // batch_size
     trainer.fit_loop.epoch_loop.max_steps = steps
+    trainer.accumulate_grad_batches = per_device // micro
     trainer.log_every_n_steps = max(1, steps // 50)
     module = CausalLMModule(model, lr=lr, total_steps=steps, **optim)
     if rank_zero_only.rank == 0:
-        print(f"[{desc}] {steps} steps x {batch_size} x {world} devices x {seq_len} tokens, lr {lr:g}, mixture "
+        print(f"[{desc}] {steps} steps x {batch_size} ({world} devices x {per_device // micro} x {micro}) x "
+              f"{seq_len} tokens, lr {lr:g}, mixture "
               + ", ".join(f"{d}={r:.3f}" for d, r in sorted(ratios.items())), flush=True)
     t0 = time.time()
     trainer.fit(module, datamodule=data)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import micro_cfg
 
-VOCAB, SEQ, BATCH, STEPS = 128, 32, 4, 3
+VOCAB, SEQ, BATCH, STEPS = 128, 32, 8, 3  # BATCH: the global batch, 4 per rank with two ranks
 
 # Runs under Lightning's subprocess launcher: rank 0 re-executes this file for rank 1, and every rank runs both
 # trainings (the second reuses the process group). Lightning refuses FSDP on CPU (an exact-type check) and hands
@@ -47,15 +47,15 @@ WORKER = textwrap.dedent("""
 
     out = Path(sys.argv[1])
     for name, spec in json.loads(sys.argv[2]).items():
-        model = fresh_model()
+        model, micro = fresh_model(), spec.pop("micro_batch_size", None)
         stats = train_causal_lm(model, Tok(), arrays(), {"a": 0.5, "b": 0.5}, out / name / "ckpt",
-                                **train_args(devices=2, strategy=spec))
+                                **train_args(devices=2, strategy=spec, micro_batch_size=micro))
         rank = stats["global_rank"]
         kinds = [type(m).__name__ for m in model.modules()]
         (out / name / f"rank{rank}.json").write_text(json.dumps({
             **stats, "local_numel": sum(p.numel() for p in model.parameters()),
             "fsdp_units": kinds.count("FullyShardedDataParallel"), "checkpointed": kinds.count("CheckpointWrapper")}))
-        if name == "ddp":
+        if name == "ddp":  # the weights each rank holds
             torch.save(model.state_dict(), out / name / f"rank{rank}.pt")
 """)
 
@@ -77,11 +77,10 @@ COMMON = textwrap.dedent(f"""
         rng = np.random.default_rng(0)
         return {{d: rng.integers(0, {VOCAB}, 5000).astype(np.uint16) for d in "ab"}}
 
-    def train_args(devices, strategy, batch_size={BATCH}):
-        world = devices if strategy else 1
+    def train_args(devices, strategy, batch_size={BATCH}, micro_batch_size=None):
         kwargs = dict(accelerator="cpu", devices=devices, precision="32-true", enable_progress_bar=False,
-                      gradient_clip_val=0.5, strategy=strategy)
-        return dict(n_tokens={SEQ} * {BATCH} * 2 * {STEPS}, seq_len={SEQ}, batch_size=batch_size, lr=3e-3, seed=0,
+                      gradient_clip_val=0.5, strategy=strategy, micro_batch_size=micro_batch_size)
+        return dict(n_tokens={SEQ} * {BATCH} * {STEPS}, seq_len={SEQ}, batch_size=batch_size, lr=3e-3, seed=0,
                     optim={{"weight_decay": 0.1, "betas": [0.9, 0.95]}}, trainer_kwargs=kwargs)
 """)
 
@@ -94,11 +93,12 @@ def _weights(path):
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """Both strategies trained by two gloo ranks, and the single-process reference (batch 2x4 on one rank)."""
+    """Both strategies trained by two gloo ranks, and the single-process reference (the same global batch)."""
     tmp = tmp_path_factory.mktemp("dist")
     (tmp / "common.py").write_text(COMMON)
     (tmp / "worker.py").write_text(WORKER)
-    specs = {"ddp": {"name": "ddp"}, "fsdp": micro_cfg(tmp, "trainer=fsdp")["trainer"]["strategy"]}
+    specs = {"ddp": {"name": "ddp"}, "fsdp": micro_cfg(tmp, "trainer=fsdp")["trainer"]["strategy"],
+             "ddp_accumulate": {"name": "ddp", "micro_batch_size": 2}}
     res = subprocess.run([sys.executable, str(tmp / "worker.py"), str(tmp / "out"), json.dumps(specs)],
                          capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -111,7 +111,7 @@ def two_ranks(tmp_path_factory):
         start = {k: v.clone() for k, v in common.fresh_model().state_dict().items()}
         ref_model = common.fresh_model()
         stats = train_causal_lm(ref_model, common.Tok(), common.arrays(), {"a": 0.5, "b": 0.5}, tmp / "ref",
-                                **common.train_args(devices=1, strategy=None, batch_size=2 * BATCH))
+                                **common.train_args(devices=1, strategy=None))
     finally:
         sys.path.remove(str(tmp))
         sys.modules.pop("common", None)
@@ -137,10 +137,17 @@ def test_ddp_ranks_agree_and_match_one_process(two_ranks):
     assert moved > 1e-3  # training changed the weights
     saved = _weights(out / "ddp" / "ckpt")
     assert all(torch.equal(saved[k], r0[k]) for k in saved)  # rank 0 wrote what it holds
-    assert _rel_gap(saved, ref, start) < 1e-4  # = one process with the 2x4 global batch
+    assert _rel_gap(saved, ref, start) < 1e-4  # = one process with the same global batch
     info = [json.loads((out / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["global_rank"] for i in info] == [0, 1] and {i["world_size"] for i in info} == {2}
     assert {i["steps"] for i in info} == {STEPS} and info[0]["final_loss"] != info[1]["final_loss"]  # own shards
+
+
+def test_micro_batches_accumulate_to_the_same_step(two_ranks):
+    out, start, ref, _ = two_ranks
+    info = json.loads((out / "ddp_accumulate" / "rank0.json").read_text())
+    assert info["steps"] == STEPS  # optimizer steps: 2 ranks x 2 micro-batches x 2 sequences = the global batch
+    assert _rel_gap(_weights(out / "ddp_accumulate" / "ckpt"), ref, start) < 1e-4
 
 
 def test_fsdp_config_shards_checkpoints_and_consolidates(two_ranks):
@@ -155,7 +162,7 @@ def test_fsdp_config_shards_checkpoints_and_consolidates(two_ranks):
     saved = _weights(out / "fsdp" / "ckpt")  # one consolidated safetensors directory
     assert saved.keys() == ref.keys()
     assert _max_diff(saved, start) > 1e-3
-    # = one process with the 2x4 global batch, up to the reduce-scatter's rounding (measured 0.3%, which Adam's
+    # = one process with the same global batch, up to the reduce-scatter's rounding (measured 0.3%, which Adam's
     # normalisation amplifies on near-zero gradients)
     assert _rel_gap(saved, ref, start) < 2e-2
 
@@ -184,6 +191,28 @@ def test_strategy_configs_build_lightning_strategies():
         build_strategy({"name": "fsdp", "shard_everything": True}, model)
 
 
+def test_global_batch_must_split_evenly_over_the_devices(tmp_path):
+    from mergemix.errors import MergeMixError
+    from mergemix.models import build_model
+    from mergemix.training import train_causal_lm
+
+    model = build_model({"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
+                         "intermediate_size": 64, "max_position_embeddings": 16}, 64, 0)
+    arrays = {"a": np.arange(4000, dtype=np.uint16) % 64}
+    kwargs = {"accelerator": "cpu", "devices": 3, "strategy": {"name": "ddp"}, "enable_progress_bar": False}
+    with pytest.raises(MergeMixError, match="model.batch_size 8 .* must be a multiple of the 3 devices"):
+        train_causal_lm(model, None, arrays, {"a": 1.0}, tmp_path, 16 * 8 * 2, 16, 8, 1e-3, 0, {}, kwargs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_expert_domain_must_be_a_domain(tmp_path):
+    from mergemix.errors import MergeMixError
+    from mergemix.pipeline import Pipeline
+
+    with pytest.raises(MergeMixError, match="expert_domain 'chem' is not a configured domain"):
+        Pipeline(micro_cfg(tmp_path, "expert_domain=chem"), tmp_path / "run")
+
+
 def test_pipeline_rejects_a_bad_strategy_before_any_work(tmp_path):
     from mergemix.errors import MergeMixError
     from mergemix.pipeline import Pipeline
@@ -196,16 +225,19 @@ def test_pipeline_rejects_a_bad_strategy_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_cli_relaunches_ranks_and_rank0_writes_the_artifacts(tmp_path):
-    """`mergemix experts` with two CPU devices: Lightning re-runs the command for rank 1, both ranks train, rank 0
-    alone writes each artifact and rank 1 reuses it (~40 s)."""
+    """`mergemix experts expert_domain=code` with two CPU devices: Lightning re-runs the command for rank 1, both
+    ranks train base and expert, rank 0 alone writes each artifact and rank 1 reuses it (~40 s)."""
     res = subprocess.run([sys.executable, "-m", "mergemix.cli", "experts", "experiment=micro", "logger=none",
-                          f"paths.root={tmp_path}", "trainer.devices=2", "trainer.strategy={name: ddp}"],
+                          f"paths.root={tmp_path}", "trainer.devices=2", "trainer.strategy={name: ddp}",
+                          "expert_domain=code"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stderr.count("Initializing distributed") == 2
+    assert (res.stdout + res.stderr).count("Initializing distributed") == 2
     experts = list((tmp_path / "cache" / "expert").iterdir())
-    assert len(experts) == 4 and not [p for p in experts if p.name.startswith(".tmp")]
+    assert len(experts) == 1 and not [p for p in experts if p.name.startswith(".tmp")]  # only the code expert
     manifest = json.loads((experts[0] / "manifest.json").read_text())
-    assert manifest["world_size"] == 2 and manifest["inputs"]["parallel"] == {"devices": 2, "num_nodes": 1}
-    assert res.stdout.count('"experts"') == 2  # both ranks reached the end with the same artifacts
+    cfg = micro_cfg(tmp_path)
+    assert manifest["world_size"] == 2  # and the global batch of one process:
+    assert manifest["steps"] == cfg["experts"]["tokens"] // (cfg["model"]["seq_len"] * cfg["model"]["batch_size"])
+    assert res.stdout.count('"code": "' + str(experts[0])) == 2  # both ranks ended with the same artifact
     assert np.isfinite(manifest["final_loss"])

@@ -91,10 +91,12 @@ class Evaluator:
         first_slot = np.cumsum([0] + [len(it["choices"]) for it in task.items])
         flat = np.zeros(first_slot[-1])
         decoder, head = model.get_decoder(), model.get_output_embeddings()
+        dev = model.device  # requests are built on the CPU; a GPU model gets them copied per batch
         for b in self.mc_batches[name]:
-            hidden = decoder(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state
-            logp = torch.log_softmax(head(hidden[b.sel_rows, b.sel_cols]).float(), dim=-1)
-            np.add.at(flat, b.slot, logp[b.gather_sel, b.gather_tok].numpy())
+            hidden = decoder(input_ids=b.input_ids.to(dev),
+                             attention_mask=b.attention_mask.to(dev)).last_hidden_state
+            logp = torch.log_softmax(head(hidden[b.sel_rows.to(dev), b.sel_cols.to(dev)]).float(), dim=-1)
+            np.add.at(flat, b.slot, logp[b.gather_sel.to(dev), b.gather_tok.to(dev)].cpu().numpy())
         ll = [flat[first_slot[r]:first_slot[r + 1]] for r in range(len(task.items))]
         labels = np.array([it["label"] for it in task.items])
         lengths = [np.array([max(1, len(ch)) for ch in it["choices"]]) for it in task.items]
@@ -116,7 +118,7 @@ class Evaluator:
             for j, p in enumerate(chunk):  # left padding
                 ids[j, width - len(p):] = torch.tensor(p)
                 mask[j, width - len(p):] = 1
-            out = []
+            ids, mask, out = ids.to(model.device), mask.to(model.device), []
             for _ in range(task.max_new_tokens):
                 pos = (mask.cumsum(-1) - 1).clamp_min(0)
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1]

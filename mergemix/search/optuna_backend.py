@@ -66,6 +66,24 @@ def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate
     return optuna
 
 
+def run_workers(storage_url: str, study_name: str, names: Sequence[str], sampler: str, seed: int, budget: int,
+                evaluate: Evaluate, util: Callable[[dict], float], workers: int = 1) -> None:
+    """`workers` processes (worker i samples with seed + i) until the study holds `budget` complete trials."""
+    args = (storage_url, study_name, list(names), sampler)
+    if workers <= 1:
+        _worker(*args, seed, budget, evaluate, util)
+        return
+    ctx = mp.get_context("fork")  # workers inherit the loaded experts and benchmark requests
+    procs = [ctx.Process(target=_worker, args=(*args, seed + i, budget, evaluate, util)) for i in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise MergeMixError(f"{len(bad)} search worker(s) failed (exit codes {bad})")
+
+
 def optuna_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
                   util: Callable[[dict], float]) -> Outcome:
     from optuna.trial import TrialState
@@ -76,19 +94,7 @@ def optuna_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: 
     if not study.trials:
         for point in [np.full(len(names), 1 / len(names)), *[np.array([p[n] for n in names]) for p in priors]]:
             study.enqueue_trial(params_from_alpha(point, names), skip_if_exists=True)
-    args = (storage_url, study_name, list(names), cfg["sampler"], seed, budget, evaluate, util)
-    if workers > 1:
-        ctx = mp.get_context("fork")  # workers inherit the loaded experts and benchmark requests
-        procs = [ctx.Process(target=_worker, args=(*args[:4], seed + i, *args[5:])) for i in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        bad = [p.exitcode for p in procs if p.exitcode]
-        if bad:
-            raise MergeMixError(f"{len(bad)} search worker(s) failed (exit codes {bad})")
-    else:
-        _worker(*args)
+    run_workers(storage_url, study_name, names, cfg["sampler"], seed, budget, evaluate, util, workers)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     best = max(done, key=lambda t: t.value)
     alphas = np.array([alpha_of_trial(t.params, names) for t in done])

@@ -1,0 +1,200 @@
+"""GPU check: FSDP/bf16 expert training of a ~1B dense model on one GPU, then a merge and an evaluation on the GPU.
+Prints training tokens/s and MFU (model FLOPs utilisation = 6 N tokens/s / the GPU's dense bf16 peak) and writes
+them as JSON to $OUT/reports/gpu_check.json (when OUT is set) and to --out-dir.
+
+    scripts/gpu_check.sh                                  # one CUDA GPU, model llama_1b (a few minutes)
+    python scripts/gpu_check.py --device cpu --tiny       # the same code path on the micro model (tests)
+
+Data, tokenizer and benchmarks are the embedded micro testbed (built in seconds under --root); two experts are
+trained from one randomly initialised base, so the check measures the machinery, not model quality."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), matched against torch's device name, most specific first.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "GH200": 989.0, "H200": 989.0, "H100": 989.0,
+                    "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L4": 121.0}
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS.items():
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+def mfu(n_params: int, tokens_per_s: float, peak: float | None, flops_per_token_per_param: int = 6) -> float | None:
+    """Model FLOPs utilisation: flops_per_token_per_param * N * tokens/s over the peak (6 training, 2 inference)."""
+    return None if not peak else flops_per_token_per_param * n_params * tokens_per_s / (peak * 1e12)
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="micro model and a few steps (a code-path check)")
+    ap.add_argument("--model", default="llama_1b", help="a conf/model name (ignored with --tiny)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per expert (default 40; 4 with --tiny)")
+    ap.add_argument("--seq-len", type=int, default=None, help="default: the model config's (2048 for llama_1b)")
+    ap.add_argument("--batch-size", type=int, default=None, help="per device; default: the model config's")
+    ap.add_argument("--precision", default="bf16-mixed")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for the MFU")
+    ap.add_argument("--root", default="outputs/gpu_check", help="cache of the micro testbed")
+    ap.add_argument("--out-dir", default=None, help="also write gpu_check.json here")
+    return ap.parse_args(argv)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step_timer(device: str):
+    import pytorch_lightning as pl
+
+    class StepTimer(pl.Callback):
+        """Wall time at the end of every optimizer step (after the GPU finished it)."""
+
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_batch_end(self, *_):
+            _sync(device)
+            self.times.append(time.perf_counter())
+
+    return StepTimer()
+
+
+def train_expert(pipe, base_dir: Path, domain: str, out_dir: Path, args, strategy) -> dict:
+    from mergemix.models import load_checkpoint
+    from mergemix.training import train_causal_lm
+
+    m = pipe.cfg["model"]
+    timer = _step_timer(args.device)
+    trainer = {"accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": 1, "precision": args.precision,
+               "enable_progress_bar": False, "gradient_clip_val": 1.0, "strategy": strategy, "callbacks": [timer]}
+    optim = {"weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_steps": 2, "schedule": "constant"}
+    stats = train_causal_lm(load_checkpoint(base_dir), pipe.tokenizer, pipe.arrays, {domain: 1.0}, out_dir,
+                            args.steps * m["batch_size"] * m["seq_len"], m["seq_len"], m["batch_size"], 1e-4, 0,
+                            optim, trainer, desc=f"expert:{domain}")
+    warm = min(2, len(timer.times) - 2)  # skip compilation, allocation and FSDP warm-up steps
+    steady_steps = len(timer.times) - 1 - warm
+    stats["steady_tokens_per_s"] = steady_steps * m["batch_size"] * m["seq_len"] / (timer.times[-1] - timer.times[warm])
+    return stats
+
+
+def run(args) -> dict:
+    import torch
+
+    from mergemix.cli import _quiet, compose, to_plain
+    from mergemix.merging import ExpertBank
+    from mergemix.models import build_model, count_params, load_checkpoint
+    from mergemix.pipeline import Pipeline
+
+    _quiet()
+    root = Path(args.root).resolve()
+    model = "micro" if args.tiny else args.model
+    cfg = to_plain(compose(["experiment=micro", "logger=none", f"model={model}", f"paths.root={root}",
+                            f"paths.run_dir={root}/run", "trainer=fsdp"]))
+    for key, value in (("seq_len", args.seq_len), ("batch_size", args.batch_size)):
+        if value:
+            cfg["model"][key] = value
+    strategy = cfg["trainer"]["strategy"] if args.device == "cuda" else None  # Lightning runs FSDP on CUDA only
+    pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
+    domains = pipe.domain_names[:2]
+    device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    peak = args.peak_tflops or peak_tflops(device_name)
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-", dir=root))
+    try:
+        t0 = time.perf_counter()
+        base = build_model(cfg["model"], len(pipe.tokenizer), seed=0)
+        n_params = count_params(base)
+        base.save_pretrained(str(work / "base"), safe_serialization=True)
+        del base
+        experts = {d: train_expert(pipe, work / "base", d, work / d, args, strategy) for d in domains}
+        train_s = time.perf_counter() - t0
+        peak_mem = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
+
+        dev = torch.device(args.device)
+        target = load_checkpoint(work / "base").to(dev)
+        bank = ExpertBank(target, {d: load_checkpoint(work / d).to(dev) for d in domains})
+        alpha = {d: 1 / len(domains) for d in domains}
+        _sync(args.device)
+        t = time.perf_counter()
+        bank.merge_into(target, alpha)
+        _sync(args.device)
+        merge_s = time.perf_counter() - t
+        name, p = next(iter(target.named_parameters()))
+        want = bank.base_params[name] + sum(a * bank.deltas[name][i].view_as(p) for i, a in enumerate(alpha.values()))
+        merge_err = float((p.detach() - want).abs().max())
+
+        t = time.perf_counter()
+        with torch.autocast(args.device, dtype=torch.bfloat16):
+            result = pipe.suite.evaluate(target)
+        _sync(args.device)
+        eval_s = time.perf_counter() - t
+        eval_tokens = pipe.suite.evaluator.n_tokens()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    train_tps = min(s["steady_tokens_per_s"] for s in experts.values())
+    m = cfg["model"]
+    return {
+        "device": device_name, "peak_bf16_tflops": peak, "model": model, "params": n_params,
+        "strategy": (strategy or {}).get("name", "single-process"), "precision": args.precision,
+        "train": {"experts": domains, "steps_per_expert": args.steps, "batch_size": m["batch_size"],
+                  "seq_len": m["seq_len"], "tokens_per_s": round(train_tps, 1), "mfu": mfu(n_params, train_tps, peak),
+                  "final_loss": {d: s["final_loss"] for d, s in experts.items()},
+                  "wall_tokens_per_s": {d: s["tokens_per_s"] for d, s in experts.items()},
+                  "peak_memory_gib": peak_mem, "wall_s": round(train_s, 1)},
+        "merge": {"experts": len(domains), "seconds": round(merge_s, 4), "max_error": merge_err},
+        "eval": {"seconds": round(eval_s, 2), "tokens": eval_tokens, "tokens_per_s": round(eval_tokens / eval_s, 1),
+                 "mfu": mfu(n_params, eval_tokens / eval_s, peak, 2), "U": result["U"]},
+    }
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    args.steps = args.steps or (4 if args.tiny else 40)
+    if args.steps < 4:
+        print("error: --steps must be at least 4 (two warm-up steps are not timed)", file=sys.stderr)
+        return 2
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: no GPU: CUDA is not available on this machine (the GPU check needs one NVIDIA GPU; "
+              "--device cpu --tiny runs its code path on the CPU)", file=sys.stderr)
+        return 2
+    report = run(args)
+    tr, ev = report["train"], report["eval"]
+    pct = (lambda x: "n/a (unknown peak: --peak-tflops)" if x is None else f"{100 * x:.1f}%")
+    print(f"gpu_check: {report['device']} (peak {report['peak_bf16_tflops']} TFLOP/s bf16), {report['model']} "
+          f"{report['params']:,} params, {report['strategy']} {report['precision']}")
+    print(f"  train: {tr['steps_per_expert']} steps x {tr['batch_size']} x {tr['seq_len']} tokens per expert: "
+          f"{tr['tokens_per_s']:,.0f} tokens/s, MFU {pct(tr['mfu'])}"
+          + (f", peak memory {tr['peak_memory_gib']:.1f} GiB" if tr["peak_memory_gib"] else ""))
+    print(f"  merge: {report['merge']['experts']} experts in {report['merge']['seconds']:.3f} s "
+          f"(max error {report['merge']['max_error']:.1e}); eval: {ev['tokens']:,} tokens in {ev['seconds']:.2f} s "
+          f"({ev['tokens_per_s']:,.0f} tokens/s, MFU {pct(ev['mfu'])}), U {100 * ev['U']:.1f}")
+    text = json.dumps(report, indent=2)
+    dirs = [Path(os.environ["OUT"]) / "reports"] if os.environ.get("OUT") else []
+    dirs += [Path(args.out_dir)] if args.out_dir else []
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "gpu_check.json").write_text(text)
+        print(f"report: {d / 'gpu_check.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
