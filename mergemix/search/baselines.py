@@ -40,7 +40,8 @@ class ProxyObjective:
         path = self.pipe.train_mixture(ratios, "proxy", self.spec)
         result = self.pipe.evaluate_checkpoint(path)
         self.ledger.train(self.spec["tokens"])
-        self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result))
+        self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result), ratios,
+                               result["capabilities"])
         self.history.append((lam, result))
         return result
 

@@ -58,11 +58,12 @@ class MergeObjective:
         def run() -> dict:
             self.bank.merge_into(self.target, dict(zip(self.names, map(float, alpha))))
             with self.pipe.autocast():
-                result = self.pipe.suite.evaluate(self.target)
-            self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result))
-            return result
+                return self.pipe.suite.evaluate(self.target)
 
         result = self.cache.get_or_eval(alpha, run)
+        # a cache hit is free here, but costs its evaluation in a standalone search: the ledger counts it
+        self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result),
+                               dict(zip(self.names, map(float, alpha))), result["capabilities"])
         self.history.append((alpha, result))
         return result
 
