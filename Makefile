@@ -41,8 +41,6 @@ lint: install
 	$(BIN)/ruff check mergemix tests experiments bench scripts
 
 bench: install  ## hot paths vs their baselines -> reports/bench.{md,json,png} (~10 min; BENCH_ARGS="--quick" or "--threads 1")
-	$(BIN)/pip install -q --disable-pip-version-check "lm-eval[hf]==0.4.13"  # the `lm-eval` extra
-	$(BIN)/pip check
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
 reproduce: install  ## paper-table analogues on the embedded testbed
