@@ -235,3 +235,32 @@ def test_killed_search_stage_resumes_to_the_same_result(backend, micro_run, micr
         pipe, _ = micro_run
         reference = yaml.safe_load((pipe.search_dir / "mixture.yaml").read_text())["alpha_star"]
         assert search["alpha_star"] == reference
+
+
+def test_compare_job_logs_its_trials_to_wandb(tmp_path, monkeypatch):
+    """A real offline W&B run per job, grouped per sweep; a spy on the run records what was logged."""
+    import wandb
+
+    from mergemix.analysis.compare import log_to_wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    real_init, seen = wandb.init, {"steps": []}
+
+    def spy_init(**kwargs):
+        run = real_init(**kwargs)
+        seen["init"], real_log = kwargs, run.log
+        run.log = lambda data, step=None: (seen["steps"].append((step, data)), real_log(data, step=step))[1]
+        return run
+
+    monkeypatch.setattr(wandb, "init", spy_init)
+    curve = [{"evaluations": i + 1, "train_tokens": 1000.0, "flops": 1e9 * (i + 1), "utility": u,
+              "best_so_far": max(0.1, u), "alpha/a": 0.5, "alpha/b": 0.5, "capability/x": u} for i, u in
+             enumerate([0.1, 0.3, 0.2])]
+    result = {"strategy": "tpe", "seed": 2, "alpha": {"a": 0.5, "b": 0.5}, "U": 0.25, "capabilities": {"x": 0.25},
+              "cost": {"train_tokens": 1000, "flops": 3e9, "evaluations": 3}, "curve": curve}
+    run_dir = log_to_wandb({"project": "mergemix"}, result, group="compare-sweep", out_dir=tmp_path)
+    assert seen["init"]["group"] == "compare-sweep" and seen["init"]["job_type"] == "tpe"
+    assert [s for s, _ in seen["steps"]] == [1, 2, 3]
+    assert seen["steps"][1][1]["search/utility"] == 0.3 and seen["steps"][1][1]["alpha/a"] == 0.5
+    assert seen["steps"][2][1]["search/flops"] == 3e9 and seen["steps"][2][1]["capability/x"] == 0.2
+    assert list(run_dir.glob("run-*.wandb"))  # the offline run was written

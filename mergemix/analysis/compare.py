@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,28 @@ def run_strategy(pipe) -> dict:
     result = {"strategy": cfg["strategy"], "seed": pipe.search_seed, "alpha": alpha, "U": trained["U"],
               "U_std": trained["U_std"], "capabilities": trained["capabilities"], "cost": cost, "curve": curve}
     write_atomic(pipe.run_dir / "result.json", json.dumps(result, indent=2, default=float))
+    if cfg["logger"]["kind"] == "wandb":
+        log_to_wandb(cfg["logger"], result, group=f"compare-{pipe.run_dir.parent.name}", out_dir=pipe.run_dir)
     return result
+
+
+def log_to_wandb(logger_cfg: dict, result: dict, group: str, out_dir: Path) -> Path:
+    """One W&B run per (strategy, seed), grouped per sweep: every trial's alpha, capability scores, U and
+    cumulative cost as a step, the trained U in the summary; returns the run's local directory."""
+    import wandb
+
+    run = wandb.init(project=logger_cfg.get("project", "mergemix"), entity=logger_cfg.get("entity"), group=group,
+                     job_type=result["strategy"], name=f"{result['strategy']}-seed{result['seed']}",
+                     config={"strategy": result["strategy"], "search_seed": result["seed"]}, dir=str(out_dir),
+                     mode=logger_cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline", reinit="create_new")
+    for point in result["curve"]:
+        run.log({("search/" + k if "/" not in k else k): v for k, v in point.items()},
+                step=int(point["evaluations"]))
+    run.summary.update({"trained/U": result["U"], **{f"trained/{c}": v for c, v in result["capabilities"].items()},
+                        **{f"mixture/{n}": w for n, w in result["alpha"].items()},
+                        **{f"cost/{k}": v for k, v in result["cost"].items() if isinstance(v, (int, float))}})
+    run.finish()
+    return Path(run.dir).parent
 
 
 def aggregate(sweep_dir: Path) -> dict:
