@@ -55,10 +55,10 @@ def sample_mixtures(k: int, n: int, design: str, seed: int) -> np.ndarray:
 
 def series(result: dict, suite, metric: str) -> dict[str, float]:
     """U ("overall") and capability scores of an evaluation under `metric`, normalised against chance like
-    the suite does (generation tasks keep exact match). The normalisation is linear, so task means suffice."""
+    the suite does (generation tasks keep their own metric). The normalisation is linear, so task means suffice."""
     def task_score(t: str) -> float:
         task = suite.tasks[t]
-        raw = result["tasks"][t]["exact_match" if task.kind == "gen" else metric]
+        raw = result["tasks"][t][task.score_key if task.kind == "gen" else metric]
         return (raw - task.chance) / (1.0 - task.chance)
 
     caps = {c: float(np.mean([task_score(t) for t in ts])) for c, ts in suite.capabilities.items()}
