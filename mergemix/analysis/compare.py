@@ -96,15 +96,15 @@ def _plot_curves(path: Path, by: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for s, rs in sorted(by.items()):
-        for i, r in enumerate(rs):
+    for j, (s, rs) in enumerate(sorted(by.items())):
+        for i, r in enumerate(rs):  # one colour per strategy, one line per seed
             if r["curve"]:
                 x = [c["flops"] for c in r["curve"]]
                 y = [100 * c["best_so_far"] for c in r["curve"]]
-                ax.step(x, y, where="post", label=s if i == 0 else None, alpha=0.8)
+                ax.step(x, y, where="post", label=s if i == 0 else None, alpha=0.8, color=f"C{j}")
     ax.set_xscale("log")
     ax.set_xlabel("cumulative FLOPs (training + evaluation)")
-    ax.set_ylabel("best-so-far search objective (x100)")
+    ax.set_ylabel("best-so-far search objective (x100)\n(merged U for merges, proxy U for proxies)")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
