@@ -50,7 +50,7 @@ def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler)
     return study
 
 
-def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate, util):
+def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate, util, only_waiting=False):
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -60,6 +60,11 @@ def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate
     def objective(trial):
         return util(evaluate(suggest_alpha(trial, names)))
 
+    if only_waiting:  # the enqueued trials in one process: SQLite has no row locks, two workers could pop one
+        waiting = sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        if waiting:
+            study.optimize(objective, n_trials=waiting, show_progress_bar=False, catch=())
+        return optuna
     if sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) < budget:
         study.optimize(objective, callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))],
                        show_progress_bar=False, catch=())
@@ -73,6 +78,8 @@ def run_workers(storage_url: str, study_name: str, names: Sequence[str], sampler
     if workers <= 1:
         _worker(*args, seed, budget, evaluate, util)
         return
+    if storage_url.startswith("sqlite"):
+        _worker(*args, seed, budget, evaluate, util, only_waiting=True)
     ctx = mp.get_context("fork")  # workers inherit the loaded experts and benchmark requests
     procs = [ctx.Process(target=_worker, args=(*args, seed + i, budget, evaluate, util)) for i in range(workers)]
     for p in procs:
