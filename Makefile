@@ -43,8 +43,8 @@ lint: install
 bench: install  ## hot paths vs their baselines -> reports/bench.{md,json,png} (~10 min; BENCH_ARGS="--quick" or "--threads 1")
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
-reproduce: install  ## paper-table analogues on the embedded testbed
-	$(BIN)/python experiments/table1.py
+reproduce: install  ## paper-table analogues on the embedded testbed -> reports/reproduce/<size>/ (REPRODUCE_ARGS="--size tiny")
+	$(BIN)/python experiments/reproduce.py $(REPRODUCE_ARGS)
 
 clean:
 	rm -rf outputs
