@@ -8,6 +8,8 @@
     mergemix info [overrides]           the composed config's model size and domains as JSON
     mergemix validate [overrides]       merged vs really trained mixtures: rank consistency (validate.*)
     mergemix theory [overrides]         gradients, curvature and the merge-vs-mix gap at the base (theory.*)
+    mergemix curves curves.domains=[a,b] [overrides]   merged vs trained along the a-b edge (curves.*)
+    mergemix landscape [overrides]      U and capabilities over the simplex, specialist mixtures (landscape.*)
     mergemix compare -m experiment=compare search_seed=0,1,2 strategy=surrogate,tpe,proxy,regmix,uniform
 """
 
@@ -21,7 +23,8 @@ from pathlib import Path
 from mergemix.errors import MergeMixError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-COMMANDS = ("run", "experts", "search", "search-worker", "mix", "merge", "info", "compare", "validate", "theory")
+COMMANDS = ("run", "experts", "search", "search-worker", "mix", "merge", "info", "compare", "validate", "theory",
+            "curves", "landscape")
 _HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
@@ -141,10 +144,11 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
 
         print(json.dumps(describe(cfg["model"], cfg["tokenizer"]["vocab_size"]), indent=2))
         return None
-    if command == "validate":
-        from mergemix.analysis.validate import check_config
+    if command in ("validate", "curves", "landscape"):
+        from mergemix.analysis import curves, landscape, validate
 
-        check_config(cfg)  # before anything is built or trained
+        checks = {"validate": validate, "curves": curves, "landscape": landscape}
+        checks[command].check_config(cfg)  # before anything is built or trained
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers = make_logger_factory(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}")
@@ -188,6 +192,16 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
         t = cfg["theory"]
         theory_report(pipe, run_dir, resolve_mixtures(pipe, t["mixtures"]), int(t["n_seqs"]))
         print(f"\n{(run_dir / 'theory.md').read_text()}")
+    elif command == "curves":
+        from mergemix.analysis.curves import run_curves
+
+        run_curves(pipe)
+        print(f"\n{(run_dir / 'curves.md').read_text()}")
+    elif command == "landscape":
+        from mergemix.analysis.landscape import run_landscape
+
+        run_landscape(pipe)
+        print(f"\n{(run_dir / 'landscape.md').read_text()}")
     else:
         pipe.run()
     print(f"run directory: {run_dir}")
