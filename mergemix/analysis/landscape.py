@@ -10,7 +10,6 @@ pair of domains, each point the maximum over the other domains' weights) into th
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from mergemix.analysis.landscape_plot import plot
 from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
+from mergemix.search.run import read_trials
 from mergemix.search.surrogate import Surrogate, fine_search, utility
 from mergemix.simplex import grid, grid_size
 
@@ -59,13 +59,9 @@ def resolution(cfg: dict, k: int) -> int:
 
 
 def read_seeds(path: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The search's evaluated merges: alphas [N, K] and capability scores. Read by position: a capability may
-    share its name with a domain."""
-    with open(path) as fh:
-        header, *rows = list(csv.reader(fh))
-    data = np.array(rows, dtype=float).reshape(-1, len(header))
-    caps = header[len(names):-2]  # the domains, the capabilities, U, U_std
-    return data[:, :len(names)], {c: data[:, len(names) + i] for i, c in enumerate(caps)}
+    """The search's evaluated merges: alphas [N, K] and capability scores."""
+    alphas, columns = read_trials(path, names)
+    return alphas, {c: v for c, v in columns.items() if c not in ("U", "U_std")}
 
 
 def fit_surrogate(pipe) -> tuple[Surrogate, np.ndarray]:

@@ -30,10 +30,10 @@ def expert_gains(rows: dict[str, dict], cap_domain: dict[str, str | None], capab
 
 def tradeoff(seeds_csv: Path, names: list[str]) -> dict:
     """Do the capabilities trade off? True when the best evaluated merge is interior, not a vertex."""
-    with open(seeds_csv) as fh:
-        seeds = list(csv.DictReader(fh))
-    alphas = np.array([[float(r[n]) for n in names] for r in seeds])
-    u = np.array([float(r["U"]) for r in seeds])
+    from mergemix.search.run import read_trials
+
+    alphas, columns = read_trials(seeds_csv, names)
+    u = columns["U"]
     vertex = alphas.max(axis=1) > 1 - 1e-9
     return {"best_vertex_U": float(u[vertex].max()) if vertex.any() else None,
             "best_interior_U": float(u[~vertex].max()),

@@ -95,6 +95,15 @@ def write_trials(path: Path, history, names, caps: list[str]) -> None:
                         round(r["U_std"], 6)])
 
 
+def read_trials(path: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A trials file's alphas [N, K] and score columns (capabilities, U, U_std). Read by position: a capability
+    may share its name with a domain."""
+    with open(path) as fh:
+        header, *rows = list(csv.reader(fh))
+    data = np.array(rows, dtype=float).reshape(-1, len(header))
+    return data[:, :len(names)], {c: data[:, len(names) + i] for i, c in enumerate(header[len(names):])}
+
+
 def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     s, names = dict(pipe.cfg["search"]), pipe.domain_names
     s.setdefault("storage", None)
