@@ -10,11 +10,15 @@
     mergemix theory [overrides]         gradients, curvature and the merge-vs-mix gap at the base (theory.*)
     mergemix curves curves.domains=[a,b] [overrides]   merged vs trained along the a-b edge (curves.*)
     mergemix landscape [overrides]      U and capabilities over the simplex, specialist mixtures (landscape.*)
+    mergemix transfer [overrides]       alpha* searched on one model, trained on another (transfer.*)
+    mergemix dynamic [overrides]        alpha* re-optimised mid-way through the mixture run (dynamic.*)
+    mergemix hierarchical [overrides]   top-down search: coarse groups, then inside each (hierarchical.*)
     mergemix compare -m experiment=compare search_seed=0,1,2 strategy=surrogate,tpe,proxy,regmix,uniform
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -23,8 +27,9 @@ from pathlib import Path
 from mergemix.errors import MergeMixError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+STUDIES = ("transfer", "dynamic", "hierarchical")  # mergemix.analysis.<name>: check_config(cfg), run(pipe)
 COMMANDS = ("run", "experts", "search", "search-worker", "mix", "merge", "info", "compare", "validate", "theory",
-            "curves", "landscape")
+            "curves", "landscape", *STUDIES)
 _HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
@@ -149,6 +154,9 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
 
         checks = {"validate": validate, "curves": curves, "landscape": landscape}
         checks[command].check_config(cfg)  # before anything is built or trained
+    study = importlib.import_module(f"mergemix.analysis.{command}") if command in STUDIES else None
+    if study:
+        study.check_config(cfg)  # before anything is built or trained
     run_dir = _run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers = make_logger_factory(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}")
@@ -202,6 +210,9 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
 
         run_landscape(pipe)
         print(f"\n{(run_dir / 'landscape.md').read_text()}")
+    elif study:
+        study.run(pipe)
+        print(f"\n{(run_dir / f'{command}.md').read_text()}")
     else:
         pipe.run()
     print(f"run directory: {run_dir}")

@@ -286,10 +286,18 @@ class Pipeline:
     def expert_dirs(self) -> dict[str, Path]:
         return {n: self.expert_dir(n) for n in self.domain_names}
 
-    def expert_dir(self, name: str) -> Path:
-        """One domain's expert (jobs training different experts in parallel share the base through the cache)."""
-        return self._train("expert", {"domain": name}, self.base_dir, {name: 1.0}, self.cfg["experts"],
+    def expert_dir(self, name: str, ratios: dict[str, float] | None = None) -> Path:
+        """One domain's expert (jobs training different experts in parallel share the base through the cache), or
+        with `ratios` an expert named `name` trained on that mixture of domains by the same recipe (a coarse group
+        of the hierarchical search); a mixture expert is keyed by its ratios, not its name."""
+        inputs = {"domain": name} if ratios is None else {}
+        return self._train("expert", inputs, self.base_dir, ratios or {name: 1.0}, self.cfg["experts"],
                            f"expert:{name}")
+
+    def derive(self, **sections) -> Pipeline:
+        """This pipeline with whole config sections replaced (another model, a checkpoint as the base): what the
+        new inputs determine is rebuilt, everything else comes from the shared cache."""
+        return Pipeline({**self.cfg, **sections}, self.run_dir, self.loggers)
 
     def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None,
                       seed: int | None = None) -> Path:
@@ -477,3 +485,20 @@ class Pipeline:
         m = s["mergemix_vs_uniform"]
         print(f"MergeMix vs uniform (trained): U {100 * m['U_diff']:+.2f} (paired noise std"
               f" {100 * m['noise_std']:.2f}, {m['sigmas']:+.1f} sigma)")
+
+
+class ExpertSpace:
+    """The pipeline searched over another set of experts of its base (a hierarchical search's coarse-group
+    experts, or one group's sub-experts): the names of `expert_dirs` take the place of the domains, `prior` seeds the
+    search in place of the token-proportional mixture, and everything else (base, benchmarks, cache) is the
+    pipeline's. Only the search reads the view; training and data stay on the pipeline."""
+
+    def __init__(self, pipe: Pipeline, expert_dirs: dict[str, Path], prior: dict[str, float]):
+        self.pipe, self.expert_dirs = pipe, dict(sorted(expert_dirs.items()))
+        self.domain_names, self.uniform_mixture = sorted(expert_dirs), {n: prior[n] for n in sorted(expert_dirs)}
+
+    def __getattr__(self, name: str):
+        return getattr(self.pipe, name)
+
+    search_dir, merge_cache_path = Pipeline.search_dir, Pipeline.merge_cache_path
+    alpha_star, search_result = Pipeline.alpha_star, Pipeline.search_result

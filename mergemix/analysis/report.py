@@ -63,32 +63,51 @@ def margin(a: dict, b: dict, capabilities: dict[str, list[str]]) -> dict:
             "capabilities_diff": gap["capabilities"]}
 
 
-def write_table(run_dir: Path, rows: dict[str, dict]) -> str:
+def _header_and_values(rows: dict[str, dict]) -> tuple[list[str], dict[str, list[float]]]:
     caps = sorted(next(iter(rows.values()))["capabilities"])
-    header = ["model", *caps, "U", "U_std"]
+    return ["model", *caps, "U", "U_std"], {name: [100 * r["capabilities"][c] for c in caps] + [100 * r["U"],
+                                                   100 * r["U_std"]] for name, r in rows.items()}
+
+
+def score_table(rows: dict[str, dict]) -> str:
+    """Markdown: one row per model, its capability scores, U and U_std (x100)."""
+    header, values = _header_and_values(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |" for name, vals in values.items()]
+    return "\n".join(lines)
+
+
+def write_table(run_dir: Path, rows: dict[str, dict]) -> str:
+    header, values = _header_and_values(rows)
     with open(run_dir / "table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
-        for name, r in rows.items():
-            vals = [100 * r["capabilities"][c] for c in caps] + [100 * r["U"], 100 * r["U_std"]]
-            w.writerow([name, *(round(v, 3) for v in vals)])
-            lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in vals) + " |")
-    table = "\n".join(lines)
+        w.writerows([name, *(round(v, 3) for v in vals)] for name, vals in values.items())
+    table = score_table(rows)
     write_atomic(run_dir / "table.md", "Capability scores, normalised against chance (x100); U = macro-average.\n\n"
                  + table + "\n")
-    _plot(run_dir / "table.png", rows, caps)
+    plot_scores(run_dir / "table.png", rows)
     return table
 
 
-def _plot(path: Path, rows: dict[str, dict], caps: list[str]) -> None:
+def plot_scores(path: Path, rows: dict[str, dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n_cols = len(next(iter(rows.values()))["capabilities"]) + 1
+    fig, ax = plt.subplots(figsize=(1.6 * n_cols + 3, 4))
+    draw_scores(ax, rows)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_scores(ax, rows: dict[str, dict]) -> None:
+    """Grouped bars of each row's capability scores and U, with their bootstrap std, into `ax`."""
+    caps = sorted(next(iter(rows.values()))["capabilities"])
     cols = [*caps, "U"]
-    fig, ax = plt.subplots(figsize=(1.6 * len(cols) + 3, 4))
     width = 0.8 / len(rows)
     for i, (name, r) in enumerate(rows.items()):
         vals = [100 * r["capabilities"][c] for c in caps] + [100 * r["U"]]
@@ -97,9 +116,6 @@ def _plot(path: Path, rows: dict[str, dict], caps: list[str]) -> None:
     ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
     ax.set_ylabel("score above chance (x100)")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_summary(run_dir: Path, summary: dict) -> None:
