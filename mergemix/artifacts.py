@@ -1,7 +1,8 @@
 """Content-addressed stage cache: every artifact lives at cache/<stage>/<key>, where the key hashes the inputs
 that determine it (config subset, upstream keys, the stage's code version). Artifacts are built in a temporary
 directory and renamed into place, so a killed stage never leaves a half artifact; a file lock keeps two processes
-from building the same artifact twice."""
+from building the same artifact twice. A build may keep what lets a rerun continue (training checkpoints) in the
+artifact's stable scratch directory `partial_dir`, removed once the artifact is complete."""
 
 from __future__ import annotations
 
@@ -69,6 +70,11 @@ class ArtifactStore:
         mtimes = [f.stat().st_mtime_ns for f in path.iterdir()] if path.is_dir() else [path.stat().st_mtime_ns]
         return f"{path}@{max(mtimes, default=0)}"
 
+    def partial_dir(self, stage: str, inputs: dict) -> Path:
+        """Scratch space that survives a killed build of this artifact: keyed like it, so only a rerun with the same
+        inputs finds it."""
+        return self.root / stage / f".partial-{stage_key(stage, inputs)}"
+
     def is_complete(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / "manifest.json").is_file()
 
@@ -83,8 +89,9 @@ class ArtifactStore:
         with _locked(self.root / ".locks" / f"{stage}-{key}.lock"):
             if self.is_complete(stage, key):  # built by another process while we waited
                 return final
+            for stale in final.parent.glob(f".tmp-{key}-*"):  # of killed builds: the lock is ours
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = final.parent / f".tmp-{key}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             marker = self._leader_marker(stage, key)
             if leader:
@@ -95,6 +102,7 @@ class ArtifactStore:
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover without manifest
                 os.rename(tmp, final)
+                shutil.rmtree(self.partial_dir(stage, inputs), ignore_errors=True)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -79,6 +79,9 @@ class Pipeline:
         from mergemix.strategies import check_strategy
 
         check_strategy(self.cfg["trainer"].get("strategy"))
+        from mergemix.resume import checkpoint_interval
+
+        checkpoint_interval(self.cfg["trainer"].get("checkpoint_every_n_steps"), 1)
         if self.cfg.get("expert_domain") not in (None, *self.domain_names):
             raise MergeMixError(f"expert_domain '{self.cfg['expert_domain']}' is not a configured domain "
                                 f"({', '.join(self.domain_names)})")
@@ -250,14 +253,15 @@ class Pipeline:
             trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
                                                   "gradient_clip_val")}
             trainer_kwargs.update(num_nodes=int(tr.get("num_nodes", 1)), strategy=tr.get("strategy"),
-                                  micro_batch_size=tr.get("micro_batch_size"))
+                                  micro_batch_size=tr.get("micro_batch_size"),
+                                  checkpoint_every_n_steps=tr.get("checkpoint_every_n_steps"))
             optim = {"weight_decay": self.cfg["optim"]["weight_decay"], "betas": self.cfg["optim"]["betas"],
                      "warmup_steps": spec.get("warmup_steps", 0), "schedule": spec.get("schedule", "constant")}
             logger = self.loggers(desc, tmp) if self.loggers else None
             try:
                 return train_causal_lm(model, self.tokenizer, self.arrays, ratios, tmp, int(spec["tokens"]),
                                        m["seq_len"], m["batch_size"], float(spec["lr"]), seed, optim,
-                                       trainer_kwargs, logger, desc)
+                                       trainer_kwargs, logger, desc, self.store.partial_dir(stage, full_inputs))
             finally:
                 if logger is not None and hasattr(logger, "experiment") and self.cfg["logger"]["kind"] == "wandb":
                     import wandb

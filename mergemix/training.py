@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mergemix.data.sampler import MixturePlan, plan_mixture
 
@@ -48,6 +49,23 @@ class WindowDataset(Dataset):
         return torch.from_numpy(np.asarray(arr[s:s + self.plan.seq_len], dtype=np.int64))
 
 
+class PlanSampler(Sampler[int]):
+    """Rank r of W takes windows start + r, start + r + W, ...: the plan's order on every layout, so global step s
+    sees the windows a single process would (Lightning's distributed sampler would reshuffle them). `start` skips
+    the windows of the steps trained before a resume; the length stays the whole epoch's share, because Lightning
+    counts the batches trained before a restart into the epoch (TrainingEpochLoop.on_run_start) and restarts a
+    map-style loader from its beginning."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1, start: int = 0):
+        self.n, self.rank, self.world, self.start = n, rank, world, start
+
+    def __iter__(self):
+        return iter(range(self.start + self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
 class MixtureDataModule(pl.LightningDataModule):
     """Training windows at exact per-domain ratios; `plan.realised_tokens()` reports what was drawn. `batch_size` is
     the global batch: the window count is a multiple of it, so `world` processes split every step evenly; each loads
@@ -56,20 +74,24 @@ class MixtureDataModule(pl.LightningDataModule):
     def __init__(self, arrays: dict[str, np.ndarray], ratios: dict[str, float], n_tokens: int, seq_len: int,
                  batch_size: int, seed: int, world: int = 1, micro_batch: int | None = None):
         super().__init__()
-        self.arrays, self.batch_size = arrays, micro_batch or batch_size // world
+        self.arrays, self.batch_size, self.global_batch = arrays, micro_batch or batch_size // world, batch_size
         n_windows = max(batch_size, n_tokens // seq_len // batch_size * batch_size)
         self.plan = plan_mixture({d: len(a) for d, a in arrays.items()}, ratios, n_windows, seq_len, seed)
 
     def train_dataloader(self) -> DataLoader:
-        """The plan's order on every layout: rank r takes windows r, r+W, r+2W, ..., so global step s sees the
-        windows a single process would see (Lightning's own distributed sampler would reshuffle them)."""
-        data, sampler = WindowDataset(self.arrays, self.plan), None
-        if self.trainer is not None and self.trainer.world_size > 1:
-            sampler = DistributedSampler(data, self.trainer.world_size, self.trainer.global_rank, shuffle=False)
+        """Continues after the windows of the steps already taken (global_step, restored from a checkpoint)."""
+        data, t = WindowDataset(self.arrays, self.plan), self.trainer
+        sampler = PlanSampler(len(data), t.global_rank, t.world_size, t.global_step * self.global_batch) if t else None
         return DataLoader(data, batch_size=self.batch_size, shuffle=False, sampler=sampler)
 
 
 # --------------------------------------------------------------------------------------------------- model ---
+class Diverged(Exception):
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"step {step}, loss {loss}")
+        self.step, self.loss = step, loss
+
+
 class CausalLMModule(pl.LightningModule):
     def __init__(self, model, lr: float, total_steps: int, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0, schedule: str = "constant",
@@ -86,6 +108,16 @@ class CausalLMModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True)
         self.last_loss = float(loss.detach())
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Stop at the first step whose loss or gradients are NaN/Inf, before they reach the weights (under fp16
+        loss scaling, non-finite gradients are the scaler's to skip). All ranks decide together."""
+        finite = math.isfinite(self.last_loss)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if finite and grads and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            raise Diverged(self.trainer.global_step + 1, self.last_loss)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning's FSDP precision plugin cannot clip by norm; FSDP's own clip_grad_norm_ reduces the norm over
@@ -109,27 +141,34 @@ class CausalLMModule(pl.LightningModule):
 
 def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dict[str, float], out_dir: Path,
                     n_tokens: int, seq_len: int, batch_size: int, lr: float, seed: int, optim: dict,
-                    trainer_kwargs: dict, logger=None, desc: str = "train") -> dict:
+                    trainer_kwargs: dict, logger=None, desc: str = "train", checkpoint_dir: Path | None = None) -> dict:
     """Train `model` on the mixture `ratios` for `n_tokens` tokens and save an HF checkpoint in `out_dir`.
 
     `batch_size` is the global batch (sequences per optimizer step), split evenly over the devices and, with
     `trainer_kwargs["micro_batch_size"]`, accumulated in micro-batches, so the weights do not depend on the process
     layout; `trainer_kwargs["strategy"]` is a plain dict (see strategies.py). Every rank of a distributed run calls
-    this; rank 0 alone writes `out_dir` (FSDP shards are gathered first)."""
+    this; rank 0 alone writes `out_dir` (FSDP shards are gathered first).
+
+    With `checkpoint_dir`, a checkpoint is written there every `trainer_kwargs["checkpoint_every_n_steps"]` steps
+    (resume.py) and training resumes from the newest one found; the weights equal an uninterrupted run's."""
+    from mergemix.errors import MergeMixError
+    from mergemix.resume import PeriodicCheckpoint, latest_checkpoint
     from mergemix.strategies import build_strategy, save_consolidated
 
     kwargs = dict(trainer_kwargs)
+    every, callbacks = kwargs.pop("checkpoint_every_n_steps", None), list(kwargs.pop("callbacks", None) or [])
+    if checkpoint_dir is not None:
+        callbacks.append(PeriodicCheckpoint(checkpoint_dir, every))
     strategy = build_strategy(kwargs.pop("strategy", None), model)
     micro = kwargs.pop("micro_batch_size", None)  # sequences per forward pass; the rest is gradient accumulation
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer = pl.Trainer(max_epochs=1, logger=logger if logger is not None else False, strategy=strategy,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         use_distributed_sampler=False, **kwargs)
+                         use_distributed_sampler=False, callbacks=callbacks, **kwargs)
     world = trainer.num_nodes * trainer.num_devices
     per_device = batch_size // world
     micro = int(micro or per_device)
     if batch_size % world or per_device % micro:
-        from mergemix.errors import MergeMixError
         raise MergeMixError(f"model.batch_size {batch_size} (sequences per step on all devices together) must be a "
                             f"multiple of the {world} devices x trainer.micro_batch_size {micro}")
     data = MixtureDataModule(arrays, ratios, n_tokens, seq_len, batch_size, seed, world, micro)
@@ -138,16 +177,25 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     trainer.accumulate_grad_batches = per_device // micro
     trainer.log_every_n_steps = max(1, steps // 50)
     module = CausalLMModule(model, lr=lr, total_steps=steps, **optim)
+    resume = latest_checkpoint(checkpoint_dir)  # every rank looks before fit: none is written before all join
     if rank_zero_only.rank == 0:
         print(f"[{desc}] {steps} steps x {batch_size} ({world} devices x {per_device // micro} x {micro}) x "
               f"{seq_len} tokens, lr {lr:g}, mixture "
               + ", ".join(f"{d}={r:.3f}" for d, r in sorted(ratios.items())), flush=True)
+        if resume:
+            print(f"[{desc}] resuming from step {resume[1]}/{steps}", flush=True)
     t0 = time.time()
-    trainer.fit(module, datamodule=data)
+    with warnings.catch_warnings():  # PlanSampler resumes the data order, which Lightning cannot tell
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume[0]) if resume else None)
+        except Diverged as exc:
+            kept = latest_checkpoint(checkpoint_dir)
+            cause = f"loss {exc.loss:.4g}" + (", non-finite gradients" if math.isfinite(exc.loss) else "")
+            raise MergeMixError(f"[{desc}] training diverged at step {exc.step}/{steps} ({cause}); lower the learning "
+                                f"rate (now {lr:g})" + (f"; the checkpoint of step {kept[1]} stays in {checkpoint_dir}"
+                                                        if kept else "")) from None
     wall = time.time() - t0
-    if not math.isfinite(module.last_loss):
-        from mergemix.errors import MergeMixError
-        raise MergeMixError(f"[{desc}] training diverged (final loss {module.last_loss}); lower the learning rate")
     save_consolidated(trainer, model, out_dir)
     if trainer.is_global_zero:
         tokenizer.save_pretrained(str(out_dir))

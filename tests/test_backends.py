@@ -235,6 +235,8 @@ def test_killed_search_stage_resumes_to_the_same_result(backend, micro_run, micr
         pipe, _ = micro_run
         reference = yaml.safe_load((pipe.search_dir / "mixture.yaml").read_text())["alpha_star"]
         assert search["alpha_star"] == reference
+        seeds = next((root / "cache").glob("search/*/seeds.csv")).read_text()
+        assert seeds == (pipe.search_dir / "seeds.csv").read_text()  # same search_seed, same trials and scores
 
 
 def test_compare_job_logs_its_trials_to_wandb(tmp_path, monkeypatch):

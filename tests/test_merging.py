@@ -91,7 +91,8 @@ def test_nan_expert_is_refused(micro_models):
     bad = load_checkpoint(micro_models[0])
     with torch.no_grad():
         bad.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
-    with pytest.raises(MergeMixError, match="NaN or Inf weights"):
+    with pytest.raises(MergeMixError, match=r"^expert 'code' has NaN or Inf weights \(first in "
+                                            r"model.layers.0.mlp.up_proj.weight\)"):
         ExpertBank(base, {"code": bad})
 
 
