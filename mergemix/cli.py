@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import os
 import sys
@@ -71,6 +72,13 @@ def _sweep_values(overrides: list[str]) -> list[list[str]]:
     return combos
 
 
+def _group_options(message: str) -> list[str]:
+    """The options Hydra lists under 'Available options in ...:' (one per tab-indented line)."""
+    lines = message.split("\n")
+    start = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("Available options")), len(lines))
+    return [ln.strip() for ln in itertools.takewhile(lambda ln: ln.startswith("\t"), lines[start:])]
+
+
 def compose(overrides: list[str], config_dir: str | None = None, extra_known: tuple[str, ...] = ()):
     """Compose the config with Hydra's compose API, turning any composition error into one line."""
     from hydra import compose as hydra_compose
@@ -90,6 +98,8 @@ def compose(overrides: list[str], config_dir: str | None = None, extra_known: tu
         first = " ".join(str(exc).split("\n")[:1]).strip()
         detail = [ln.strip() for ln in str(exc).split("\n")[1:] if ln.strip().startswith("Key")]
         hint = " (install the launcher: pip install -e .[slurm])" if "submitit" in first else ""
+        options = _group_options(str(exc))
+        hint += f" (options: {', '.join(options)})" if options else ""
         raise MergeMixError(f"bad config: {first}{' ' + detail[0] if detail else ''}{hint}") from exc
     finally:
         GlobalHydra.instance().clear()
@@ -101,7 +111,8 @@ def to_plain(cfg) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:
-        raise MergeMixError(f"bad config: {str(exc).splitlines()[0]}") from exc
+        key = getattr(exc, "full_key", None)  # OmegaConf's errors name the key on a later line
+        raise MergeMixError(f"bad config: {str(exc).splitlines()[0]}{f' (key {key})' if key else ''}") from exc
 
 
 def _run_dir(cfg: dict) -> Path:
@@ -157,8 +168,9 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     study = importlib.import_module(f"mergemix.analysis.{command}") if command in STUDIES else None
     if study:
         study.check_config(cfg)  # before anything is built or trained
-    run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from mergemix.checks import writable_dir
+
+    run_dir = writable_dir(_run_dir(cfg), "run directory")
     loggers = make_logger_factory(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}")
     pipe = Pipeline(cfg, run_dir, loggers)
     if command == "experts":
@@ -219,16 +231,20 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     return None
 
 
-def _merge(args: list[str]) -> None:
+def _parse_dotlist(args: list[str], what: str) -> dict:
     from omegaconf import OmegaConf
 
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(args))
+    except Exception as exc:
+        raise MergeMixError(f"cannot parse {what} ({' '.join(args)}): {str(exc).splitlines()[0]}") from exc
+
+
+def _merge(args: list[str]) -> None:
     from mergemix.merging import export_merge
 
     _quiet()
-    try:
-        opts = OmegaConf.to_container(OmegaConf.from_dotlist(args))
-    except Exception as exc:
-        raise MergeMixError(f"cannot parse merge arguments: {exc}") from exc
+    opts = _parse_dotlist(args, "merge arguments")
     unknown = sorted(set(opts) - {"base", "experts", "weights", "out", "stream"})
     if unknown:
         raise MergeMixError(f"unknown merge argument(s) {unknown}; use base=, experts=[...], weights=[...], out=, "
@@ -281,16 +297,14 @@ def main(argv: list[str] | None = None) -> None:
             weights = [a for a in argv if a.startswith("weights=")]
             if not weights:
                 raise MergeMixError("mix needs weights='{domain: weight, ...}'")
-            from omegaconf import OmegaConf
-
-            mix_weights = OmegaConf.to_container(OmegaConf.from_dotlist(weights[:1]))["weights"]
+            mix_weights = _parse_dotlist(weights[:1], "mix weights")["weights"]
             argv = [a for a in argv if not a.startswith("weights=")]
         overrides, config_dir = _overrides_and_config_dir(argv)
-        if {"-m", "--multirun"} & set(argv):  # check every value of each swept key
-            for combo in _sweep_values(overrides):
-                to_plain(compose(combo, config_dir))
-        else:
-            to_plain(compose(overrides, config_dir))  # validate before Hydra starts: one clear line on error
+        from mergemix.checks import check_writable
+
+        # validate before Hydra starts (one clear line on error); a multirun: every value of each swept key
+        for combo in _sweep_values(overrides) if {"-m", "--multirun"} & set(argv) else [overrides]:
+            check_writable(to_plain(compose(combo, config_dir))["paths"]["root"], "paths.root")  # Hydra's outputs
     except MergeMixError as exc:
         _fail(str(exc))
     sys.argv = [sys.argv[0], *argv]

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mergemix.errors import MergeMixError
-from mergemix.models import load_checkpoint
+from mergemix.models import check_checkpoint_dir, load_checkpoint
 from mergemix.simplex import check_weights
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
@@ -141,6 +141,8 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     names = [f"expert{i:03d}:{Path(p).name}" for i, p in enumerate(expert_paths)]
     ordered = check_weights(list(weights), names, "merge weights")  # before loading anything
     paths = dict(zip(names, expert_paths))
+    for p in [base_path, *expert_paths]:
+        check_checkpoint_dir(p)
     for name, p in paths.items():
         check_lineage(base_path, p, name)
     if stream is None:

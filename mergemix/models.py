@@ -73,13 +73,21 @@ def build_model(model_cfg: dict, vocab_size: int, seed: int):
     return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
 
 
+def check_checkpoint_dir(path: str | Path) -> Path:
+    """An existing directory with an HF config (what loading or merging it needs first)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise MergeMixError(f"checkpoint directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise MergeMixError(f"not a checkpoint directory (no config.json): {path}")
+    return path
+
+
 def load_checkpoint(path: str | Path):
     """Load an HF causal-LM directory, turning the usual failures into one clear error."""
     from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise MergeMixError(f"not a checkpoint directory (no config.json): {path}")
+    path = check_checkpoint_dir(path)
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
     except Exception as exc:

@@ -17,6 +17,7 @@ import torch
 
 from mergemix import artifacts
 from mergemix.artifacts import ArtifactStore, read_manifest
+from mergemix.checks import check_config
 from mergemix.data import domains as dom
 from mergemix.data import tokens as tok_store
 from mergemix.data.tokenizer import load_tokenizer, train_tokenizer
@@ -37,6 +38,7 @@ class Pipeline:
         self.domain_names = sorted(cfg["domains"]["sources"])
         if not self.domain_names:
             raise MergeMixError("no domains configured (domains.sources is empty)")
+        check_config(cfg)  # numbers, named paths, cache directory, storage URL: before anything reads them
         self.seed = int(cfg["seed"])  # corpus split, tokenizer, base, experts, benchmarks
         self.search_seed = int(cfg.get("search_seed", self.seed))  # search and mixture-training data order
         threads = cfg["trainer"].get("num_threads")
@@ -46,7 +48,7 @@ class Pipeline:
 
     def validate(self) -> None:
         """Check what can be checked before any work starts, so bad input fails in seconds."""
-        from mergemix.benchmarks.suite import MC_METRICS
+        from mergemix.benchmarks.suite import MC_METRICS, check_task_spec
 
         for name in self.domain_names:
             dom.validate_spec(name, self.cfg["domains"]["sources"][name] or {})
@@ -66,6 +68,7 @@ class Pipeline:
             if missing:
                 raise MergeMixError(f"capability '{cap}' names unknown tasks {missing}; tasks: {sorted(b['tasks'])}")
         for t, spec in b["tasks"].items():
+            check_task_spec(t, spec)
             if spec.get("builder") == "cloze" and spec["domain"] not in self.domain_names:
                 raise MergeMixError(f"benchmark '{t}' is built from domain '{spec['domain']}', which is not "
                                     f"configured (domains: {self.domain_names})")
@@ -89,8 +92,6 @@ class Pipeline:
         from mergemix.search.backends import get_backend
 
         get_backend(s["backend"])
-        if int(s["budget"]) < 1:
-            raise MergeMixError(f"search.budget must be at least 1 evaluation, got {s['budget']}")
         if s.get("sampler"):
             from mergemix.search.optuna_backend import make_sampler
             make_sampler(s["sampler"], 0)

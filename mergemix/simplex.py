@@ -25,6 +25,8 @@ def check_weights(weights: Sequence[float] | Mapping[str, float], names: Sequenc
         if missing:
             raise MergeMixError(f"{what} miss domains {missing}; give a weight (0 allowed) for each of {sorted(names)}")
         values = [weights[n] for n in names]
+    elif isinstance(weights, str) or not isinstance(weights, Sequence):
+        raise MergeMixError(f"{what} must be {{domain: weight, ...}} or a list of weights, got {weights!r}")
     else:
         values = list(weights)
         if len(values) != len(names):

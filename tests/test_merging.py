@@ -114,36 +114,10 @@ def _cli(*args):
                           timeout=300)
 
 
-def test_merge_cli_bad_inputs_one_line_and_nothing_overwritten(micro_models, tmp_path):
+def test_merge_cli_writes_a_checkpoint(micro_models, tmp_path):
+    """`mergemix merge` exports a checkpoint that transformers loads (its bad inputs: tests/test_bad_input.py)."""
     base_dir, expert_dirs, _, _ = micro_models
-    out = tmp_path / "keep"
-    out.mkdir()
-    (out / "precious.txt").write_text("x")
-    corrupt = tmp_path / "corrupt"
-    corrupt.mkdir()
-    for f in expert_dirs["code"].iterdir():
-        (corrupt / f.name).write_bytes(f.read_bytes())
-    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
     e = [str(expert_dirs[n]) for n in NAMES]
-    cases = [
-        ([f"base={base_dir}", f"experts=[{','.join(e)}]", "weights=[0.5,0.5,0.5,-0.5]", f"out={tmp_path}/a"],
-         "non-negative"),
-        ([f"base={base_dir}", f"experts=[{','.join(e)}]", "weights=[0.5,0.5,0.5,0.5]", f"out={tmp_path}/b"],
-         "sum to 1"),
-        ([f"base={base_dir}", f"experts=[{','.join(e)}]", "weights=[0.5,0.5]", f"out={tmp_path}/c"],
-         "weights have 2 entries"),
-        ([f"base={base_dir}", f"experts=[{corrupt}]", "weights=[1.0]", f"out={tmp_path}/d"],
-         "cannot load checkpoint"),
-        ([f"base={base_dir}", f"experts=[{','.join(e)}]", "weights=[0.25,0.25,0.25,0.25]", f"out={out}"],
-         "exists and is not empty"),
-    ]
-    for args, message in cases:
-        res = _cli("merge", *args)
-        assert res.returncode != 0
-        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
-    assert [p.name for p in out.iterdir()] == ["precious.txt"]
-    assert not any((tmp_path / x).exists() for x in "abcd")
     ok = _cli("merge", f"base={base_dir}", f"experts=[{','.join(e)}]", "weights=[0.25,0.25,0.25,0.25]",
               f"out={tmp_path}/good")
     assert ok.returncode == 0, ok.stderr

@@ -14,10 +14,24 @@ from mergemix.benchmarks.tasks import Task, load_jsonl_task
 from mergemix.errors import MergeMixError
 
 MC_METRICS = ("acc", "acc_norm", "prob")
+SOURCES = ("embedded", "jsonl", "lmeval")
+BUILDERS = ("cloze", "synthetic_mc", "synthetic_gen")  # of embedded tasks
+
+
+def check_task_spec(name: str, spec: Mapping) -> str:
+    """The task's source, once the spec names a known source and what that source needs (checked before work)."""
+    source = spec.get("source", "embedded")
+    if source not in SOURCES:
+        raise MergeMixError(f"benchmark '{name}': unknown source '{source}' ({', '.join(SOURCES)})")
+    if source == "embedded" and spec.get("builder") not in BUILDERS:
+        raise MergeMixError(f"benchmark '{name}': unknown builder '{spec.get('builder')}' ({', '.join(BUILDERS)})")
+    if source == "jsonl" and not spec.get("path"):
+        raise MergeMixError(f"benchmark '{name}': a jsonl task needs `path: FILE`")
+    return source
 
 
 def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], seed: int, tokenizer=None) -> Task:
-    source = spec.get("source", "embedded")
+    source = check_task_spec(name, spec)
     if source == "jsonl":
         return load_jsonl_task(name, spec["path"], spec.get("kind"), spec.get("limit"),
                                spec.get("max_new_tokens", 8))
@@ -25,8 +39,6 @@ def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], 
         from mergemix.benchmarks import lmeval
 
         return lmeval.resolve({name: spec})[name]
-    if source != "embedded":
-        raise MergeMixError(f"benchmark '{name}': unknown source '{source}' (embedded, jsonl, lmeval)")
     builder, n = spec["builder"], int(spec.get("n", 500))
     if builder == "cloze":
         docs = heldout_docs.get(spec["domain"])
@@ -39,9 +51,7 @@ def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], 
         return embedded.cloze(name, docs, n, seed, spec.get("vocab", 400), spec.get("context_chars", 240), single)
     if builder == "synthetic_mc":
         return embedded.synthetic_mc(name, spec["generator"], n, seed)
-    if builder == "synthetic_gen":
-        return embedded.synthetic_gen(name, spec["generator"], n, seed, spec.get("max_new_tokens", 6))
-    raise MergeMixError(f"benchmark '{name}': unknown builder '{builder}'")
+    return embedded.synthetic_gen(name, spec["generator"], n, seed, spec.get("max_new_tokens", 6))
 
 
 def normalised(task: Task, scores: Mapping[str, np.ndarray], metric: str) -> np.ndarray:

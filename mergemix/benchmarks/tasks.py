@@ -59,7 +59,7 @@ def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit:
         except json.JSONDecodeError as exc:
             raise MergeMixError(f"benchmark '{name}': {path}:{i} is not valid JSON ({exc.msg})") from exc
         item_kind = kind or ("mc" if "choices" in raw else "gen")
-        items.append(_check_item(raw, item_kind, f"benchmark '{name}' {path}:{i}"))
+        items.append(_check_item(raw, item_kind, f"benchmark '{name}': {path}:{i}"))
         kind = item_kind
     if not items:
         raise MergeMixError(f"benchmark '{name}': {path} holds no items")

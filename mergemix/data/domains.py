@@ -93,7 +93,8 @@ def _load_hf(path: str, hf_split: str | None, text_field: str):
 
 def validate_spec(name: str, spec: Mapping) -> None:
     check_source(name, spec)
-    for key, kind in (("max_tokens", int), ("max_epochs", (int, float))):
+    for key, kind in (("max_tokens", int), ("max_epochs", (int, float)), ("max_chars", int), ("n_items", int),
+                      ("per_doc", int)):
         v = spec.get(key)
         if v is not None and (not isinstance(v, kind) or isinstance(v, bool) or v <= 0):
             raise MergeMixError(f"domain '{name}': {key} must be a positive number, got {v!r}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -30,14 +31,36 @@ def make_sampler(name: str, seed: int):
     return samplers[name]()
 
 
+def check_storage(storage_url: str) -> None:
+    """The storage URL's form and database driver, without connecting: a typo fails before any training."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(storage_url)
+        url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        raise MergeMixError(f"cannot open Optuna storage {storage_url}: its database driver is not installed "
+                            f"({exc}); PostgreSQL: pip install -e .[postgres], postgresql+psycopg2://...") from exc
+    except Exception as exc:  # SQLAlchemy raises many kinds
+        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
+    folder = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database else None
+    if folder and not folder.is_dir():
+        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {folder} is not a directory")
+
+
 def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler):
+    import warnings
+
     import optuna
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        storage = RDBStorage(storage_url, heartbeat_interval=5, grace_period=15,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        with warnings.catch_warnings():  # the heartbeat retry is marked experimental: not the user's concern
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            storage = RDBStorage(storage_url, heartbeat_interval=5, grace_period=15,
+                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
     except Exception as exc:  # SQLAlchemy raises many kinds
         raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="maximize",

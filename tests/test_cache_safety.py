@@ -1,0 +1,169 @@
+"""Cache safety: changing one input invalidates exactly the artifacts that depend on it and no others, and two
+processes building the same artifact at once build it once.
+
+Artifact keys are planned without training: `PlanningStore` returns the path of every trained or searched
+artifact (base, experts, search, mixtures) without building it, while the cheap stages (corpus, tokenizer,
+tokens, benchmarks) are built for real, since their contents feed later keys (the token counts give the uniform
+mixture). A test checks that the planned keys are the keys a real micro run builds."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import micro_cfg
+
+from mergemix import artifacts
+from mergemix.artifacts import ArtifactStore, stage_key
+from mergemix.pipeline import Pipeline
+
+TRAINED = ("base", "expert", "mixture", "search", "eval")
+
+
+class PlanningStore(ArtifactStore):
+    """Builds the cheap stages; for trained and searched ones returns where the artifact would be."""
+
+    def get_or_build(self, stage, inputs, build, leader=None):
+        if stage in TRAINED:
+            return self.path(stage, stage_key(stage, inputs))
+        return super().get_or_build(stage, inputs, build, leader)
+
+
+def plan(cfg: dict) -> dict[str, str]:
+    """Every artifact of a run up to the search and the uniform mixture, as {label: stage/key}."""
+    pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
+    pipe.store = PlanningStore(pipe.store.root)
+    paths = {"tokenizer": pipe.tokenizer_dir, "base": pipe.base_dir, "benchmarks": pipe.task_dir,
+             "search": pipe.search_dir, "mixture:uniform": pipe.train_mixture(pipe.uniform_mixture, "uniform")}
+    for n in pipe.domain_names:
+        paths.update({f"corpus:{n}": pipe.corpus[n], f"tokens:{n}": pipe.token_dirs[n],
+                      f"expert:{n}": pipe.expert_dirs[n]})
+    return {label: f"{p.parent.name}/{p.name}" for label, p in paths.items()}
+
+
+def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
+    assert set(before) == set(after)
+    return {label for label in before if before[label] != after[label]}
+
+
+def expand(patterns: set[str], labels) -> set[str]:
+    return {label for label in labels if any(fnmatch.fnmatch(label, p) for p in patterns)}
+
+
+def test_planned_keys_are_the_keys_a_real_run_builds(micro_run, micro_root):
+    pipe, _ = micro_run
+    planned = plan(micro_cfg(micro_root))
+    built = {f"{p.parent.name}/{p.name}" for p in (micro_root / "cache").glob("*/*") if (p / "manifest.json").is_file()}
+    assert set(planned.values()) <= built
+    assert planned["search"] == f"search/{pipe.search_dir.name}" and planned["base"] == f"base/{pipe.base_dir.name}"
+
+
+DOWNSTREAM_OF_TOKENS = {"tokens:*", "base", "expert:*", "search", "mixture:uniform"}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("experts.lr=0.002", {"expert:*", "search"}),
+    ("search_seed=1", {"search", "mixture:uniform"}),
+    ("tokenizer.vocab_size=384", {"tokenizer", "benchmarks", *DOWNSTREAM_OF_TOKENS}),
+    ("mix.tokens=16384", {"mixture:uniform"}),
+    ("benchmarks.metric=acc", {"search"}),
+], ids=["experts.lr", "search_seed", "vocab_size", "mix.tokens", "metric"])
+def test_changed_setting_invalidates_exactly_its_dependents(override, expected, micro_root, tmp_path):
+    before = plan(micro_cfg(micro_root, f"paths.run_dir={tmp_path}/a"))
+    after = plan(micro_cfg(micro_root, override, f"paths.run_dir={tmp_path}/b"))
+    assert changed(before, after) == expand(expected, before)
+
+
+@pytest.mark.parametrize("stage, expected", [
+    ("expert", {"expert:*", "search"}),
+    ("tokens", DOWNSTREAM_OF_TOKENS),
+    ("benchmarks", {"benchmarks", "search"}),
+])
+def test_code_version_bump_invalidates_exactly_its_dependents(stage, expected, micro_root, tmp_path, monkeypatch):
+    cfg = micro_cfg(micro_root, f"paths.run_dir={tmp_path}/run")
+    before = plan(cfg)
+    monkeypatch.setitem(artifacts.CODE_VERSIONS, stage, artifacts.CODE_VERSIONS[stage] + 1)
+    assert changed(before, plan(cfg)) == expand(expected, before)
+
+
+@pytest.fixture
+def files_cfg(tmp_path):
+    """Two user domains from files, a user tokenizer (so that one domain's tokens do not depend on the other's
+    text) and a JSONL benchmark; the composed config."""
+    from mergemix.cli import compose, to_plain
+    from mergemix.data.tokenizer import train_tokenizer
+
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "shadow", "seven", "eleven", "proof", "number"]
+    docs = {name: [" ".join(words[(i * k) % len(words)] for i in range(60)) for k in range(1, 9)]
+            for name in ("a", "b")}
+    for name, texts in docs.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    train_tokenizer([t for texts in docs.values() for t in texts], 300, tmp_path / "tok")
+    conf = tmp_path / "conf"
+    (conf / "domains").mkdir(parents=True)
+    (conf / "benchmarks").mkdir()
+    (conf / "domains" / "two.yaml").write_text(
+        "heldout_fraction: 0.2\nbase_mixture: token\nsources:\n"
+        f"  a: {{source: files, paths: [{tmp_path}/a.jsonl]}}\n  b: {{source: files, paths: [{tmp_path}/b.jsonl]}}\n")
+    (tmp_path / "bench.jsonl").write_text('{"prompt": "alpha beta", "answer": "gamma"}\n')
+    (conf / "benchmarks" / "mine.yaml").write_text(
+        "metric: prob\nbatch_size: 8\nmax_length: 64\nbootstrap: 10\ncapabilities:\n"
+        f"  lang: {{domain: a, tasks: [words]}}\ntasks:\n  words: {{source: jsonl, path: {tmp_path}/bench.jsonl}}\n")
+    return to_plain(compose(["domains=two", "benchmarks=mine", "model=micro", "logger=none", "data.max_epochs=null",
+                             f"tokenizer.path={tmp_path}/tok", f"paths.root={tmp_path}/home",
+                             f"paths.run_dir={tmp_path}/run"], str(conf)))
+
+
+def test_changed_domain_file_invalidates_exactly_its_dependents(files_cfg, tmp_path):
+    before = plan(files_cfg)
+    path = tmp_path / "b.jsonl"
+    path.write_text(path.read_text().replace("alpha", "omega", 1))  # one word of one document
+    after = plan(files_cfg)
+    # benchmarks: cloze tasks draw from held-out documents, so the task set is keyed by every domain's corpus
+    assert changed(before, after) == {"corpus:b", "tokens:b", "base", "expert:a", "expert:b", "benchmarks", "search",
+                                      "mixture:uniform"}
+
+
+WORKER = r"""
+import sys, time
+from pathlib import Path
+from mergemix.artifacts import ArtifactStore
+
+root, log, me, other = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+(root / f"calling-{me}").touch()
+
+def build(tmp):
+    with open(log, "a") as fh:
+        fh.write(me + "\n")
+    for _ in range(3000):  # until the other process is about to ask for the same artifact
+        if (root / f"calling-{other}").exists():
+            break
+        time.sleep(0.01)
+    time.sleep(0.3)  # ... and waits on its lock
+    (tmp / "payload.bin").write_bytes(bytes(range(256)) * 4096)
+    return {"builder": me}
+
+print(ArtifactStore(root / "cache").get_or_build("tokens", {"domain": "shared"}, build))
+"""
+
+
+def test_two_processes_building_one_artifact_build_it_once(tmp_path):
+    log = tmp_path / "builds.log"
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp_path), str(log), me, other],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, other in (("p1", "p2"), ("p2", "p1"))]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1  # both got the same artifact
+    builders = log.read_text().split()
+    assert len(builders) == 1  # built once
+    final = Path(paths.pop())
+    manifest = json.loads((final / "manifest.json").read_text())
+    assert manifest["builder"] == builders[0] and manifest["inputs"] == {"domain": "shared"}
+    assert (final / "payload.bin").read_bytes() == bytes(range(256)) * 4096
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temporary or second copy left
