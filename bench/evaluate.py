@@ -1,5 +1,9 @@
-"""Candidate evaluation: the Evaluator against a bare batched forward over exactly its padded batches, and
-against lm-eval's HFLM (in memory, same tasks as local YAML + JSONL, fully offline): speed and equal `acc`."""
+"""Candidate evaluation: the Evaluator against a bare batched forward over exactly its packed batches, and
+against lm-eval's HFLM (in memory, same tasks as local YAML + JSONL, fully offline): speed and equal `acc`.
+
+The bare forward is `model(...).logits` over the same tokens the Evaluator feeds: its packed rows (each item's
+context and shared continuation prefixes once) with their tree masks and positions. It computes the LM head at
+every position; the Evaluator only where a log-prob is needed, and adds the scoring."""
 
 from __future__ import annotations
 
@@ -23,9 +27,9 @@ def autocast(bf16: bool):
 
 @torch.no_grad()
 def bare_forward(model, ev: Evaluator) -> None:
-    for batches in ev.mc_batches.values():
+    for batches in ev.plan(ev.packs(model)).values():
         for b in batches:
-            _ = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+            _ = model(**ev.forward_inputs(model, b), use_cache=False).logits
 
 
 # ------------------------------------------------------------------------------------------------ lm-eval ---
@@ -39,7 +43,7 @@ def lmeval_tasks(workdir: Path, tasks: dict) -> object:
 
 def lmeval_runner(model, tok, tm, names: list[str], model_time: list | None = None, per_item: bool = False):
     """A function running lm-eval's simple_evaluate on `model`: {task: acc}, or {task: per-item acc in item
-    order} with `per_item`. Seconds spent inside HFLM's model calls are appended to `model_time`."""
+    order} with `per_item`. (seconds, padded tokens) of each of HFLM's model calls are appended to `model_time`."""
     hflm = lmeval.hflm(model, tok, BATCH)
     if model_time is not None:
         call = hflm._model_call
@@ -47,7 +51,7 @@ def lmeval_runner(model, tok, tm, names: list[str], model_time: list | None = No
         def timed_call(*args, **kwargs):
             t0 = time.perf_counter()
             out = call(*args, **kwargs)
-            model_time.append(time.perf_counter() - t0)
+            model_time.append((time.perf_counter() - t0, args[0].numel()))
             return out
 
         hflm._model_call = timed_call
@@ -81,16 +85,19 @@ def measure(size: str, tok, tasks: dict, repeats: int, tm=None) -> dict:
         if tm is not None:
             sides[f"lm_eval{sfx}"] = _under(bf16, lmeval_runner(model, tok, tm, list(tasks), lm_fwd[sfx]))
     t = alternate(sides, repeats)
+    plan = [b for bs in ev.plan(ev.packs(model)).values() for b in bs]
     row = {"size": size, "params": n_params(model), "items": sum(len(x.items) for x in tasks.values()),
-           "sequences": sum(int(b.input_ids.shape[0]) for bs in ev.mc_batches.values() for b in bs),
-           "batches": sum(len(bs) for bs in ev.mc_batches.values()), **{f"{k}_s": med(v) for k, v in t.items()}}
+           "rows": sum(int(b.input_ids.shape[0]) for b in plan), "batches": len(plan),
+           "tokens": sum(b.n_tokens for b in plan), "padded_tokens": sum(b.input_ids.numel() for b in plan),
+           **{f"{k}_s": med(v) for k, v in t.items()}}
     for sfx in ("", "_bf16"):
         row[f"forward_ratio{sfx}"] = ratio(t[f"evaluator{sfx}"], t[f"forward{sfx}"])
         if tm is not None:
             row[f"lmeval_speedup{sfx}"] = ratio(t[f"lm_eval{sfx}"], t[f"evaluator{sfx}"])
             runs = repeats + 1  # with the untimed warm-up round
-            row[f"lm_eval_forward_s{sfx}"] = sum(lm_fwd[sfx]) / runs
+            row[f"lm_eval_forward_s{sfx}"] = sum(s for s, _ in lm_fwd[sfx]) / runs
             row[f"lm_eval_forward_calls{sfx}"] = len(lm_fwd[sfx]) // runs
+            row[f"lm_eval_padded_tokens{sfx}"] = sum(n for _, n in lm_fwd[sfx]) // runs
     ours = {n: s["acc"] for n, s in ev.per_item(model).items()}
     row["acc_ours"] = {n: float(a.mean()) for n, a in ours.items()}
     if tm is not None:

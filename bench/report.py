@@ -94,16 +94,20 @@ def markdown(res: dict) -> str:
                                    ("merge / copy", "ratio", ".2f")])
     lines += ["## Candidate evaluation: Evaluator vs bare forward vs lm-eval", "",
               ("Tasks: prose cloze (one-token choices) and arithmetic multiple choice (multi-token choices). The "
-              "bare forward runs `model(input_ids, attention_mask).logits` over exactly the Evaluator's padded "
-              "batches. lm-eval time is one `simple_evaluate` call (HFLM in memory, local YAML + JSONL tasks, "
-              "offline, batch size 64) with the TaskManager built beforehand; `lm-eval in forward s` is the part of "
-              "it spent inside HFLM's model calls. `acc` compared in fp32."), ""]
+              "Evaluator packs each item's choices into one prefix-tree row (context and shared continuation "
+              "prefixes once); `tokens` / `padded` are what its forward passes feed. The bare forward runs "
+              "`model(...).logits` over exactly those packed batches (same tokens, tree masks and positions). "
+              "lm-eval time is one `simple_evaluate` call (HFLM in memory, local YAML + JSONL tasks, offline, batch "
+              "size 64) with the TaskManager built beforehand; `lm-eval in forward s` is the part of it spent inside "
+              "HFLM's model calls, over `lm-eval padded` tokens. `acc` compared in fp32."), ""]
     lines += _table(res["eval"], [("size", "size", ""), ("params", "params", ",d"), ("items", "items", "d"),
-                                  ("sequences", "sequences", "d"), ("batches", "batches", "d"),
+                                  ("rows", "rows", "d"), ("batches", "batches", "d"), ("tokens", "tokens", "d"),
+                                  ("padded", "padded_tokens", "d"),
                                   ("Evaluator s", "evaluator_s", ".3f"),
                                   ("forward s", "forward_s", ".3f"), ("Eval / fwd", "forward_ratio", ".2f"),
                                   ("bf16 Eval / fwd", "forward_ratio_bf16", ".2f"), ("lm-eval s", "lm_eval_s", ".2f"),
                                   ("lm-eval batches", "lm_eval_forward_calls", "d"),
+                                  ("lm-eval padded", "lm_eval_padded_tokens", "d"),
                                   ("lm-eval in forward s", "lm_eval_forward_s", ".2f"),
                                   ("lm-eval / Eval", "lmeval_speedup", ".1f"),
                                   ("bf16 lm-eval / Eval", "lmeval_speedup_bf16", ".1f"),

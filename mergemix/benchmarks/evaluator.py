@@ -2,27 +2,19 @@
 
 Multiple choice is scored like lm-eval's loglikelihood requests (sum of continuation log-probs; `acc`,
 `acc_norm` by character length) plus `prob`, the softmax probability of the gold choice (a lower-noise soft
-score). When every choice of an item is one token, one forward of the context scores all of them."""
+score). The choices of an item share one packed row (benchmarks/packing.py): the context and any common start of
+the continuations are computed once, and the LM head runs only where a log-prob is needed. Models whose attention
+takes no custom mask (not sdpa or eager) get one causal row per distinct input instead."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from mergemix.benchmarks.packing import Batch, Request, batches, prefix_tree, tree_mask
 from mergemix.benchmarks.tasks import Task
 
-
-@dataclass
-class _Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    sel_rows: torch.Tensor  # (row, position) pairs where the LM head is needed
-    sel_cols: torch.Tensor
-    gather_sel: torch.Tensor  # for every scored token: which selected position,
-    gather_tok: torch.Tensor  # which token id,
-    slot: np.ndarray          # and which (item, choice) slot it adds its log-prob to
+PACKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask as given
 
 
 def _encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -38,66 +30,86 @@ def _encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[
 class Evaluator:
     def __init__(self, tokenizer, tasks: dict[str, Task], batch_size: int = 64, max_length: int = 256):
         self.tok, self.tasks, self.batch_size, self.max_length = tokenizer, tasks, batch_size, max_length
-        self.mc_batches: dict[str, list[_Batch]] = {}
+        self.mc_requests: dict[str, list[list[Request]]] = {}  # per item
         self.gen_prompts: dict[str, list[list[int]]] = {}
         for name, task in tasks.items():
             if task.kind == "mc":
-                self.mc_batches[name] = self._prepare_mc(task)
+                self.mc_requests[name] = self._requests(task)
             else:
                 self.gen_prompts[name] = [tokenizer(it["prompt"], add_special_tokens=False)["input_ids"]
                                           [-max_length:] for it in task.items]
+        self.mc_batches = self._batches(packed=True)
+        self._path_batches: dict[str, list[Batch]] | None = None  # built on first use
 
     # -------------------------------------------------------------------------------------------- prepare ---
-    def _prepare_mc(self, task: Task) -> list[_Batch]:
+    def _requests(self, task: Task) -> list[list[Request]]:
+        """lm-eval's inputs: (context + continuation) left-truncated to max_length + 1 tokens, minus the last."""
         first_slot = np.cumsum([0] + [len(it["choices"]) for it in task.items])
-        seqs = []  # (input ids, [(position, [(token, slot), ...]), ...])
+        out = []
         for r, item in enumerate(task.items):
-            pairs = [_encode_pair(self.tok, item["context"], c) for c in item["choices"]]
-            if all(len(cont) == 1 for _, cont in pairs) and len({tuple(c) for c, _ in pairs}) == 1:
-                ctx = pairs[0][0][-(self.max_length - 1):]  # one forward scores every one-token choice
-                seqs.append((ctx, [(len(ctx) - 1, [(cont[0], first_slot[r] + c)
-                                                   for c, (_, cont) in enumerate(pairs)])]))
-                continue
-            for c, (ctx, cont) in enumerate(pairs):
+            reqs = []
+            for c, choice in enumerate(item["choices"]):
+                ctx, cont = _encode_pair(self.tok, item["context"], choice)
                 inp = (ctx + cont)[-(self.max_length + 1):][:-1]
                 start = len(inp) - len(cont)
-                seqs.append((inp, [(start + i, [(t, first_slot[r] + c)]) for i, t in enumerate(cont)]))
-        seqs.sort(key=lambda s: len(s[0]))
-        batches = []
-        for i in range(0, len(seqs), self.batch_size):
-            chunk = seqs[i:i + self.batch_size]
-            width = max(len(s[0]) for s in chunk)
-            ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            rows, cols, g_sel, g_tok, slots = [], [], [], [], []
-            for j, (inp, scored) in enumerate(chunk):
-                ids[j, :len(inp)] = torch.tensor(inp)
-                mask[j, :len(inp)] = 1
-                for pos, targets in scored:
-                    for tok, slot in targets:
-                        g_sel.append(len(rows))
-                        g_tok.append(tok)
-                        slots.append(slot)
-                    rows.append(j)
-                    cols.append(pos)
-            batches.append(_Batch(ids, mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(g_sel),
-                                  torch.tensor(g_tok), np.array(slots)))
-        return batches
+                scored = [(start + i, t, int(first_slot[r]) + c) for i, t in enumerate(cont) if start + i >= 0]
+                if scored:
+                    reqs.append((inp, scored))
+            out.append(reqs)
+        return out
+
+    def _batches(self, packed: bool) -> dict[str, list[Batch]]:
+        """Packed: one prefix-tree row per item. Otherwise one causal row per distinct input."""
+        out = {}
+        for name, items in self.mc_requests.items():
+            if packed:
+                rows = [prefix_tree(reqs) for reqs in items]
+            else:
+                same: dict[tuple, list[Request]] = {}
+                for req in (q for reqs in items for q in reqs):
+                    same.setdefault(tuple(req[0]), []).append(req)
+                rows = [prefix_tree(group) for group in same.values()]
+            out[name] = batches(rows, self.tok.pad_token_id, self.batch_size)
+        return out
+
+    def plan(self, packed: bool) -> dict[str, list[Batch]]:
+        if packed:
+            return self.mc_batches
+        if self._path_batches is None:
+            self._path_batches = self._batches(packed=False)
+        return self._path_batches
+
+    @staticmethod
+    def packs(model) -> bool:
+        return getattr(model.config, "_attn_implementation", None) in PACKED_ATTENTION
+
+    @staticmethod
+    def forward_inputs(model, b: Batch) -> dict:
+        """input_ids, and for packed trees their mask and positions, on the model's device."""
+        dev = model.device
+        if b.end is None:
+            return {"input_ids": b.input_ids.to(dev)}
+        mask = tree_mask(b.end.to(dev), model.config._attn_implementation, model.dtype)
+        return {"input_ids": b.input_ids.to(dev), "attention_mask": mask, "position_ids": b.positions.to(dev)}
 
     # ------------------------------------------------------------------------------------------- evaluate ---
     @torch.no_grad()
-    def _score_mc(self, model, name: str) -> dict[str, np.ndarray]:
+    def log_likelihoods(self, model, name: str, packed: bool | None = None) -> list[np.ndarray]:
+        """Per item, the summed continuation log-prob of each choice (packed rows where the model allows)."""
         task = self.tasks[name]
         first_slot = np.cumsum([0] + [len(it["choices"]) for it in task.items])
         flat = np.zeros(first_slot[-1])
         decoder, head = model.get_decoder(), model.get_output_embeddings()
         dev = model.device  # requests are built on the CPU; a GPU model gets them copied per batch
-        for b in self.mc_batches[name]:
-            hidden = decoder(input_ids=b.input_ids.to(dev),
-                             attention_mask=b.attention_mask.to(dev)).last_hidden_state
+        for b in self.plan(self.packs(model) if packed is None else packed)[name]:
+            hidden = decoder(**self.forward_inputs(model, b), use_cache=False).last_hidden_state
             logp = torch.log_softmax(head(hidden[b.sel_rows.to(dev), b.sel_cols.to(dev)]).float(), dim=-1)
             np.add.at(flat, b.slot, logp[b.gather_sel.to(dev), b.gather_tok.to(dev)].cpu().numpy())
-        ll = [flat[first_slot[r]:first_slot[r + 1]] for r in range(len(task.items))]
+        return [flat[first_slot[r]:first_slot[r + 1]] for r in range(len(task.items))]
+
+    def _score_mc(self, model, name: str) -> dict[str, np.ndarray]:
+        task = self.tasks[name]
+        ll = self.log_likelihoods(model, name)
         labels = np.array([it["label"] for it in task.items])
         lengths = [np.array([max(1, len(ch)) for ch in it["choices"]]) for it in task.items]
         acc = np.array([np.argmax(x) == y for x, y in zip(ll, labels)], dtype=float)
@@ -140,6 +152,6 @@ class Evaluator:
 
     def n_tokens(self) -> int:
         """Tokens processed per evaluation (for cost accounting)."""
-        mc = sum(int(b.attention_mask.sum()) for bs in self.mc_batches.values() for b in bs)
+        mc = sum(b.n_tokens for bs in self.mc_batches.values() for b in bs)
         gen = sum(len(p) for ps in self.gen_prompts.values() for p in ps)
         return mc + gen
