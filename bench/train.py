@@ -11,9 +11,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from bench.common import ROOT, alternate, build, med, model_cfg, n_params, ratio
-from mergemix.training import CausalLMModule, MixtureDataModule
+from mergemix.training import CausalLMModule, MixtureDataModule, WindowDataset
 
 CPU = yaml.safe_load((ROOT / "conf" / "trainer" / "cpu.yaml").read_text())
 OPTIM = {"weight_decay": 0.1, "betas": (0.9, 0.95), "warmup_steps": 2, "schedule": "constant"}
@@ -48,7 +49,8 @@ def plain_run(model, data, steps: int, precision: str) -> list[float]:
            else contextlib.nullcontext())
     model.train()
     ends = []
-    for step, batch in enumerate(data.train_dataloader()):
+    loader = DataLoader(WindowDataset(data.arrays, data.plan), batch_size=data.batch_size, shuffle=False)
+    for step, batch in enumerate(loader):  # the plan's order (the module's loader follows a finished trainer)
         if step == steps:
             break
         with amp:
