@@ -3,8 +3,8 @@ and mixture recipes, each with two training seeds (the noise ceiling), summarise
 
     python experiments/regime.py [--only NAME ...] [--report-only] [hydra overrides for every regime...]
 
-Regimes vary one thing at a time against the default (experts 300k tokens at LR 1e-3, mixtures 800k tokens):
-the expert horizon, the expert learning rate and the mixture horizon. Runs go to <paths.root>/regime/<name>/
+Regimes vary the expert horizon, the expert learning rate and the mixture horizon (the default: experts 100k tokens
+at LR 1e-3, mixtures 800k tokens). Runs go to <paths.root>/regime/<name>/
 (trained mixtures and merges are cached artifacts, shared between regimes where their inputs agree); the summary to
 reports/validation/regime.{md,json,png}."""
 
@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-REGIMES = {
-    "e300k": ("default: experts 300k tokens, LR 1e-3; mixtures 800k", []),
-    "e100k": ("experts 100k tokens", ["experts.tokens=100000"]),
+REGIMES = {  # name: (what, overrides); the default recipe is experts 100k tokens at LR 1e-3, mixtures 800k
+    "e50k": ("experts 50k tokens", ["experts.tokens=50000"]),
+    "e100k": ("experts 100k tokens (the default)", []),
+    "e300k": ("experts 300k tokens", ["experts.tokens=300000"]),
     "e800k": ("experts 800k tokens (= the mixture horizon)", ["experts.tokens=800000"]),
-    "e300k_lr3e-4": ("expert LR 3e-4", ["experts.lr=3e-4"]),
-    "e300k_lr3e-3": ("expert LR 3e-3", ["experts.lr=3e-3"]),
-    "e300k_mix300k": ("mixtures 300k tokens (= the expert horizon)", ["mix.tokens=300000"]),
+    "e300k_lr3e-4": ("experts 300k tokens, LR 3e-4", ["experts.tokens=300000", "experts.lr=3e-4"]),
+    "e300k_lr3e-3": ("experts 300k tokens, LR 3e-3", ["experts.tokens=300000", "experts.lr=3e-3"]),
+    "e300k_mix300k": ("experts 300k tokens, mixtures 300k tokens", ["experts.tokens=300000", "mix.tokens=300000"]),
 }
 SERIES = ("overall", "code", "instruct", "language", "math")
 
