@@ -174,15 +174,20 @@ def test_gradient_backend_on_micro_pipeline(micro_run, micro_root, tmp_path):
 def test_compare_sweep_writes_comparison(micro_root, tmp_path):
     import json
 
-    res = subprocess.run([sys.executable, "-m", "mergemix.cli", "compare", "-m", "experiment=micro", "logger=none",
-                          "strategy=surrogate,proxy,uniform", "seed=0", "search.budget=5", "baseline.budget=3",
-                          "baseline.trial_tokens=4096", f"paths.root={micro_root}",
-                          f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, check=False,
-                         cwd=tmp_path, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    table = json.loads((tmp_path / "sweep" / "comparison.json").read_text())
+    def sweep(name: str, strategies: str) -> dict:
+        res = subprocess.run([sys.executable, "-m", "mergemix.cli", "compare", "-m", "experiment=micro",
+                              "logger=none", f"strategy={strategies}", "seed=0", "search.budget=5",
+                              "baseline.budget=3", "baseline.trial_tokens=4096", f"paths.root={micro_root}",
+                              f"hydra.sweep.dir={tmp_path}/{name}"], capture_output=True, text=True, check=False,
+                             cwd=tmp_path, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads((tmp_path / name / "comparison.json").read_text())
+
+    table = sweep("sweep", "surrogate,proxy,uniform")
     assert set(table) == {"surrogate", "proxy", "uniform"}
     assert table["proxy"]["train_tokens"] == 3 * 4096  # three proxy runs
+    # a rerun finds the study complete and its proxies cached, and still charges the search's cost
+    assert sweep("again", "proxy")["proxy"]["train_tokens"] == 3 * 4096
     assert table["surrogate"]["cost_ratio_to_proxy"] > 0 and table["uniform"]["train_tokens"] == 0
     assert (tmp_path / "sweep" / "comparison.md").is_file() and (tmp_path / "sweep" / "cost_curves.png").is_file()
 

@@ -47,25 +47,24 @@ class ProxyObjective:
 
 
 def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray, ProxyObjective]:
+    from optuna.trial import TrialState
+
     from mergemix.search.optuna_backend import make_sampler, open_study
-    from mergemix.search.space import params_from_alpha, suggest_alpha
+    from mergemix.search.space import alpha_of_trial, params_from_alpha, suggest_alpha
 
     obj = ProxyObjective(pipe, cfg, cfg["objective"])
     study = open_study(cfg.get("storage") or f"sqlite:///{study_path}", f"proxy-{seed}", obj.names,
                        make_sampler(cfg.get("sampler") or "tpe", seed))
     if not study.trials:
         study.enqueue_trial(params_from_alpha([pipe.uniform_mixture[n] for n in obj.names], obj.names))
-    from optuna.trial import TrialState
-
-    done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-    remaining = int(cfg["budget"]) - done  # an enqueued (waiting) trial is taken by the first ask
+    # trials of an earlier (killed) run: their proxies are cached artifacts; replaying them charges the ledger
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        obj(alpha_of_trial(t.params, obj.names))
+    remaining = int(cfg["budget"]) - len(obj.history)  # an enqueued (waiting) trial is taken by the first ask
     for _ in tqdm(range(max(0, remaining)), desc="proxy-training search", unit="run"):
         trial = study.ask()
         study.tell(trial, obj.utility(obj(suggest_alpha(trial, obj.names))))
-    best = max(obj.history, key=lambda h: obj.utility(h[1])) if obj.history else None
-    if best is None:  # everything was done by an earlier run: read the study
-        from mergemix.search.space import alpha_of_trial
-        return alpha_of_trial(study.best_trial.params, obj.names), obj
+    best = max(obj.history, key=lambda h: obj.utility(h[1]))
     return best[0] / best[0].sum(), obj
 
 
