@@ -17,8 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {  # name: (what, overrides); the default recipe is experts 100k tokens at LR 1e-3, mixtures 800k
     "e50k": ("experts 50k tokens", ["experts.tokens=50000"]),
@@ -41,15 +39,29 @@ def run(name: str, overrides: list[str], runs: Path) -> int:
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-def summarise(runs: Path) -> dict:
-    """{regime: {metric: {series: (rho, lo, hi, ceiling)}, "merged_U_range", "trained_U_range"}}"""
+def expert_step_sum(overrides: list[str]) -> float:
+    """Σ η over an expert's optimizer steps (LR x steps; warm-up counted at its ramp): how far the recipe moves an
+    expert, the expansion parameter ηT of the paper's second-order analysis."""
+    from mergemix.cli import compose, to_plain
+    from mergemix.training import lr_factor
+
+    cfg = to_plain(compose(list(overrides)))
+    e, m = cfg["experts"], cfg["model"]
+    steps = int(e["tokens"]) // (m["seq_len"] * m["batch_size"])
+    return float(e["lr"]) * sum(lr_factor(t, steps, int(e["warmup_steps"]), e["schedule"], 0.2, 0.1)
+                                for t in range(steps))
+
+
+def summarise(runs: Path, overrides: list[str] = ()) -> dict:
+    """{regime: {"eta_T", metric: {series: (rho, lo, hi, ceiling), "merged_U_range", "trained_U_range"}}}"""
     out = {}
     for name in REGIMES:
         path = runs / name / "validation.json"
         if not path.is_file():
             continue
         v = json.loads(path.read_text())
-        row = {"what": REGIMES[name][0], "seeds": v["training_seeds"], "n": len(v["mixtures"])}
+        row = {"what": REGIMES[name][0], "seeds": v["training_seeds"], "n": len(v["mixtures"]),
+               "eta_T": expert_step_sum([*REGIMES[name][1], *overrides]), "mix_tokens": v["mix_tokens"]}
         for m, block in v["by_metric"].items():
             rho, nc = block["spearman"], block["noise_ceiling"]
 
@@ -71,42 +83,42 @@ def markdown(table: dict, metric: str) -> str:
     intro = (f"Spearman ρ of merged vs trained over the same mixtures under `{metric}`, mean over training seeds "
              "[95% bootstrap interval]; in brackets after it, the noise ceiling (trained seed vs trained seed).")
     lines = [intro, "",
-             "| regime | " + " | ".join("U" if s == "overall" else s for s in SERIES) + " | merged U range | "
-             "trained U range |", "|---" * (len(SERIES) + 3) + "|"]
+             "| regime | expert Σ η | " + " | ".join("U" if s == "overall" else s for s in SERIES)
+             + " | merged U range | trained U range |", "|---" * (len(SERIES) + 4) + "|"]
     for row in table.values():
         r = row[metric]
         cells = []
         for s in SERIES:
             rho, lo, hi, nc = r[s]
             cells.append(f"{rho:.2f} [{lo:.2f}, {hi:.2f}] ({'—' if nc is None else f'{nc:.2f}'})")
-        lines.append(f"| {row['what']} | " + " | ".join(cells) + " | "
+        lines.append(f"| {row['what']} | {row['eta_T']:.3f} | " + " | ".join(cells) + " | "
                      + " | ".join(f"{100 * a:.1f}–{100 * b:.1f}" for a, b in (r["merged_U_range"],
                                                                             r["trained_U_range"])) + " |")
     return "\n".join(lines)
 
 
-def plot(table: dict, path: Path, metric: str) -> None:
+def plot(table: dict, path: Path) -> None:
+    """ρ of U against how far the experts move (Σ η), for both metrics; the noise ceiling dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.8 / max(1, len(table))
-    for i, (name, row) in enumerate(table.items()):
-        r = row[metric]
-        x = np.arange(len(SERIES)) + i * width
-        rho = np.array([r[s][0] for s in SERIES])
-        err = np.array([[r[s][0] - r[s][1], r[s][2] - r[s][0]] for s in SERIES]).T
-        ax.bar(x, rho, width, yerr=err, capsize=2, label=name)
-        ax.scatter(x, [r[s][3] if r[s][3] is not None else np.nan for s in SERIES], marker="_", s=120,
-                   color="k", zorder=3)
-    ax.axhline(0.9, ls="--", lw=0.8, color="grey")
-    ax.set_xticks(np.arange(len(SERIES)) + 0.4 - width / 2, ["U" if s == "overall" else s for s in SERIES])
-    ax.set_ylabel(f"Spearman ρ merged vs trained ({metric})")
-    ax.set_title("bars: merged vs trained (95% CI); black ticks: trained seed vs seed; dashed: the paper's 0.9",
-                 fontsize=8)
-    ax.legend(fontsize=7, ncol=3)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, metric in zip(axes, ("prob", "acc")):
+        for name, row in table.items():
+            rho, lo, hi, ceiling = row[metric]["overall"]
+            marker = "o" if row["mix_tokens"] == 800_000 else "s"
+            ax.errorbar(row["eta_T"], rho, yerr=[[rho - lo], [hi - rho]], fmt=marker, capsize=3)
+            ax.annotate(name, (row["eta_T"], rho), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            if ceiling is not None:
+                ax.hlines(ceiling, row["eta_T"] * 0.9, row["eta_T"] * 1.1, colors="grey", linestyles="--")
+        ax.axhline(0.9, lw=0.6, color="k", ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("expert Σ η (LR x steps)")
+        ax.set_title(f"U under {metric}: merged vs trained ρ (95% CI);\ndashed: noise ceiling; squares: 300k mixtures",
+                     fontsize=8)
+    axes[0].set_ylabel("Spearman ρ")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -122,14 +134,14 @@ def main() -> None:
     runs = Path(os.environ.get("MERGEMIX_HOME", ROOT / "outputs")) / "regime"
     runs.mkdir(parents=True, exist_ok=True)
     failed = [] if args.report_only else [n for n in args.only or REGIMES if run(n, args.overrides, runs)]
-    table = summarise(runs)
+    table = summarise(runs, args.overrides)
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "regime.json").write_text(json.dumps(table, indent=2))
     (out / "regime.md").write_text("\n\n".join(f"### `{m}`\n\n{markdown(table, m)}" for m in ("prob", "acc")
                                                if table and m in next(iter(table.values()))) + "\n")
     if table:
-        plot(table, out / "regime.png", "prob")
+        plot(table, out / "regime.png")
     print((out / "regime.md").read_text())
     if failed:
         raise SystemExit(f"[regime] failed: {', '.join(failed)} (logs in {runs})")
