@@ -115,6 +115,8 @@ def plot(table: dict, path: Path) -> None:
                 ax.hlines(ceiling, row["eta_T"] * 0.9, row["eta_T"] * 1.1, colors="grey", linestyles="--")
         ax.axhline(0.9, lw=0.6, color="k", ls=":")
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks([0.01, 0.02, 0.05, 0.1, 0.2, 0.5], ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5"])
         ax.set_xlabel("expert Σ η (LR x steps)")
         ax.set_title(f"U under {metric}: merged vs trained ρ (95% CI);\ndashed: noise ceiling; squares: 300k mixtures",
                      fontsize=8)
