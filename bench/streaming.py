@@ -23,12 +23,22 @@ SCRIPT = """
 import json, resource, sys, time
 from transformers import AutoConfig  # noqa: F401 - imported before the baseline: the merge needs it
 from mergemix.merging import export_merge
+
+def peak():  # Linux carries the parent's peak RSS over fork + exec into ru_maxrss: reset VmHWM and read it
+    try:
+        return next(int(ln.split()[1]) * 1024 for ln in open("/proc/self/status") if ln.startswith("VmHWM"))
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+try:
+    open("/proc/self/clear_refs", "w").write("5")
+except OSError:
+    pass
 base, out, *experts = sys.argv[1:]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+before = peak()
 t0 = time.perf_counter()
 export_merge(base, experts, [1 / len(experts)] * len(experts), out, stream=True)
-print(json.dumps({"rss_before": before, "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "merge_s": time.perf_counter() - t0}))
+print(json.dumps({"rss_before": before, "rss_peak": peak(), "merge_s": time.perf_counter() - t0}))
 """
 
 
