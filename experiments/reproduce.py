@@ -98,7 +98,7 @@ def table6(sweep: Path, params: int | None) -> str:
             "training tokens / MergeMix's |")
     lines = [head, "|---|---|---|---|---|"]
     for s, t in sorted(table.items(), key=lambda kv: -kv[1]["train_tokens"]):
-        ratio = f"{t['train_tokens'] / ours:.2f}x" if ours else "—"
+        ratio = f"{t['train_tokens'] / ours:.2f}x" if ours and t["train_tokens"] else "—"
         lines.append(f"| {s} | {t['train_tokens']:.3g} | {t['flops']:.3g} | {t['evaluations']:.0f} | {ratio} |")
     note = f"Model size: {params:,} parameters. " if params else ""
     return (note + "MergeMix's training is its K experts; merged-model evaluations are counted in FLOPs but, as in "
