@@ -13,6 +13,8 @@ directories. Steps:
     curves     `curves`: two-domain study, merged vs trained over alpha (paper Sec. 4.2)
     landscape  `landscape`: U and each capability over the simplex; specialist mixtures
     theory     `theory`: task-vector cosines, relative effective curvature, merge-vs-mix gap
+    hierarchical `hierarchical`: top-down search (coarse groups, then inside each) vs the flat alpha*
+    dynamic    `dynamic`: alpha* re-optimised from the checkpoint at half of the mixture run
 
 Runs go to <paths.root>/reproduce/<size>/, the report to reports/reproduce/<size>/README.md with its PNGs."""
 
@@ -35,7 +37,8 @@ TITLES = {"table1_6": "Tables 1 and 6 — mixtures found by each strategy, train
           "table2": "Table 2 — rank consistency of merged vs trained models",
           "table3": "Table 3 — cross-scale transfer of alpha*",
           "curves": "Two-domain study (Sec. 4.2)", "landscape": "Landscapes and specialist mixtures",
-          "theory": "Theory diagnostics (Sec. 3.3)"}
+          "theory": "Theory diagnostics (Sec. 3.3)", "hierarchical": "Hierarchical MergeMix (top-down)",
+          "dynamic": "Dynamic re-optimisation at half of the mixture run"}
 
 
 def commands(size: str, seeds: list[int], runs: Path, extra: list[str]) -> dict[str, list[str]]:
@@ -50,6 +53,8 @@ def commands(size: str, seeds: list[int], runs: Path, extra: list[str]) -> dict[
         "curves": ["curves", *base],
         "landscape": ["landscape", *base],
         "theory": ["theory", *base],
+        "hierarchical": ["hierarchical", *base],
+        "dynamic": ["dynamic", *base],
     }
     for name, args in steps.items():
         if name != "table1_6":
