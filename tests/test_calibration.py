@@ -62,7 +62,9 @@ def test_tradeoff_reads_weights_when_a_capability_shares_a_domains_name(tmp_path
     from mergemix.analysis.report import tradeoff
     from mergemix.search.run import write_trials
 
-    res = lambda code, math, u: {"capabilities": {"code": code, "math": math}, "U": u, "U_std": 0.0}  # noqa: E731
+    def res(code, math, u):
+        return {"capabilities": {"code": code, "math": math}, "U": u, "U_std": 0.0}
+
     history = [(np.array([1.0, 0.0]), res(0.9, 0.0, 0.45)), (np.array([0.5, 0.5]), res(0.6, 0.6, 0.60))]
     write_trials(tmp_path / "seeds.csv", history, ["code", "math"], ["code", "math"])
     t = tradeoff(tmp_path / "seeds.csv", ["code", "math"])
