@@ -19,6 +19,20 @@ def micro_cfg(tmp_root, *overrides: str) -> dict:
     return cfg
 
 
+def assert_cli_error(command: str, override: str, message: str, root, monkeypatch, capsys) -> None:
+    """`mergemix <command>` on the micro experiment with one bad override stops with one `error:` line that
+    contains `message`, exit code 2, before anything is trained."""
+    from mergemix import training
+    from mergemix.cli import main
+
+    monkeypatch.setattr(training, "train_causal_lm", lambda *a, **k: pytest.fail("trained despite bad input"))
+    with pytest.raises(SystemExit) as exc:
+        main([command, "experiment=micro", "logger=none", f"paths.root={root}", override])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
+
+
 @pytest.fixture(scope="session")
 def micro_root(tmp_path_factory):
     return tmp_path_factory.mktemp("micro")

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import micro_cfg
+from conftest import assert_cli_error, micro_cfg
 from scipy.stats import spearmanr
 
 CAPS = {"code", "instruct", "language", "math"}
@@ -69,12 +69,4 @@ def test_curves_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys):
     ("curves.alphas=[0.2,0.5,1.5]", "curves.alphas must lie strictly inside (0, 1)"),
 ])
 def test_bad_curve_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
-    from mergemix import training
-    from mergemix.cli import main
-
-    monkeypatch.setattr(training, "train_causal_lm", lambda *a, **k: pytest.fail("trained despite bad input"))
-    with pytest.raises(SystemExit) as exc:
-        main(["curves", "experiment=micro", "logger=none", f"paths.root={tmp_path}", override])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1]
+    assert_cli_error("curves", override, message, tmp_path, monkeypatch, capsys)

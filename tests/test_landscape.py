@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import micro_cfg
+from conftest import assert_cli_error, micro_cfg
 
 from mergemix.analysis import landscape
 from mergemix.analysis.landscape_plot import plot, project, ternary
@@ -147,12 +147,4 @@ def test_merge_landscape_merges_only_new_grid_points(micro_run, micro_root, tmp_
     ("landscape.specialists=maybe", "landscape.specialists must be true or false"),
 ])
 def test_bad_landscape_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
-    from mergemix import training
-    from mergemix.cli import main
-
-    monkeypatch.setattr(training, "train_causal_lm", lambda *a, **k: pytest.fail("trained despite bad input"))
-    with pytest.raises(SystemExit) as exc:
-        main(["landscape", "experiment=micro", "logger=none", f"paths.root={tmp_path}", override])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1]
+    assert_cli_error("landscape", override, message, tmp_path, monkeypatch, capsys)

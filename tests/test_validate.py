@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import micro_cfg
+from conftest import assert_cli_error, micro_cfg
 from scipy.stats import kendalltau, spearmanr
 
 from mergemix.analysis import rank
@@ -110,12 +110,4 @@ def test_validate_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys
     ("mix.tokens=0", "mix.tokens (the budget each validation mixture is trained for) must be positive"),
 ])
 def test_bad_validation_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
-    from mergemix import training
-    from mergemix.cli import main
-
-    monkeypatch.setattr(training, "train_causal_lm", lambda *a, **k: pytest.fail("trained despite bad input"))
-    with pytest.raises(SystemExit) as exc:
-        main(["validate", "experiment=micro", "logger=none", f"paths.root={tmp_path}", override])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: ") and message in err[-1]
+    assert_cli_error("validate", override, message, tmp_path, monkeypatch, capsys)
