@@ -3,8 +3,8 @@ and mixture recipes, each with two training seeds (the noise ceiling), summarise
 
     python experiments/regime.py [--only NAME ...] [--report-only] [hydra overrides for every regime...]
 
-Regimes vary the expert horizon, the expert learning rate and the mixture horizon (the default: experts 100k tokens
-at LR 1e-3, mixtures 800k tokens). Runs go to <paths.root>/regime/<name>/
+Regimes vary the expert horizon, the expert learning rate and the mixture horizon (the default: experts 300k tokens
+at LR 3e-4, mixtures 800k tokens). Runs go to <paths.root>/regime/<name>/
 (trained mixtures and merges are cached artifacts, shared between regimes where their inputs agree); the summary to
 reports/validation/regime.{md,json,png}."""
 
@@ -18,14 +18,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REGIMES = {  # name: (what, overrides); the default recipe is experts 100k tokens at LR 1e-3, mixtures 800k
-    "e50k": ("experts 50k tokens", ["experts.tokens=50000"]),
-    "e100k": ("experts 100k tokens (the default)", []),
-    "e300k": ("experts 300k tokens", ["experts.tokens=300000"]),
-    "e800k": ("experts 800k tokens (= the mixture horizon)", ["experts.tokens=800000"]),
-    "e300k_lr3e-4": ("experts 300k tokens, LR 3e-4", ["experts.tokens=300000", "experts.lr=3e-4"]),
+REGIMES = {  # name: (what, overrides); the default recipe is experts 300k tokens at LR 3e-4, mixtures 800k
+    "e50k": ("experts 50k tokens, LR 1e-3", ["experts.tokens=50000", "experts.lr=1e-3"]),
+    "e100k": ("experts 100k tokens, LR 1e-3", ["experts.tokens=100000", "experts.lr=1e-3"]),
+    "e300k": ("experts 300k tokens, LR 1e-3", ["experts.tokens=300000", "experts.lr=1e-3"]),
+    "e800k": ("experts 800k tokens (= the mixture horizon), LR 1e-3", ["experts.tokens=800000", "experts.lr=1e-3"]),
+    "e300k_lr3e-4": ("experts 300k tokens, LR 3e-4 (the default)", []),
     "e300k_lr3e-3": ("experts 300k tokens, LR 3e-3", ["experts.tokens=300000", "experts.lr=3e-3"]),
-    "e300k_mix300k": ("experts 300k tokens, mixtures 300k tokens", ["experts.tokens=300000", "mix.tokens=300000"]),
+    "e300k_mix300k": ("experts 300k tokens, LR 1e-3, mixtures 300k tokens",
+                      ["experts.tokens=300000", "experts.lr=1e-3", "mix.tokens=300000"]),
 }
 SERIES = ("overall", "code", "instruct", "language", "math")
 

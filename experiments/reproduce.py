@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from mergemix.artifacts import write_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE_OVERRIDES = {"micro": ["experiment=micro"],  # tests: the micro experiment's own small budgets
                   "tiny": ["experiment=reproduce"], "small": ["experiment=reproduce", "base.tokens=4000000"]}
@@ -176,8 +178,9 @@ def main() -> None:
         if info.returncode == 0:
             (runs / "info.json").write_text(info.stdout[info.stdout.index("{"):])
         for name in args.only or list(steps):
-            status[name] = run_step(name, steps[name], runs)
-            status_path.write_text(json.dumps(status, indent=2))
+            done = run_step(name, steps[name], runs)  # other drivers may run other steps at the same time
+            status = {**(json.loads(status_path.read_text()) if status_path.is_file() else {}), name: done}
+            write_atomic(status_path, json.dumps(status, indent=2))
     report = write_report(args.size, runs, Path(args.report_dir or ROOT / "reports" / "reproduce" / args.size),
                           {n: status[n] for n in TITLES if n in status}, args.seeds)
     print(f"[reproduce] report: {report}")
