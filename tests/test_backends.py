@@ -74,6 +74,20 @@ def test_bad_storage_and_study_with_another_space(tmp_path):
     assert len(open_study(url, "x", NAMES, make_sampler("random", 0)).trials) == 3  # nothing lost
 
 
+def test_a_trial_caught_between_suggestions_is_not_another_space(tmp_path):
+    """A worker killed (or still running) after its first suggestion leaves a trial with only some parameters: the
+    study opens; a parameter outside the space is still refused."""
+    from mergemix.search.optuna_backend import make_sampler, open_study
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = open_study(url, "x", NAMES, make_sampler("random", 0))
+    study.ask().suggest_float(f"u_{NAMES[0]}", 1e-9, 1)
+    assert len(open_study(url, "x", NAMES, make_sampler("random", 0)).trials) == 1
+    study.ask().suggest_float("u_other", 1e-9, 1)
+    with pytest.raises(MergeMixError, match="exists with another search space"):
+        open_study(url, "x", NAMES, make_sampler("random", 0))
+
+
 WORKER = textwrap.dedent("""
     import json, sys, time
     import numpy as np

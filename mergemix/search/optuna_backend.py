@@ -54,6 +54,7 @@ def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler)
     import optuna
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
@@ -66,8 +67,8 @@ def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler)
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="maximize",
                                 load_if_exists=True)
     expected = {f"u_{n}" for n in names}
-    for t in study.get_trials(deepcopy=False):
-        if t.params and set(t.params) != expected:
+    for t in study.get_trials(deepcopy=False):  # a running or failed trial may hold only the first few parameters
+        if not set(t.params) <= expected or (t.state == TrialState.COMPLETE and set(t.params) != expected):
             raise MergeMixError(f"study '{study_name}' exists with another search space ({sorted(t.params)}); "
                                 f"choose another search.study_name")
     return study
