@@ -34,8 +34,12 @@ from mergemix.artifacts import write_atomic
 ROOT = Path(__file__).resolve().parents[1]
 SIZE_OVERRIDES = {"micro": ["experiment=micro"],  # tests: the micro experiment's own small budgets
                   "tiny": ["experiment=reproduce"],
-                  # small: as many base tokens as 4 passes over the prose domain allow; 5 curve points (2 h budget)
-                  "small": ["experiment=reproduce", "base.tokens=3500000", "curves.alphas=[0.1,0.3,0.5,0.7,0.9]"]}
+                  # small, sized for 2 h on 2 cores (docs/DECISIONS.md, "Reproduction sizes"): as many base tokens
+                  # as 4 passes over prose allow; 300k-token mixture runs (= an expert's horizon), 2 training seeds
+                  # per validation mixture; proxy runs of 60k tokens (20 of them = the experts' 1.2M); 5 curve points
+                  "small": ["experiment=reproduce", "base.tokens=3500000", "mix.tokens=300000",
+                            "baseline.trial_tokens=60000", "validate.seeds=[0,1]",
+                            "curves.alphas=[0.1,0.3,0.5,0.7,0.9]"]}
 STRATEGIES = "uniform,regmix,proxy,surrogate"
 TITLES = {"table1_6": "Tables 1 and 6 — mixtures found by each strategy, trained; search cost",
           "table2": "Table 2 — rank consistency of merged vs trained models",
