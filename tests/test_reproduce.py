@@ -70,3 +70,17 @@ def test_reproduce_on_micro_end_to_end(tmp_path):
     assert "## Table 2" in report and "noise-ceiling" in report and "theory_cosines" in report
     status = json.loads((tmp_path / "reproduce" / "micro" / "status.json").read_text())
     assert set(status) == {"table2", "theory"} and all(s["rc"] == 0 for s in status.values())
+
+
+@pytest.mark.parametrize("size", sorted(reproduce.SIZE_OVERRIDES))
+def test_every_size_composes_to_a_config_that_passes_the_checks(size, tmp_path):
+    from mergemix.checks import check_config
+    from mergemix.cli import compose, to_plain
+
+    args = [a for a in reproduce.commands(size, [0], tmp_path, [])["table2"] if "=" in a]
+    cfg = to_plain(compose([*args, f"paths.root={tmp_path}"]))  # an override's typo or bad number fails here
+    check_config(cfg)
+    assert cfg["model"]["name"] == size
+    if size == "small":  # the sizing DECISIONS.md gives: a noise ceiling, and baselines on the experts' tokens
+        assert len(cfg["validate"]["seeds"]) >= 2
+        assert cfg["baseline"]["budget"] * cfg["baseline"]["trial_tokens"] == len(cfg["domains"]["sources"]) * cfg["experts"]["tokens"]
