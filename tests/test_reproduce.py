@@ -83,4 +83,5 @@ def test_every_size_composes_to_a_config_that_passes_the_checks(size, tmp_path):
     assert cfg["model"]["name"] == size
     if size == "small":  # the sizing DECISIONS.md gives: a noise ceiling, and baselines on the experts' tokens
         assert len(cfg["validate"]["seeds"]) >= 2
-        assert cfg["baseline"]["budget"] * cfg["baseline"]["trial_tokens"] == len(cfg["domains"]["sources"]) * cfg["experts"]["tokens"]
+        experts_tokens = len(cfg["domains"]["sources"]) * cfg["experts"]["tokens"]
+        assert cfg["baseline"]["budget"] * cfg["baseline"]["trial_tokens"] == experts_tokens
