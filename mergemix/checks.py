@@ -32,6 +32,7 @@ NUMBERS = {
     **{f"{stage}.warmup_steps": "a non-negative integer" for stage in ("base", "experts", "mix")},
     "optim.weight_decay": "a non-negative number",
     "search.budget": "a positive integer", "search.n_workers": "a positive integer",
+    "search.merge_scale": "a positive number",
     "benchmarks.batch_size": "a positive integer", "benchmarks.max_length": "a positive integer",
     "benchmarks.bootstrap": "a non-negative integer", "trainer.num_threads": "a positive integer",
 }

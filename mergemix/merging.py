@@ -93,10 +93,11 @@ class ExpertBank:
         return torch.tensor([w[n] for n in self.names], dtype=torch.float32)
 
     @torch.no_grad()
-    def merge_into(self, model, weights) -> None:
-        """Overwrite `model`'s parameters with theta(alpha); no allocation beyond the model itself. One fused
-        addmv per parameter reads base and deltas once and writes the parameter once (bench/merge.py)."""
-        alpha = self.alpha_vector(weights)
+    def merge_into(self, model, weights, scale: float = 1.0) -> None:
+        """Overwrite `model`'s parameters with theta(alpha) = base + scale * sum_k alpha_k tau_k (scale > 1:
+        an extrapolated merge); no allocation beyond the model itself. One fused addmv per parameter reads base
+        and deltas once and writes the parameter once (bench/merge.py)."""
+        alpha = self.alpha_vector(weights) * float(scale)
         for pname, p in mergeable(model).items():
             torch.addmv(self.base_params[pname].view(-1), self.deltas[pname].T, alpha, out=p.data.view(-1))
 

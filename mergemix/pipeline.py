@@ -95,6 +95,8 @@ class Pipeline:
         if s.get("sampler"):
             from mergemix.search.optuna_backend import make_sampler
             make_sampler(s["sampler"], 0)
+        if (s.get("calibration") or "none") not in ("none", "recovery"):
+            raise MergeMixError(f"search.calibration must be none or recovery, got '{s['calibration']}'")
         if s["objective"] != "macro" and s["objective"] not in b["capabilities"]:
             raise MergeMixError(f"search.objective must be 'macro' or a capability {sorted(b['capabilities'])}, "
                                 f"got '{s['objective']}'")
@@ -398,9 +400,13 @@ class Pipeline:
 
     @property
     def merge_cache_path(self) -> Path:
-        """One evaluation cache per (base, experts, benchmarks), shared by every back-end and seed."""
-        key = artifacts.stage_key("eval", {"base": self.store.ref(self.base_dir), "suite": self.suite_key,
-                                           "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()}})
+        """One evaluation cache per (base, experts, benchmarks, merge scale), shared by every back-end and seed."""
+        inputs = {"base": self.store.ref(self.base_dir), "suite": self.suite_key,
+                  "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()}}
+        scale = float(self.cfg["search"].get("merge_scale", 1.0))
+        if scale != 1.0:  # only when set, so that plain merges keep their cache
+            inputs["merge_scale"] = scale
+        key = artifacts.stage_key("eval", inputs)
         return self.store.root / "evalcache" / f"{key}.jsonl"
 
     def study_path(self, key: str) -> Path:

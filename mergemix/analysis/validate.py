@@ -55,7 +55,11 @@ def sample_mixtures(k: int, n: int, design: str, seed: int) -> np.ndarray:
 
 def series(result: dict, suite, metric: str) -> dict[str, float]:
     """U ("overall") and capability scores of an evaluation under `metric`, normalised against chance like
-    the suite does (generation tasks keep their own metric). The normalisation is linear, so task means suffice."""
+    the suite does (generation tasks keep their own metric). The normalisation is linear, so task means suffice.
+    A calibrated merge (search.calibration) keeps its calibrated scores under the suite's own metric."""
+    if "raw" in result and metric == suite.metric:
+        return {"overall": result["U"], **result["capabilities"]}
+
     def task_score(t: str) -> float:
         task = suite.tasks[t]
         raw = result["tasks"][t][task.score_key if task.kind == "gen" else metric]
@@ -70,13 +74,12 @@ def _columns(rows: list[dict]) -> dict[str, list[float]]:
 
 
 def run_validation(pipe) -> dict:
-    from mergemix.search.evalcache import EvalCache
-    from mergemix.search.run import MergeObjective
+    from mergemix.search.run import objective_for
 
     v, names = pipe.cfg["validate"], pipe.domain_names
     alphas = sample_mixtures(len(names), int(v["n_mixtures"]), v["design"], pipe.search_seed)
     seeds = [pipe.search_seed + int(s) for s in v["seeds"]]
-    objective = MergeObjective(pipe, EvalCache(pipe.merge_cache_path))
+    objective = objective_for(pipe)  # the configured merge: scale and calibration included
     merged = [objective(a) for a in alphas]
     trained, paths = {s: [] for s in seeds}, {s: [] for s in seeds}
     for i, a in enumerate(alphas):

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from mergemix.errors import MergeMixError
 from mergemix.models import count_params, load_checkpoint
 from mergemix.search.cost import Ledger
-from mergemix.search.surrogate import Surrogate, fine_search, result_utility, utility
+from mergemix.search.surrogate import Surrogate, fine_search, result_utility
 from mergemix.simplex import check_weights, dirichlet
 
 BASELINES = ("uniform", "manual", "proxy", "regmix")
@@ -47,6 +47,7 @@ class ProxyObjective:
 
 
 def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray, ProxyObjective]:
+    """An Optuna study over lambda (the token-proportional mixture first); alpha* = the best proxy run."""
     from optuna.trial import TrialState
 
     from mergemix.search.optuna_backend import make_sampler, open_study
@@ -58,28 +59,47 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     if not study.trials:
         study.enqueue_trial(params_from_alpha([pipe.uniform_mixture[n] for n in obj.names], obj.names))
     # trials of an earlier (killed) run: their proxies are cached artifacts; replaying them charges the ledger
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[:int(cfg["budget"])]:
         obj(alpha_of_trial(t.params, obj.names))
     remaining = int(cfg["budget"]) - len(obj.history)  # an enqueued (waiting) trial is taken by the first ask
     for _ in tqdm(range(max(0, remaining)), desc="proxy-training search", unit="run"):
         trial = study.ask()
         study.tell(trial, obj.utility(obj(suggest_alpha(trial, obj.names))))
-    best = max(obj.history, key=lambda h: obj.utility(h[1]))
-    return best[0] / best[0].sum(), obj
+    return best_run(obj.history, obj.utility), obj
+
+
+def best_run(history: list[tuple[np.ndarray, dict]], util) -> np.ndarray:
+    """Proxy search's answer after these runs: the mixture of the best one."""
+    lam = max(history, key=lambda h: util(h[1]))[0]
+    return lam / lam.sum()
+
+
+def regmix_fit(history: list[tuple[np.ndarray, dict]], cfg: Mapping, seed: int) -> np.ndarray:
+    """RegMix's answer from these runs: LightGBM per capability, >= 100k simulated mixtures, top-k mean."""
+    lams = np.array([lam / lam.sum() for lam, _ in history])
+    caps = sorted(history[0][1]["capabilities"])
+    sur = Surrogate(cfg["lgbm"], seed).fit(lams, {c: [r["capabilities"][c] for _, r in history] for c in caps})
+    alpha, _ = fine_search(sur, lams.shape[1], max(100_000, int(cfg["n_candidates"])), int(cfg["top_k"]), seed,
+                           cfg["objective"], extra=lams)
+    return alpha
 
 
 def regmix(pipe, cfg: Mapping, seed: int) -> tuple[np.ndarray, ProxyObjective]:
+    """RegMix: Dirichlet samples around the token prior as proxy runs, then regmix_fit."""
     obj = ProxyObjective(pipe, cfg, cfg["objective"])
     prior = np.array([pipe.uniform_mixture[n] for n in obj.names])
     rng = np.random.default_rng(seed)
     lams = dirichlet(rng, prior, float(cfg["prior_concentration"]) * len(obj.names), int(cfg["budget"]))
-    results = [obj(lam) for lam in tqdm(lams, desc="RegMix proxy runs", unit="run")]
-    caps = sorted(results[0]["capabilities"])
-    sur = Surrogate(cfg["lgbm"], seed).fit(lams, {c: [r["capabilities"][c] for r in results] for c in caps})
-    alpha, predicted = fine_search(sur, len(obj.names), max(100_000, int(cfg["n_candidates"])), int(cfg["top_k"]),
-                                   seed, cfg["objective"], extra=lams)
-    predicted["U"] = float(utility(predicted, cfg["objective"]))
-    return alpha, obj
+    for lam in tqdm(lams, desc="RegMix proxy runs", unit="run"):
+        obj(lam)
+    return regmix_fit(obj.history, cfg, seed), obj
+
+
+def manual_prior(prior, names: list[str]) -> dict[str, float]:
+    """A user's prior mixture; "equal" gives every domain the same weight."""
+    if prior == "equal":
+        return {n: 1.0 / len(names) for n in names}
+    return check_weights(prior, names, "baseline prior")
 
 
 def baseline_mixture(pipe, cfg: Mapping, seed: int, study_path) -> tuple[dict[str, float], dict]:
@@ -89,7 +109,7 @@ def baseline_mixture(pipe, cfg: Mapping, seed: int, study_path) -> tuple[dict[st
     if kind == "uniform":
         return dict(pipe.uniform_mixture), Ledger(0).summary()
     if kind == "manual":
-        return check_weights(cfg["prior"], names, "baseline prior"), Ledger(0).summary()
+        return manual_prior(cfg["prior"], names), Ledger(0).summary()
     if kind == "proxy":
         alpha, obj = proxy_search(pipe, cfg, seed, study_path)
     elif kind == "regmix":

@@ -14,6 +14,7 @@ import yaml
 from mergemix.merging import ExpertBank
 from mergemix.models import count_params, load_checkpoint
 from mergemix.search.backends import get_backend
+from mergemix.search.calibration import calibrate, recovery
 from mergemix.search.cost import Ledger
 from mergemix.search.evalcache import EvalCache
 from mergemix.search.surrogate import Surrogate, result_utility
@@ -38,10 +39,15 @@ def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]],
 
 
 class MergeObjective:
-    """alpha -> merged model -> benchmark result, cached by alpha and recorded in the ledger and history."""
+    """alpha -> merged model -> benchmark result, cached by alpha and recorded in the ledger and history.
+    `scale` extrapolates the merge (base + scale * sum_k alpha_k tau_k); `calibration` ({"base": capability
+    scores, "ratios": r_c}, calibration.py) moves merged scores to the trained scale after the cache (which keeps
+    raw scores)."""
 
-    def __init__(self, pipe, cache: EvalCache, objective: str = "macro"):
+    def __init__(self, pipe, cache: EvalCache, objective: str = "macro", scale: float = 1.0,
+                 calibration: dict | None = None):
         self.pipe, self.cache, self.objective = pipe, cache, objective
+        self.scale, self.calibration = float(scale), calibration
         self.names = pipe.domain_names
         self.bank = ExpertBank.from_paths(pipe.base_dir, pipe.expert_dirs)
         self.target = load_checkpoint(pipe.base_dir)
@@ -52,20 +58,68 @@ class MergeObjective:
     def utility(self, result: dict) -> float:
         return result_utility(result, self.objective)
 
-    def __call__(self, alpha) -> dict:
+    def raw(self, alpha) -> dict:
+        """The merge's scores as evaluated (cached by alpha), neither calibrated nor recorded."""
         alpha = np.asarray(alpha, dtype=float)
 
         def run() -> dict:
-            self.bank.merge_into(self.target, dict(zip(self.names, map(float, alpha))))
+            self.bank.merge_into(self.target, dict(zip(self.names, map(float, alpha))), self.scale)
             with self.pipe.autocast():
                 return self.pipe.suite.evaluate(self.target)
 
-        result = self.cache.get_or_eval(alpha, run)
+        return self.cache.get_or_eval(alpha, run)
+
+    def __call__(self, alpha) -> dict:
+        alpha = np.asarray(alpha, dtype=float)
+        result = self.raw(alpha)
+        if self.calibration:
+            result = calibrate(result, self.calibration["base"], self.calibration["ratios"])
         # a cache hit is free here, but costs its evaluation in a standalone search: the ledger counts it
         self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result),
                                dict(zip(self.names, map(float, alpha))), result["capabilities"])
         self.history.append((alpha, result))
         return result
+
+
+def recovery_calibration(pipe, objective: MergeObjective) -> dict:
+    """Per-capability recovery at the token-proportional mixture: its trained run (the baseline every run
+    trains, at mix.tokens and search_seed) against its merge; the trained run is charged to the search."""
+    prior = pipe.uniform_mixture
+    base = pipe.evaluate_checkpoint(pipe.base_dir)
+    merged = objective.raw([prior[n] for n in objective.names])
+    trained = pipe.evaluate_checkpoint(pipe.train_mixture(prior, "uniform"))
+    objective.ledger.train(int(pipe.cfg["mix"]["tokens"]))
+    ratios = recovery(base, merged, trained)
+    return {"base": dict(base["capabilities"]), "ratios": ratios, "at": dict(prior),
+            "merged": dict(merged["capabilities"]), "trained": dict(trained["capabilities"])}
+
+
+def objective_for(pipe, cache_path: Path | None = None) -> MergeObjective:
+    """The merge objective the config asks for: its scale, and calibrated when search.calibration is set."""
+    s = pipe.cfg["search"]
+    objective = MergeObjective(pipe, EvalCache(cache_path or pipe.merge_cache_path), s["objective"],
+                               float(s.get("merge_scale", 1.0)))
+    if (s.get("calibration") or "none") == "recovery":
+        objective.calibration = recovery_calibration(pipe, objective)
+    return objective
+
+
+def choose_alpha(outcome_alpha, verified: dict, searched: list, util, objective: str, sigmas: float = 2.0) -> dict:
+    """alpha*: the back-end's proposal, unless its verified merge scores below the best evaluated merge by more
+    than `sigmas` standard deviations of their difference (item bootstrap of each, combined): then the best merge.
+    Returns the choice with both candidates, so a report shows them side by side."""
+    def noise(r):
+        return r["U_std"] if objective == "macro" else r["capabilities_std"][objective]
+
+    best_alpha, best = max(searched, key=lambda h: util(h[1]))
+    gap = util(best) - util(verified)
+    sd = float(np.hypot(noise(best), noise(verified)))
+    switched = bool(gap > sigmas * sd and sd > 0)
+    return {"alpha": np.asarray(best_alpha if switched else outcome_alpha, dtype=float),
+            "result": best if switched else verified, "switched": switched, "gap": float(gap), "gap_std": sd,
+            "rule": f"best evaluated merge if it beats the proposal's verified merge by > {sigmas:g} sigma",
+            "proposed": {"alpha": [float(a) for a in outcome_alpha], "objective": float(util(verified))},
+            "best_merge": {"alpha": [float(a) for a in best_alpha], "objective": float(util(best))}}
 
 
 def _log_trials(pipe, history, names) -> None:
@@ -109,7 +163,7 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     s.setdefault("storage", None)
     s["storage"] = s["storage"] or f"sqlite:///{study_path}"
     t0 = time.time()
-    objective = MergeObjective(pipe, EvalCache(cache_path), s["objective"])
+    objective = objective_for(pipe, cache_path)
     backend = get_backend(s["backend"])
     outcome = backend(objective, names, s, pipe.search_seed, [pipe.uniform_mixture], objective.utility)
     searched = list(objective.history)
@@ -118,15 +172,26 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     caps = sorted(verified["capabilities"])
     write_trials(out_dir / "seeds.csv", searched, names, caps)
     searched = searched or [(np.asarray(outcome.alpha), verified)]  # the gradient back-end evaluates only alpha*
+    choice = choose_alpha(outcome.alpha, verified, searched, objective.utility, s["objective"])
     u = [objective.utility(r) for _, r in searched]
     best = int(np.argmax(u))
-    alpha_star = {n: round(float(a), 6) for n, a in zip(names, outcome.alpha)}
+    chosen = choice.pop("result")
+    alpha_star = {n: round(float(a), 6) for n, a in zip(names, choice.pop("alpha"))}
     mixture = {"domains": names, "alpha_star": alpha_star, "backend": s["backend"], "objective": s["objective"],
                "predicted": {k: round(v, 6) for k, v in (outcome.predicted or {}).items()},
-               "verified": {"U": round(verified["U"], 6), "U_std": round(verified["U_std"], 6),
-                            **{c: round(v, 6) for c, v in verified["capabilities"].items()}},
+               "verified": {"U": round(chosen["U"], 6), "U_std": round(chosen["U_std"], 6),
+                            **{c: round(v, 6) for c, v in chosen["capabilities"].items()}},
                "best_seed": {"alpha": {n: round(float(a), 6) for n, a in zip(names, searched[best][0])},
-                             "U": round(u[best], 6)}}
+                             "U": round(u[best], 6)},
+               "alpha_choice": {"switched_to_best_merge": choice["switched"], "gap": round(choice["gap"], 6),
+                                "gap_std": round(choice["gap_std"], 6), "rule": choice["rule"]}}
+    if choice["switched"]:
+        print(f"search: the proposal's verified merge scores {100 * choice['gap']:.2f} below the best evaluated merge "
+              f"(> 2 sigma, sigma {100 * choice['gap_std']:.2f}): alpha* is that merge; both are in mixture.yaml",
+              flush=True)
+        mixture["alpha_choice"]["proposed"] = {"alpha": dict(zip(names, np.round(choice["proposed"]["alpha"], 6)
+                                                                 .tolist())),
+                                               "objective": round(choice["proposed"]["objective"], 6)}
     (out_dir / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
     alphas = np.array([a for a, _ in searched])
     cv = cross_validated_spearman(alphas, {c: [r["capabilities"][c] for _, r in searched] for c in caps},
@@ -138,7 +203,8 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
         w.writerows(objective.ledger.curve)
     (out_dir / "search.json").write_text(json.dumps({
         **mixture, "surrogate_cv_spearman": cv, "cache_hits": objective.cache.hits, "cost": ledger,
-        "evaluations": objective.cache.misses, "verified_result": verified, "wall_s": round(time.time() - t0, 1),
+        "evaluations": objective.cache.misses, "verified_result": chosen, "wall_s": round(time.time() - t0, 1),
+        "calibration": objective.calibration, "merge_scale": objective.scale,
         "info": {k: v for k, v in outcome.info.items() if k not in ("alphas", "results")}}, indent=2, default=float))
     return {"alpha_star": alpha_star, "predicted": mixture["predicted"], "verified": mixture["verified"],
             "best_seed": mixture["best_seed"], "surrogate_cv_spearman": cv, "n_evaluated": len(searched),

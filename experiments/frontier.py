@@ -1,0 +1,156 @@
+"""`make frontier`: the cost-quality frontier of mixture searches on two testbeds -> reports/frontier/.
+
+    python experiments/frontier.py [--testbeds embedded files] [--workers N] [--report-only] [overrides...]
+
+Testbeds: `embedded` (the built-in domains and benchmarks) and `files` (four domains of text files that ship with
+the machine and four JSONL cloze benchmarks, declared through --config-dir as a user would:
+experiments/testbed_files.py). Every job (one search at one seed, mergemix/analysis/frontier.py) runs in its own
+worker process over one shared artifact cache under <paths.root>, and writes its points to
+<paths.root>/frontier/<testbed>/points/; a rerun skips finished jobs, and a killed job resumes from its cached runs.
+Overrides apply to both testbeds (e.g. frontier.seeds=[0] for a quick look)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+COMMON = ["model=tiny", "trainer.num_threads=1", "trainer.enable_progress_bar=false", "logger=none"]
+TITLES = {"embedded": "Embedded testbed (prose, code, math, SFT; built-in benchmarks)",
+          "files": "File testbed (C headers, Perl modules, copyright texts, man pages; JSONL cloze benchmarks)"}
+
+
+def configs(testbed: str, overrides: list[str], home: Path) -> tuple[dict, dict]:
+    """(config, small model section) of one testbed."""
+    from mergemix.cli import compose, to_plain
+
+    config_dir, extra = None, []
+    if testbed == "files":
+        import testbed_files
+
+        config_dir = str(testbed_files.ensure(home / "testbeds" / "files"))
+        extra = ["domains=files4", "benchmarks=files4"]
+    args = [*COMMON, *extra, *overrides]
+    cfg = to_plain(compose(args, config_dir))
+    small = cfg["frontier"].get("small_model")
+    small_model = to_plain(compose([*args, f"model={small}"], config_dir))["model"] if small else None
+    return cfg, small_model
+
+
+def _work(cfg: dict, job: dict, out_dir: str, small_model: dict | None) -> tuple[str, str | None, float]:
+    from mergemix.analysis.frontier import job_id, run_job
+    from mergemix.cli import _quiet
+
+    _quiet()
+    t0 = time.time()
+    try:
+        run_job(cfg, job, Path(out_dir), small_model)
+        return job_id(job), None, time.time() - t0
+    except Exception:  # noqa: BLE001 - one failed job must not stop the others; it is reported at the end
+        return job_id(job), traceback.format_exc(limit=6), time.time() - t0
+
+
+def prepare(cfg: dict, small_model: dict | None) -> None:
+    """Base, experts of every horizon and the small model's base: built once before the jobs fan out."""
+    from mergemix.cli import _quiet
+    from mergemix.pipeline import Pipeline
+
+    _quiet()
+    pipe = Pipeline(cfg, ".")
+    _ = pipe.base_dir
+    for e in cfg["frontier"]["expert_tokens"]:
+        _ = pipe.derive(experts={**cfg["experts"], "tokens": int(e)}).expert_dirs
+    if small_model:
+        _ = pipe.derive(model=small_model).base_dir
+
+
+def run(testbeds: list[str], overrides: list[str], workers: int, home: Path) -> dict[str, list[str]]:
+    from mergemix.analysis.frontier import job_id, jobs
+
+    plans, failed = {}, {}
+    for tb in testbeds:
+        cfg, small = configs(tb, overrides, home)
+        out = home / "frontier" / tb / "points"
+        out.mkdir(parents=True, exist_ok=True)
+        plans[tb] = (cfg, small, out, [j for j in jobs(cfg) if not (out / f"{job_id(j)}.json").is_file()])
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for tb, (cfg, small, _, todo) in plans.items():  # bases and experts first, testbeds in parallel
+            print(f"[frontier] {tb}: {len(todo)} jobs to run", flush=True)
+        for f in as_completed([pool.submit(prepare, cfg, small) for cfg, small, _, todo in plans.values() if todo]):
+            f.result()
+        futures = {pool.submit(_work, cfg, j, str(out), small): tb
+                   for tb, (cfg, small, out, todo) in plans.items() for j in todo}
+        for i, f in enumerate(as_completed(futures), 1):
+            name, err, wall = f.result()
+            tb = futures[f]
+            print(f"[frontier] {tb} {name}: {'FAILED' if err else 'done'} in {wall / 60:.1f} min "
+                  f"({i}/{len(futures)})", flush=True)
+            if err:
+                failed.setdefault(tb, []).append(name)
+                print(err, flush=True)
+    return failed
+
+
+def report(testbeds: list[str], overrides: list[str], home: Path, out: Path, wall_s: float | None) -> dict:
+    from mergemix.analysis.frontier import markdown, plot, summarise
+    from mergemix.artifacts import write_atomic
+
+    summaries, md = {}, []
+    for tb in testbeds:
+        cfg, _ = configs(tb, overrides, home)
+        points = [p for f in sorted((home / "frontier" / tb / "points").glob("*.json"))
+                  for p in json.loads(f.read_text())]
+        if not points:
+            continue
+        reference = {"expert_tokens": int(cfg["experts"]["tokens"]), "budget": int(cfg["search"]["budget"]),
+                     "correction": "none"}
+        summaries[tb] = {**summarise(points, reference), "model": cfg["model"]["name"],
+                         "mix_tokens": int(cfg["mix"]["tokens"]), "frontier": cfg["frontier"]}
+        md.append(markdown(summaries[tb], TITLES.get(tb, tb)))
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = "python experiments/frontier.py " + " ".join(["--testbeds", *testbeds, *overrides])
+    head = (f"# Cost-quality frontier\n\nProduced by `make frontier` (`{cmd}`)"
+            + (f" in {wall_s / 60:.0f} min" if wall_s else "") + ". Scores are trained U x100 above chance; "
+            "every found mixture is trained from the base for mix.tokens and scored; ± is the std over search seeds, "
+            "Δ the mean paired difference to the reference MergeMix point over the same seeds with its t interval.\n")
+    write_atomic(out / "frontier.md", head + "\n" + "\n".join(md) + "\n![frontier](frontier.png)\n")
+    write_atomic(out / "frontier.json", json.dumps({"command": cmd, "wall_s": wall_s, "testbeds": summaries},
+                                                   indent=1, default=float))
+    if summaries:
+        plot(summaries, out / "frontier.png")
+    return summaries
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--testbeds", nargs="+", default=["embedded", "files"], choices=["embedded", "files"])
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "frontier")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    home = Path(os.environ.get("MERGEMIX_HOME", "outputs")).resolve()
+    t0, failed = time.time(), {}
+    if not args.report_only:
+        failed = run(args.testbeds, args.overrides, args.workers, home)
+    report(args.testbeds, args.overrides, home, args.out, None if args.report_only else time.time() - t0)
+    if failed:
+        print(f"[frontier] failed jobs (rerun to retry): {failed}", flush=True)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
