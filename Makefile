@@ -7,7 +7,7 @@ export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-all test-postgres gpu-check lint bench reproduce clean
+.PHONY: install demo test test-all test-postgres gpu-check lint bench reproduce frontier clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,3 +48,6 @@ reproduce: install  ## paper-table analogues on the embedded testbed -> reports/
 
 clean:
 	rm -rf outputs
+
+frontier: install  ## cost-quality frontier of mixture searches on two testbeds -> reports/frontier/ (~2 h on 2 cores; resumable)
+	$(BIN)/python experiments/frontier.py $(FRONTIER_ARGS)

@@ -4,7 +4,7 @@
 # Jobs share the artifact cache, so a second call resumes what the deadline cut.
 set -uo pipefail
 out=$1; budget=${2:-480}; end=$(( $(date +%s) + budget )); mkdir -p "$out"
-left() { echo $(( end - $(date +%s) )); }
+left() { local s=$(( end - $(date +%s) )); echo $(( s > 1 ? s : 1 )); }  # never 0: `timeout 0` waits forever
 G="trainer=gpu model=tiny logger=none trainer.enable_progress_bar=false trainer.num_threads=1"
 F="--config-dir ${MERGEMIX_HOME:-outputs}/testbeds/files/conf domains=files4 benchmarks=files4"
 validate() {  # testbed, extra overrides...: the default merge, recovery calibration, extrapolated merges (x2)

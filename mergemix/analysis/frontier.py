@@ -45,9 +45,11 @@ def jobs(cfg: dict) -> list[dict]:
     f, out = cfg["frontier"], []
     for seed in f["seeds"]:
         out.append({"kind": "fixed", "seed": seed, "cost": 2})
+        cheapest = (min(f["expert_tokens"]), min(f["budgets"]))
         for e in f["expert_tokens"]:
             for n in f["budgets"]:
-                out.append({"kind": "mergemix", "seed": seed, "experts": e, "budget": n, "cost": 2})
+                if (e, n) != cheapest or len(f["expert_tokens"]) * len(f["budgets"]) == 1:
+                    out.append({"kind": "mergemix", "seed": seed, "experts": e, "budget": n, "cost": 2})
         for corr in f["corrections"]:
             out.append({"kind": "mergemix", "seed": seed, "experts": int(cfg["experts"]["tokens"]),
                         "budget": int(cfg["search"]["budget"]), "correction": corr, "cost": 2})
