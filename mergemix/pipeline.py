@@ -97,9 +97,10 @@ class Pipeline:
             make_sampler(s["sampler"], 0)
         if (s.get("calibration") or "none") not in ("none", "recovery"):
             raise MergeMixError(f"search.calibration must be none or recovery, got '{s['calibration']}'")
-        if s["objective"] != "macro" and s["objective"] not in b["capabilities"]:
-            raise MergeMixError(f"search.objective must be 'macro' or a capability {sorted(b['capabilities'])}, "
-                                f"got '{s['objective']}'")
+        goal = s["objective"] if isinstance(s["objective"], list) else [s["objective"]]
+        if s["objective"] != "macro" and (not goal or any(c not in b["capabilities"] for c in goal)):
+            raise MergeMixError(f"search.objective must be 'macro', a capability or a list of capabilities "
+                                f"{sorted(b['capabilities'])}, got {s['objective']!r}")
         bl = self.cfg.get("baseline") or {"kind": "none"}
         if bl["kind"] in ("proxy", "regmix"):
             if int(bl["budget"]) < 1:
@@ -450,11 +451,12 @@ class Pipeline:
         caps = self.suite.capabilities
         calib = report.calibration(rows, cap_domain, caps, self.search_dir / "seeds.csv", self.domain_names)
         result = report.margin(rows["mergemix (trained)"], rows["uniform (trained)"], caps)
+        warnings = report.verdict(calib, search["surrogate_cv_spearman"], search.get("alpha_choice"))
         summary = {
             "alpha_star": alpha, "uniform_mixture": uniform, "predicted": search["predicted"],
             "rows": {k: {"capabilities": v["capabilities"], "capabilities_std": v["capabilities_std"],
                          "U": v["U"], "U_std": v["U_std"], "tasks": v["tasks"]} for k, v in rows.items()},
-            "mergemix_vs_uniform": result, "calibration": calib,
+            "mergemix_vs_uniform": result, "calibration": calib, "verdict": warnings,
             "surrogate_cv_spearman": search["surrogate_cv_spearman"], "domain_tokens": self.token_counts,
             "artifacts": {"base": str(self.base_dir), "search": str(self.search_dir),
                           "experts": {k: str(v) for k, v in self.expert_dirs.items()}},
@@ -496,6 +498,13 @@ class Pipeline:
         m = s["mergemix_vs_uniform"]
         print(f"MergeMix vs uniform (trained): U {100 * m['U_diff']:+.2f} (paired noise std"
               f" {100 * m['noise_std']:.2f}, {m['sigmas']:+.1f} sigma)")
+        if s["verdict"]:
+            print("verdict: do not act on alpha* yet; the run's own checks found:")
+            for line in s["verdict"]:
+                print(f"  - {line}")
+        else:
+            print("verdict: every expert lifts its capability, the optimum is interior, the surrogate ranks unseen "
+                  "merges and every capability responds to the mixture")
 
 
 class ExpertSpace:

@@ -47,7 +47,50 @@ def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabi
     off and differences exceed the evaluation noise."""
     gains = expert_gains(rows, cap_domain, capabilities, min_sigmas)
     return {"expert_gains": gains, "all_experts_clear": all(g["clear"] for g in gains.values()),
-            "tradeoff": tradeoff(seeds_csv, names)}
+            "tradeoff": tradeoff(seeds_csv, names), "responsiveness": responsiveness(seeds_csv, names, rows["base"])}
+
+
+def responsiveness(seeds_csv: Path, names: list[str], base: dict, min_ratio: float = 1.0) -> dict:
+    """Does each capability respond to the mixture? Its spread over the seed merges (std) against its item noise
+    (the base's bootstrap std): a capability whose merged scores move less than the noise cannot rank mixtures,
+    and in U it only adds noise."""
+    from mergemix.search.run import read_trials
+
+    _, columns = read_trials(seeds_csv, names)
+    out = {}
+    for cap, noise in base["capabilities_std"].items():
+        spread = float(np.std(columns[cap]))
+        out[cap] = {"merged_spread_std": spread, "item_noise_std": float(noise),
+                    "ratio": spread / max(float(noise), 1e-12), "responsive": bool(spread > min_ratio * noise)}
+    return out
+
+
+def verdict(calib: dict, cv_spearman: dict, choice: dict | None, min_cv: float = 0.5) -> list[str]:
+    """What the run's own checks say against trusting its merges, each with what to change; empty when none."""
+    out = []
+    for cap, g in calib["expert_gains"].items():
+        if not g["clear"]:
+            out.append(f"expert:{g['domain']} does not clearly lift {cap} ({g['sigmas']:+.1f} sigma): train it "
+                       f"longer or at a higher experts.lr, or check that its benchmark measures what its domain "
+                       f"teaches")
+    if not calib["tradeoff"]["best_is_interior"]:
+        out.append("the best seed merge is a vertex (no interior optimum): the capabilities do not trade off, "
+                   "its best merge is one domain's expert; check the benchmarks' coverage of the other domains")
+    low = {c: r for c, r in (cv_spearman or {}).items() if r is None or not r >= min_cv}
+    if low:
+        out.append("the surrogate ranks unseen merges poorly (CV Spearman " + ", ".join(
+            f"{c} {r:.2f}" for c, r in low.items()) + f" < {min_cv}): raise search.budget")
+    dead = [c for c, r in calib.get("responsiveness", {}).items() if not r["responsive"]]
+    if dead:
+        live = [c for c in calib["responsiveness"] if c not in dead]
+        fix = f"search on the others (search.objective=[{','.join(live)}])" if live else \
+            "no capability does: stronger experts or more benchmark items first"
+        out.append(f"capabilities {dead} do not respond to the mixture (merged spread within item noise): they "
+                   f"only add noise to U's ranking; give them more items, or {fix}")
+    if choice and choice.get("switched_to_best_merge"):
+        out.append("the surrogate's alpha* merged below the best seed merge beyond noise; alpha* is that merge "
+                   "(mixture.yaml alpha_choice): raise search.budget")
+    return out
 
 
 def print_gains(gains: dict) -> None:

@@ -17,7 +17,7 @@ from mergemix.search.backends import get_backend
 from mergemix.search.calibration import calibrate, recovery
 from mergemix.search.cost import Ledger
 from mergemix.search.evalcache import EvalCache
-from mergemix.search.surrogate import Surrogate, result_utility
+from mergemix.search.surrogate import Surrogate, objective_std, result_utility
 
 
 def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]], lgbm: dict, seed: int,
@@ -104,12 +104,12 @@ def objective_for(pipe, cache_path: Path | None = None) -> MergeObjective:
     return objective
 
 
-def choose_alpha(outcome_alpha, verified: dict, searched: list, util, objective: str, sigmas: float = 2.0) -> dict:
+def choose_alpha(outcome_alpha, verified: dict, searched: list, util, objective, sigmas: float = 2.0) -> dict:
     """alpha*: the back-end's proposal, unless its verified merge scores below the best evaluated merge by more
     than `sigmas` standard deviations of their difference (item bootstrap of each, combined): then the best merge.
     Returns the choice with both candidates, so a report shows them side by side."""
     def noise(r):
-        return r["U_std"] if objective == "macro" else r["capabilities_std"][objective]
+        return objective_std(r, objective)
 
     best_alpha, best = max(searched, key=lambda h: util(h[1]))
     gap = util(best) - util(verified)

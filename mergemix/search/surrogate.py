@@ -10,16 +10,28 @@ import numpy as np
 from mergemix.simplex import grid, grid_size
 
 
-def utility(caps: Mapping[str, np.ndarray | float], objective: str = "macro"):
-    """U: macro-average of the (chance-normalised) capability scores, or one capability for a specialist."""
+def utility(caps: Mapping[str, np.ndarray | float], objective: str | Sequence[str] = "macro"):
+    """U: macro-average of the (chance-normalised) capability scores, one capability (a specialist mixture), or
+    the macro-average of a list of capabilities (e.g. leaving out those that do not respond to the mixture)."""
     if objective == "macro":
         return np.mean([np.asarray(v) for v in caps.values()], axis=0)
-    return np.asarray(caps[objective])
+    if isinstance(objective, str):
+        return np.asarray(caps[objective])
+    return np.mean([np.asarray(caps[c]) for c in objective], axis=0)
 
 
-def result_utility(result: Mapping, objective: str = "macro") -> float:
-    """The search objective of one evaluated model: its U, or one capability's score."""
-    return result["U"] if objective == "macro" else result["capabilities"][objective]
+def result_utility(result: Mapping, objective: str | Sequence[str] = "macro") -> float:
+    """The search objective of one evaluated model: its U, one capability's score, or a list's macro-average."""
+    return result["U"] if objective == "macro" else float(utility(result["capabilities"], objective))
+
+
+def objective_std(result: Mapping, objective: str | Sequence[str] = "macro") -> float:
+    """The item-bootstrap std of the objective (for a list: its capabilities' stds combined as independent)."""
+    if objective == "macro":
+        return float(result["U_std"])
+    if isinstance(objective, str):
+        return float(result["capabilities_std"][objective])
+    return float(np.sqrt(sum(result["capabilities_std"][c] ** 2 for c in objective)) / len(objective))
 
 
 class Surrogate:
