@@ -79,7 +79,12 @@ def run_step(name: str, args: list[str], runs: Path) -> dict:
                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.time() - t0
     print(f"[reproduce] {name}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {wall / 60:.1f} min", flush=True)
-    return {"rc": rc, "wall_s": round(wall, 1), "command": "mergemix " + " ".join(args)}
+    return {"rc": rc, "wall_s": round(wall, 1), "command": relative("mergemix " + " ".join(args))}
+
+
+def relative(command: str) -> str:
+    """A command as a reader reruns it: paths under the project relative to its root."""
+    return command.replace(f"{ROOT}/", "")
 
 
 # ------------------------------------------------------------------------------------------------ report ---
@@ -145,7 +150,7 @@ def write_report(size: str, runs: Path, out: Path, status: dict, seeds: list[int
              "rerun it to refresh one table (cached runs are reused).")
     lines = [f"# The paper's tables on the embedded testbed — `{size}` model", "", intro, ""]
     for name, st in status.items():
-        lines += [f"## {TITLES[name]}", "", f"`{st['command']}` — {st['wall_s'] / 60:.1f} min"
+        lines += [f"## {TITLES[name]}", "", f"`{relative(st['command'])}` — {st['wall_s'] / 60:.1f} min"
                   + ("" if st["rc"] == 0 else f" — **FAILED (exit {st['rc']}), see {name}.log**"), ""]
         if st["rc"] != 0:
             continue
