@@ -33,8 +33,9 @@ def run_strategy(pipe) -> dict:
         curve = cost.pop("curve", [])
     total = sum(float(alpha[n]) for n in names)
     alpha = {n: float(alpha[n]) / total for n in names}  # rounding in files may leave the sum 1e-6 off
-    trained = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, cfg["strategy"]))
-    result = {"strategy": cfg["strategy"], "seed": pipe.search_seed, "alpha": alpha, "U": trained["U"],
+    label = cfg["strategy"] if kind == "none" else kind  # what ran: a baseline chosen directly is not "surrogate"
+    trained = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, label))
+    result = {"strategy": label, "seed": pipe.search_seed, "alpha": alpha, "U": trained["U"],
               "U_std": trained["U_std"], "capabilities": trained["capabilities"], "cost": cost, "curve": curve}
     write_atomic(pipe.run_dir / "result.json", json.dumps(result, indent=2, default=float))
     if cfg["logger"]["kind"] == "wandb":
