@@ -189,3 +189,17 @@ def test_frontier_driver_end_to_end_on_micro(tmp_path):
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
     again = subprocess.run(args, check=True, env=env, capture_output=True, text=True, timeout=300)
     assert "embedded: 0 jobs to run" in again.stdout
+
+
+def test_validate_flags_a_capability_whose_trained_spread_is_within_noise():
+    from mergemix.analysis.validate import responsiveness
+
+    def run(a, b):
+        return {"capabilities": {"moves": a, "flat": b}, "capabilities_std": {"moves": 0.01, "flat": 0.01}}
+
+    merged = [run(0.1 * i, 0.3) for i in range(4)]
+    trained = {0: [run(0.1 * i, 0.30 + 0.002 * i) for i in range(4)],
+               1: [run(0.1 * i + 0.01, 0.30 - 0.002 * i) for i in range(4)]}
+    r = responsiveness(merged, trained)
+    assert r["moves"]["responsive"] and not r["flat"]["responsive"]
+    assert r["flat"]["trained_spread_std"] < r["flat"]["item_noise_std"]

@@ -109,6 +109,7 @@ def run_validation(pipe) -> dict:
         return {k: r[k] for k in ("U", "U_std", "capabilities", "capabilities_std", "tasks")}
 
     out = {"metric": primary, **{k: by_metric[primary][k] for k in (*rank.METRICS, "noise_ceiling")},
+           "responsiveness": responsiveness(merged, trained),
            "by_metric": by_metric, "design": v["design"], "training_seeds": seeds, "bootstrap": n_boot,
            "top25_count": rank.top_count(len(alphas)), "mix_tokens": int(pipe.cfg["mix"]["tokens"]),
            "mixtures": [dict(zip(names, map(float, a))) for a in alphas],
@@ -118,6 +119,21 @@ def run_validation(pipe) -> dict:
     write_atomic(pipe.run_dir / "validation.json", json.dumps(out, indent=2))
     write_atomic(pipe.run_dir / "validation.md", markdown(out))
     plot(pipe.run_dir / "validation.png", by_metric[primary]["scores"], by_metric[primary]["spearman"], primary)
+    return out
+
+
+def responsiveness(merged: list[dict], trained: dict[int, list[dict]]) -> dict:
+    """Per capability: its spread across the mixtures (std, merged and trained) against its item noise (mean
+    bootstrap std). A capability whose trained spread is within its noise does not respond to the mixture: it
+    cannot be ranked, by merges or by anything else, and only adds noise to U."""
+    out = {}
+    runs = [r for rs in trained.values() for r in rs]
+    for c in merged[0]["capabilities"]:
+        noise = float(np.mean([r["capabilities_std"][c] for r in runs]))
+        t_spread = float(np.mean([np.std([r["capabilities"][c] for r in rs]) for rs in trained.values()]))
+        m_spread = float(np.std([r["capabilities"][c] for r in merged]))
+        out[c] = {"trained_spread_std": t_spread, "merged_spread_std": m_spread, "item_noise_std": noise,
+                  "responsive": bool(t_spread > noise)}
     return out
 
 
@@ -152,6 +168,13 @@ def markdown(out: dict) -> str:
             lines.append(f"| {'overall (U)' if s == 'overall' else s} | {_ci(_at(b, 'spearman', s))} | "
                          f"{_f(_at(b, 'kendall', s)[0])} | {_f(_at(b, 'top25_spearman', s)[0])} | "
                          f"{_f(_at(b, 'capability_recovery', s)[0])} | {ceiling} |")
+    resp = out.get("responsiveness") or {}
+    if resp:
+        lines += ["", ("Spread across the mixtures (std, x100) against item noise: a capability whose trained "
+                       "spread is within its noise does not respond to the mixture."), "",
+                  "| capability | trained spread | merged spread | item noise | responds |", "|---|---|---|---|---|"]
+        lines += [f"| {c} | {100 * r['trained_spread_std']:.2f} | {100 * r['merged_spread_std']:.2f} | "
+                  f"{100 * r['item_noise_std']:.2f} | {'yes' if r['responsive'] else 'NO'} |" for c, r in resp.items()]
     return "\n".join(lines) + "\n"
 
 
