@@ -101,7 +101,10 @@ def run(testbeds: list[str], overrides: list[str], workers: int, home: Path) -> 
 
 
 def report(testbeds: list[str], overrides: list[str], home: Path, out: Path, wall_s: float | None) -> dict:
-    from mergemix.analysis.frontier import markdown, plot, summarise
+    from mergemix.analysis.frontier import consistency, markdown, plot, summarise
+    from mergemix.cli import _quiet
+
+    _quiet()
     from mergemix.artifacts import write_atomic
 
     summaries, md = {}, []
@@ -114,7 +117,8 @@ def report(testbeds: list[str], overrides: list[str], home: Path, out: Path, wal
         reference = {"expert_tokens": int(cfg["experts"]["tokens"]), "budget": int(cfg["search"]["budget"]),
                      "correction": "none"}
         summaries[tb] = {**summarise(points, reference), "model": cfg["model"]["name"],
-                         "mix_tokens": int(cfg["mix"]["tokens"]), "frontier": cfg["frontier"]}
+                         "mix_tokens": int(cfg["mix"]["tokens"]), "frontier": cfg["frontier"],
+                         "consistency": consistency(cfg, points)}
         md.append(markdown(summaries[tb], TITLES.get(tb, tb)))
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python experiments/frontier.py " + " ".join(["--testbeds", *testbeds, *overrides])

@@ -208,6 +208,33 @@ def _small(pipe, job, small_model) -> list[dict]:
     return points
 
 
+# ----------------------------------------------------------------------------------------- consistency ---
+CORRECTIONS = {"merge": {}, "recovery": {"calibration": "recovery"}, "scale2": {"merge_scale": 2.0}}
+
+
+def consistency(cfg: dict, points: list[dict], n_boot: int = 1000) -> dict:
+    """Do merges (plain, recovery-calibrated, extrapolated) rank the mixtures the strategies really trained?
+    Spearman rho of merged against trained U over every trained point (mixture x training seed) of the frontier,
+    with a bootstrap interval over points; merges at the reference experts, cached by alpha."""
+    from mergemix.analysis import rank
+    from mergemix.pipeline import Pipeline
+    from mergemix.search.run import objective_for
+
+    alphas = [np.array([p["alpha"][n] for n in sorted(p["alpha"])]) for p in points]
+    trained = {"overall": [p["U"] for p in points],
+               **{c: [p["capabilities"][c] for p in points] for c in points[0]["capabilities"]}}
+    out = {"n_points": len(points), "n_mixtures": len({tuple(np.round(a, 6)) for a in alphas})}
+    for name, extra in CORRECTIONS.items():
+        pipe = Pipeline({**cfg, "search": {**cfg["search"], **extra}, "search_seed": 0}, ".")
+        objective = objective_for(pipe)
+        merged = [objective(a) for a in alphas]
+        pred = {"overall": [r["U"] for r in merged],
+                **{c: [r["capabilities"][c] for r in merged] for c in merged[0]["capabilities"]}}
+        res = rank.compare(pred, [trained], n_boot, 0)["spearman"]
+        out[name] = {"rho_U": res["overall"], "ci_U": res["interval"]["overall"], "rho": res["capabilities"]}
+    return out
+
+
 # --------------------------------------------------------------------------------------------- summary ---
 def summarise(points: list[dict], reference: dict) -> dict:
     """Per point (family + settings): trained U over seeds, cost, and its multiple of the reference MergeMix
@@ -294,11 +321,26 @@ def markdown(summary: dict, title: str) -> str:
         lines.append(f"| {r['label']} | {settings_text(r['settings'])} | {len(r['seeds'])} | "
                      f"{100 * r['U_mean']:.2f} ± {100 * r['U_std']:.2f} | {diff} | {r['train_tokens']:.3g} | "
                      f"{r['train_flops']:.3g} | {mult_r} | {r['evaluations']:.0f} |")
+    cons = summary.get("consistency")
+    if cons:
+        lines += ["", (f"Merged vs trained U over the {cons['n_points']} trained points ({cons['n_mixtures']} "
+                  "distinct mixtures) above: Spearman ρ [95% bootstrap interval over points]:"), "",
+                  "| merge | ρ(U) | " + " | ".join(f"ρ {c}" for c in cons["merge"]["rho"]) + " |",
+                  "|" + "---|" * (2 + len(cons["merge"]["rho"]))]
+        for name in CORRECTIONS:
+            c = cons[name]
+            lo, hi = c["ci_U"]
+            lines.append(f"| {name} | {_f2(c['rho_U'])} [{_f2(lo)}, {_f2(hi)}] | "
+                         + " | ".join(_f2(v) for v in c["rho"].values()) + " |")
     lines += ["", "Per family, the smallest multiple that matched (— none, within the largest tried):", ""]
     for fam, v in summary["by_family"].items():
         hit = "—" if v["multiple_to_match"] is None else f"{v['multiple_to_match']:.2f}x"
         lines.append(f"- {FAMILIES[fam]}: {hit} (largest tried {v['max_multiple_tried']:.2f}x)")
     return "\n".join(lines) + "\n"
+
+
+def _f2(x) -> str:
+    return "—" if x is None else f"{x:.2f}"
 
 
 def plot(summaries: dict[str, dict], path: Path) -> None:
