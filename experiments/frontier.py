@@ -87,8 +87,10 @@ def run(testbeds: list[str], overrides: list[str], workers: int, home: Path) -> 
             print(f"[frontier] {tb}: {len(todo)} jobs to run", flush=True)
         for f in as_completed([pool.submit(prepare, cfg, small) for cfg, small, _, todo in plans.values() if todo]):
             f.result()
-        futures = {pool.submit(_work, cfg, j, str(out), small): tb
-                   for tb, (cfg, small, out, todo) in plans.items() for j in todo}
+        order = sorted(((j["seed"], i, tb, j) for tb, (*_, todo) in plans.items() for i, j in enumerate(todo)),
+                       key=lambda x: x[:2])  # testbeds interleaved, seed by seed: a cut run leaves whole seeds
+        futures = {pool.submit(_work, *plans[tb][:1], j, str(plans[tb][2]), plans[tb][1]): tb
+                   for _, _, tb, j in order}
         for i, f in enumerate(as_completed(futures), 1):
             name, err, wall = f.result()
             tb = futures[f]
