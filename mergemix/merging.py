@@ -142,6 +142,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise MergeMixError(f"output directory {out_dir} exists and is not empty; choose another `out`")
+    check_writable(out_dir, "output directory")
     names = [f"expert{i:03d}:{Path(p).name}" for i, p in enumerate(expert_paths)]
     ordered = check_weights(list(weights), names, "merge weights")  # before loading anything
     paths = dict(zip(names, expert_paths))
@@ -151,7 +152,6 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         check_lineage(base_path, p, name)
     if stream is None:
         stream = not _fits_in_memory(base_path, len(names))
-    check_writable(out_dir, "output directory")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # unique to this merge
     umask = os.umask(0)
