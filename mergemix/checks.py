@@ -66,14 +66,16 @@ def _lookup(cfg: dict, dotted: str):
     return node
 
 
+def number_ok(rule: str, value) -> bool:
+    integer, in_range = _RULES[rule]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and (not integer or float(value).is_integer()) and in_range(value)
+
+
 def check_numbers(cfg: dict) -> None:
     for key, rule in NUMBERS.items():
         value = _lookup(cfg, key)
-        if value is None:
-            continue
-        integer, in_range = _RULES[rule]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not (ok and (not integer or float(value).is_integer()) and in_range(value)):
+        if value is not None and not number_ok(rule, value):
             raise MergeMixError(f"{key} must be {rule}, got {value!r}")
 
 

@@ -8,13 +8,17 @@ import json
 import math
 import os
 import re
+import string
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from mergemix import artifacts
 from mergemix.artifacts import ArtifactStore
+from mergemix.checks import CHOICES, MIN_BUDGET, NUMBERS, number_ok
 from mergemix.errors import MergeMixError
 from mergemix.search.evalcache import EvalCache
 
@@ -233,3 +237,164 @@ def test_two_runs_started_at_once_get_their_own_directories(tmp_path):
     assert all(p.returncode == 0 for p in procs), [e[-1000:] for _, e in outs]
     runs = list((tmp_path / "runs" / "micro").iterdir())
     assert {r.name.rsplit("-", 1)[1] for r in runs} == {str(p.pid) for p in procs}
+
+
+# ------------------------------------------------------------------------- random bad input (hypothesis) ---
+# Each example is one bad input run through the CLI: exit 2, exactly one `error:` line, no traceback, nothing cached
+# changed. The fast properties run `execute` (what the Hydra entry point runs) on a config composed once; the slow
+# ones run `mergemix.cli.main` whole, Hydra's override parser included.
+CHECKED = sorted(NUMBERS) + sorted(CHOICES)
+TEXT = st.text(alphabet=string.ascii_letters + string.digits + " _-.:/", max_size=10)
+VALUES = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), TEXT)
+FAST = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+SLOW = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+
+
+def rejected(cfg: dict, key: str, value) -> bool:
+    """Whether the config's rules refuse `value` at `key` (the property is about how the refusal reaches the user)."""
+    if key in CHOICES:
+        return value not in CHOICES[key]
+    if key == "search.budget" and isinstance(value, int) and not isinstance(value, bool):
+        return value < MIN_BUDGET.get(cfg["search"]["backend"], 1)
+    return not number_ok(NUMBERS[key], value)
+
+
+def hydra_text(value) -> str:
+    """The override text Hydra parses back into `value`."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return repr(value) if isinstance(value, (int, float)) else f"'{value}'"
+
+
+def with_value(cfg: dict, dotted: str, value) -> dict:
+    import copy
+
+    new = copy.deepcopy(cfg)
+    *parents, leaf = dotted.split(".")
+    node = new
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return new
+
+
+@pytest.fixture(scope="module")
+def guarded_home(tmp_path_factory):
+    """A home with a small cached artifact, whose files each example must leave as they are."""
+    from test_bad_input import _snapshot
+
+    home = tmp_path_factory.mktemp("home")
+    _build(ArtifactStore(home / "cache"), [])
+    return home, _snapshot(home / "cache")
+
+
+def run_execute(cfg: dict, capsys) -> tuple[int, list[str]]:
+    """`execute` as the Hydra entry point runs it: an input error is one `error:` line and exit 2."""
+    from mergemix.cli import _fail, execute
+
+    capsys.readouterr()
+    try:
+        execute("run", cfg)
+        code = 0
+    except MergeMixError as exc:
+        try:
+            _fail(str(exc))
+        except SystemExit as stop:
+            code = stop.code
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    return code, [ln for ln in out.err.splitlines() if ln.strip()]
+
+
+def assert_refused(code: int, lines: list[str], guarded_home, *, contains: str = "") -> None:
+    from test_bad_input import _snapshot
+
+    home, before = guarded_home
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and contains in lines[0], lines
+    assert _snapshot(home / "cache") == before
+
+
+@pytest.fixture(scope="module")
+def micro_plain(guarded_home, tmp_path_factory):
+    from conftest import micro_cfg
+
+    return micro_cfg(guarded_home[0], f"paths.run_dir={tmp_path_factory.mktemp('run')}")
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    from mergemix import training
+
+    monkeypatch.setattr(training, "train_causal_lm", lambda *a, **k: pytest.fail("trained despite bad input"))
+
+
+@FAST
+@given(key=st.sampled_from(CHECKED), value=VALUES)
+def test_random_bad_setting_is_one_error_line(key, value, micro_plain, guarded_home, no_training, capsys):
+    assume(rejected(micro_plain, key, value))
+    code, lines = run_execute(with_value(micro_plain, key, value), capsys)
+    assert_refused(code, lines, guarded_home, contains=key)
+
+
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, width=16), TEXT)
+JSON = st.one_of(SCALARS, st.lists(SCALARS, max_size=3))
+CHOICE_LISTS = st.one_of(JSON, st.lists(st.one_of(st.sampled_from(["", " ", " four", " five"]), TEXT, SCALARS),
+                                        max_size=4))
+
+
+def mc_ok(item) -> bool:
+    """A well-formed multiple-choice item (the oracle the random items are judged by)."""
+    if not isinstance(item, dict) or not {"context", "choices", "label"} <= set(item):
+        return False
+    c, label = item["choices"], item["label"]
+    ok = isinstance(c, list) and len(c) >= 2 and all(isinstance(x, str) and x.strip() for x in c)
+    ok = ok and len(set(c)) == len(c)
+    return ok and isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(c)
+
+
+BAD_LINES = st.one_of(
+    JSON.map(json.dumps),  # not an object
+    st.fixed_dictionaries({}, optional={"context": JSON, "choices": CHOICE_LISTS, "label": JSON}).filter(
+        lambda item: not mc_ok(item)).map(json.dumps),
+    st.text(max_size=20).map(lambda t: json.dumps({"context": t, "choices": ["a", "b"], "label": 0})[:-1]),  # cut
+    st.binary(min_size=1, max_size=8).map(  # not UTF-8, on the one line
+        lambda b: b'{"context": "' + b.replace(b"\n", b"") + b'\xff", "choices": ["a", "b"]}'),
+)
+
+
+def bad_file(tmp_path: Path, line) -> Path:
+    path = tmp_path / f"items-{abs(hash(line))}.jsonl"
+    first = json.dumps({"context": "2+2=", "choices": [" four", " five"], "label": 0}) + "\n"
+    path.write_bytes(first.encode() + (line if isinstance(line, bytes) else line.encode()) + b"\n")
+    return path
+
+
+@FAST
+@given(line=BAD_LINES)
+def test_random_malformed_benchmark_item_is_one_error_line_naming_file_and_line(line, micro_plain, guarded_home,
+                                                                                  no_training, tmp_path, capsys):
+    assume(line.strip() if isinstance(line, str) else True)
+    path = bad_file(tmp_path, line)
+    cfg = with_value(micro_plain, "benchmarks.tasks.mine", {"source": "jsonl", "path": str(path)})
+    code, lines = run_execute(cfg, capsys)
+    assert_refused(code, lines, guarded_home, contains=f"benchmark 'mine': {path}:2")
+
+
+@pytest.mark.slow
+@SLOW
+@given(key=st.sampled_from(CHECKED), value=VALUES, line=BAD_LINES)
+def test_random_bad_command_line_is_one_error_line(key, value, line, micro_plain, guarded_home, no_training,
+                                                   tmp_path, capsys, monkeypatch):
+    """The whole CLI: a bad setting typed on the command line, or a bad item in a benchmark file it names."""
+    from test_bad_input import _cli
+
+    assume(rejected(micro_plain, key, value) and (line.strip() if isinstance(line, str) else True))
+    home = guarded_home[0]
+    args = ["run", "experiment=micro", "logger=none", f"paths.root={home}", f"hydra.run.dir={tmp_path}/hydra"]
+    code, lines = _cli([*args, f"++{key}={hydra_text(value)}"], capsys, monkeypatch)
+    assert_refused(code, lines, guarded_home)
+    path = bad_file(tmp_path, line)
+    code, lines = _cli([*args, f"+benchmarks.tasks.mine={{source: jsonl, path: '{path}'}}"], capsys, monkeypatch)
+    assert_refused(code, lines, guarded_home, contains=f"{path}:2")
