@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,15 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def content_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file of an artifact directory but its manifest, by relative path."""
+    return {str(f.relative_to(path)): file_digest(f) for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name != "manifest.json"}
+
+
+_VERIFIED: set[Path] = set()  # artifacts whose files this process has checked against their manifest
 
 
 def stage_key(stage: str, inputs: dict) -> str:
@@ -76,7 +86,21 @@ class ArtifactStore:
         return self.root / stage / f".partial-{stage_key(stage, inputs)}"
 
     def is_complete(self, stage: str, key: str) -> bool:
-        return (self.path(stage, key) / "manifest.json").is_file()
+        """The artifact is there with a readable manifest, and its files are as built (hashed once per process;
+        manifests from before digests were recorded are taken as they are)."""
+        path = self.path(stage, key)
+        if path in _VERIFIED and (path / "manifest.json").is_file():
+            return True
+        try:
+            digest = read_manifest(path).get("digest")
+        except (OSError, ValueError, AttributeError):
+            return False
+        if digest is not None and content_digest(path) != digest:
+            print(f"warning: {stage}/{key} in {self.root} was damaged after it was built: rebuilding it",
+                  file=sys.stderr, flush=True)
+            return False
+        _VERIFIED.add(path)
+        return True
 
     def get_or_build(self, stage: str, inputs: dict, build: Callable[[Path], dict | None],
                      leader: str | None = None) -> Path:
@@ -98,7 +122,8 @@ class ArtifactStore:
                 write_atomic(marker, leader)
             try:
                 extra = build(tmp) or {}
-                manifest = {"stage": stage, "key": key, "inputs": inputs, "created": time.time(), **extra}
+                manifest = {"stage": stage, "key": key, "inputs": inputs, "created": time.time(), **extra,
+                            "digest": content_digest(tmp)}
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover without manifest
                 os.rename(tmp, final)
@@ -142,6 +167,15 @@ def write_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def read_json(path: Path, default: dict) -> dict:
+    """A JSON object kept by the cache (not an artifact), or `default` when it is missing or unreadable."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+    return value if isinstance(value, dict) else default
 
 
 def read_manifest(path: str | Path) -> dict:

@@ -1,5 +1,5 @@
-"""Checks of a composed config that need no work: the types and ranges of its numbers, the paths it names, a
-writable cache and the search's storage URL. `Pipeline.validate` runs them first, so that a typo fails in
+"""Checks of a composed config that need no work: the types and ranges of its numbers, its options, the paths it
+names, a writable cache and the search's storage URL. `Pipeline.validate` runs them first, so that a typo fails in
 seconds with one line instead of deep inside a stage (or after hours of training)."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ _RULES = {
     "a positive number": (False, lambda v: v > 0),
     "a non-negative number": (False, lambda v: v >= 0),
     "a fraction in [0, 1)": (False, lambda v: 0 <= v < 1),
+    "a fraction in (0, 1]": (False, lambda v: 0 < v <= 1),
+    "an integer of at least 2": (True, lambda v: v >= 2),
 }
 
 # Dotted config keys and what each must be; a key that is absent or null is not checked (optional, or a
@@ -35,7 +37,25 @@ NUMBERS = {
     "search.merge_scale": "a positive number",
     "benchmarks.batch_size": "a positive integer", "benchmarks.max_length": "a positive integer",
     "benchmarks.bootstrap": "a non-negative integer", "trainer.num_threads": "a positive integer",
+    "trainer.gradient_clip_val": "a non-negative number", "trainer.micro_batch_size": "a positive integer",
+    "data.shard_mb": "a positive number", "baseline.trial_tokens": "a positive integer",
+    **{f"search.{k}": "a positive integer" for k in ("n_candidates", "top_k", "grid_resolution")},
+    "search.prior_concentration": "a positive number", "search.round_concentration": "a positive number",
+    "search.lgbm.n_estimators": "a positive integer", "search.lgbm.learning_rate": "a positive number",
+    "search.lgbm.num_leaves": "an integer of at least 2", "search.lgbm.min_data_in_leaf": "a non-negative integer",
+    "search.lgbm.min_data_in_bin": "a positive integer", "search.lgbm.bagging_fraction": "a fraction in (0, 1]",
+    "search.lgbm.bagging_freq": "a non-negative integer",
 }
+
+# Dotted config keys naming one of a few options (absent or null: not checked).
+CHOICES = {
+    **{f"{stage}.schedule": ("constant", "wsd", "cosine") for stage in ("base", "experts", "mix")},
+    "trainer.eval_dtype": ("bfloat16", "float16"),  # null: float32
+}
+
+# Merge evaluations a search back-end needs at least: a surrogate is fitted on 2 or more, iterative's first round
+# is half its budget.
+MIN_BUDGET = {"surrogate": 2, "iterative": 4}
 
 
 def _lookup(cfg: dict, dotted: str):
@@ -47,15 +67,29 @@ def _lookup(cfg: dict, dotted: str):
     return node
 
 
+def number_ok(rule: str, value) -> bool:
+    integer, in_range = _RULES[rule]
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return ok and (not integer or float(value).is_integer()) and in_range(value)
+
+
 def check_numbers(cfg: dict) -> None:
     for key, rule in NUMBERS.items():
         value = _lookup(cfg, key)
-        if value is None:
-            continue
-        integer, in_range = _RULES[rule]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not (ok and (not integer or float(value).is_integer()) and in_range(value)):
+        if value is not None and not number_ok(rule, value):
             raise MergeMixError(f"{key} must be {rule}, got {value!r}")
+
+
+def check_choices(cfg: dict) -> None:
+    for key, options in CHOICES.items():
+        value = _lookup(cfg, key)
+        if value is not None and value not in options:
+            raise MergeMixError(f"{key} must be one of {', '.join(options)}, got {value!r}")
+    search = cfg.get("search") or {}
+    least = MIN_BUDGET.get(search.get("backend"), 1)
+    if isinstance(search.get("budget"), int) and search["budget"] < least:
+        raise MergeMixError(f"search.budget must be at least {least} for the {search['backend']} back-end, "
+                            f"got {search['budget']}")
 
 
 def check_writable(path: str | Path, what: str) -> Path:
@@ -95,6 +129,7 @@ def check_paths(cfg: dict) -> None:
 
 def check_config(cfg: dict) -> None:
     check_numbers(cfg)
+    check_choices(cfg)
     check_paths(cfg)
     storage = (cfg.get("search") or {}).get("storage")
     if storage:

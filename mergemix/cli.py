@@ -34,6 +34,13 @@ COMMANDS = ("run", "experts", "search", "search-worker", "mix", "merge", "info",
 _HYDRA_FLAGS_WITH_VALUE = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp")
 
 
+def _register_resolvers() -> None:
+    """`${mergemix_pid:}` in hydra.run.dir: with the microsecond, two runs started at once get their own directory."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("mergemix_pid", os.getpid, replace=True)
+
+
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
@@ -123,9 +130,10 @@ def _run_dir(cfg: dict) -> Path:
 
         return Path(HydraConfig.get().runtime.output_dir)
     except Exception:  # noqa: BLE001 - not under @hydra.main
-        import time
+        from datetime import datetime
 
-        return Path(cfg["paths"]["root"]) / "runs" / cfg["run_name"] / time.strftime("%Y-%m-%d_%H-%M-%S")
+        stamp = f"{datetime.now():%Y-%m-%d_%H-%M-%S.%f}-{os.getpid()}"
+        return Path(cfg["paths"]["root"]) / "runs" / cfg["run_name"] / stamp
 
 
 def _quiet() -> None:
@@ -267,6 +275,8 @@ def _merge(args: list[str]) -> None:
 
 def _hydra_entry(command: str, mix_weights) -> None:
     import hydra
+
+    _register_resolvers()
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
     def _main(cfg) -> None:

@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from mergemix.checks import check_writable
 from mergemix.errors import MergeMixError
 from mergemix.models import check_checkpoint_dir, load_checkpoint
 from mergemix.simplex import check_weights
@@ -139,6 +143,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise MergeMixError(f"output directory {out_dir} exists and is not empty; choose another `out`")
+    check_writable(out_dir, "output directory")
     names = [f"expert{i:03d}:{Path(p).name}" for i, p in enumerate(expert_paths)]
     ordered = check_weights(list(weights), names, "merge weights")  # before loading anything
     paths = dict(zip(names, expert_paths))
@@ -148,8 +153,11 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         check_lineage(base_path, p, name)
     if stream is None:
         stream = not _fits_in_memory(base_path, len(names))
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # unique to this merge
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # a directory's usual mode, not mkdtemp's private one
     try:
         if stream:
             stream_merge(base_path, paths, ordered, tmp)
@@ -162,10 +170,15 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         for f in Path(base_path).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "generation_config")) and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
+        if overwrite and out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)  # atomic, and refused onto a non-empty directory: of two merges to one `out`, one wins
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise MergeMixError(f"output directory {out_dir} exists and is not empty; choose another `out`") from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
     return out_dir

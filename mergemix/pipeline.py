@@ -29,6 +29,33 @@ def _dtype(name):
     return None if not name else getattr(torch, name)
 
 
+# What each stage reads from the config, as dotted paths (a section stands for all its leaves). A stage's key hashes
+# the resolved values at these paths (named by their last part), with the keys of the artifacts it is built from and
+# the inputs it is given (a domain's spec, a run's ratios, spec and seed). A setting that no stage lists changes no
+# artifact: the process layout, logging, paths, checks and the studies' own settings. tests/test_cache_safety.py
+# changes every leaf of the composed config and checks that exactly the stages listing it get new keys.
+READS = {
+    "corpus": ("seed", "domains.heldout_fraction"),
+    "tokenizer": ("tokenizer.vocab_size", "tokenizer.train_chars"),
+    "train": ("model", "optim", "trainer.precision", "trainer.gradient_clip_val"),  # base, experts, mixtures
+    "benchmarks": ("benchmarks.tasks", "seed"),
+    "eval": ("benchmarks.metric", "benchmarks.capabilities", "benchmarks.max_length", "benchmarks.bootstrap",
+             "trainer.eval_dtype"),
+    "search": ("search",),
+}
+
+
+def config_inputs(cfg: dict, stage: str) -> dict:
+    """The config values `stage` reads (READS), by the last part of their path."""
+    out = {}
+    for dotted in READS[stage]:
+        node = cfg
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        out[dotted.rsplit(".", 1)[-1]] = node
+    return out
+
+
 class Pipeline:
     def __init__(self, cfg: dict, run_dir: str | Path, loggers=None):
         self.cfg = cfg
@@ -49,6 +76,7 @@ class Pipeline:
     def validate(self) -> None:
         """Check what can be checked before any work starts, so bad input fails in seconds."""
         from mergemix.benchmarks.suite import MC_METRICS, check_task_spec
+        from mergemix.benchmarks.tasks import load_jsonl_task
 
         for name in self.domain_names:
             dom.validate_spec(name, self.cfg["domains"]["sources"][name] or {})
@@ -72,8 +100,8 @@ class Pipeline:
             if spec.get("builder") == "cloze" and spec["domain"] not in self.domain_names:
                 raise MergeMixError(f"benchmark '{t}' is built from domain '{spec['domain']}', which is not "
                                     f"configured (domains: {self.domain_names})")
-            if spec.get("source") == "jsonl" and not Path(spec["path"]).is_file():
-                raise MergeMixError(f"benchmark '{t}': file not found: {spec['path']}")
+            if spec.get("source") == "jsonl":  # every item, before any work
+                load_jsonl_task(t, spec["path"], spec.get("kind"))
         lm = {t: spec for t, spec in b["tasks"].items() if spec.get("source") == "lmeval"}
         if lm:  # names, include paths and offline datasets of lm-eval members, before any work
             from mergemix.benchmarks import lmeval
@@ -123,12 +151,11 @@ class Pipeline:
         """Embedded domains: their documents, split. User domains: fingerprinted only (their files are streamed)."""
         out, d = {}, self.cfg["domains"]
         memo_path = self.store.root / "digests.json"
-        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
+        memo = artifacts.read_json(memo_path, {})  # file hashes by path, size and mtime: unreadable = none
         n_memo = len(memo)
         for name in self.domain_names:
             spec = d["sources"][name] or {}
-            inputs = {"source": dom.source_fingerprint(name, spec, memo), "seed": self.seed,
-                      "heldout_fraction": d["heldout_fraction"]}
+            inputs = {"source": dom.source_fingerprint(name, spec, memo), **config_inputs(self.cfg, "corpus")}
 
             def build(tmp: Path, name=name, spec=spec):
                 if spec.get("source", "embedded") != "embedded":
@@ -161,8 +188,7 @@ class Pipeline:
         if tc.get("path"):
             load_tokenizer(tc["path"])  # fail early and clearly
             return Path(tc["path"])
-        inputs = {"corpus": {n: p.name for n, p in self.corpus.items()}, "vocab_size": tc["vocab_size"],
-                  "train_chars": tc["train_chars"]}
+        inputs = {"corpus": {n: p.name for n, p in self.corpus.items()}, **config_inputs(self.cfg, "tokenizer")}
 
         def build(tmp: Path):
             per_domain = tc["train_chars"] // len(self.domain_names)
@@ -245,8 +271,8 @@ class Pipeline:
         self.check_epochs(ratios, spec["tokens"], desc)
         m, tr = self.cfg["model"], self.cfg["trainer"]
         seed = self.seed if seed is None else seed
-        full_inputs = {**inputs, "model": m, "tokens": {n: p.name for n, p in self.token_dirs.items()},
-                       "ratios": ratios, "spec": spec, "optim": self.cfg["optim"], "precision": tr["precision"],
+        full_inputs = {**inputs, **config_inputs(self.cfg, "train"),
+                       "tokens": {n: p.name for n, p in self.token_dirs.items()}, "ratios": ratios, "spec": spec,
                        "seed": seed, "init": self.store.ref(init) if init else None}
         # model.batch_size is the global batch: the process layout is not an input (the weights do not depend on it)
         parallel = bool(tr.get("strategy")) or str(tr["devices"]) != "1" or int(tr.get("num_nodes", 1)) > 1
@@ -322,7 +348,7 @@ class Pipeline:
         heldout_keys = {n: self.corpus[n].name for n in self.domain_names}
         files = {t: artifacts.file_digest(s["path"]) for t, s in b["tasks"].items()
                  if s.get("source") == "jsonl" and Path(s["path"]).is_file()}
-        inputs = {"tasks": b["tasks"], "heldout": heldout_keys, "files": files, "seed": self.seed,
+        inputs = {**config_inputs(self.cfg, "benchmarks"), "heldout": heldout_keys, "files": files,
                   "tokenizer": self.store.ref(self.tokenizer_dir)}
         lm = {t: s for t, s in b["tasks"].items() if s.get("source") == "lmeval"}
         if lm:  # lm-eval's version and the files under each include_path
@@ -359,10 +385,7 @@ class Pipeline:
 
     @property
     def suite_key(self) -> str:
-        b = self.cfg["benchmarks"]
-        return artifacts.stage_key("eval", {"tasks": self.task_dir.name, "metric": b["metric"],
-                                            "capabilities": b["capabilities"], "max_length": b["max_length"],
-                                            "eval_dtype": self.cfg["trainer"].get("eval_dtype")})
+        return artifacts.stage_key("eval", {"tasks": self.task_dir.name, **config_inputs(self.cfg, "eval")})
 
     def autocast(self):
         dtype = _dtype(self.cfg["trainer"].get("eval_dtype"))
@@ -370,8 +393,9 @@ class Pipeline:
             return contextlib.nullcontext()
         return torch.autocast("cpu" if self.cfg["trainer"]["accelerator"] == "cpu" else "cuda", dtype=dtype)
 
-    def evaluate_checkpoint(self, path: Path) -> dict:
-        """Scores of a stored checkpoint, cached by (checkpoint, benchmark suite)."""
+    def eval_dir(self, path: Path) -> Path:
+        """The stored scores of a checkpoint, cached by (checkpoint, benchmark suite)."""
+        from mergemix.benchmarks.suite import check_finite
         from mergemix.models import load_checkpoint
 
         inputs = {"checkpoint": self.store.ref(path), "suite": self.suite_key}
@@ -379,19 +403,23 @@ class Pipeline:
         def build(tmp: Path):
             with self.autocast():
                 result = self.suite.evaluate(load_checkpoint(path))
-            (tmp / "scores.json").write_text(json.dumps(result, indent=2))
+            check_finite(result, f"checkpoint {path}")
+            (tmp / "scores.json").write_text(json.dumps(result, indent=2, allow_nan=False))
 
-        return json.loads((self.store.get_or_build("eval", inputs, build) / "scores.json").read_text())
+        return self.store.get_or_build("eval", inputs, build)
+
+    def evaluate_checkpoint(self, path: Path) -> dict:
+        return json.loads((self.eval_dir(path) / "scores.json").read_text())
 
     # ------------------------------------------------------------------------------------------- search ---
     @cached_property
     def search_dir(self) -> Path:
         from mergemix.search.run import run_search
 
-        s = self.cfg["search"]
         inputs = {"base": self.store.ref(self.base_dir),
                   "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()},
-                  "suite": self.suite_key, "search": s, "seed": self.search_seed, "prior": self.uniform_mixture}
+                  "suite": self.suite_key, **config_inputs(self.cfg, "search"), "seed": self.search_seed,
+                  "prior": self.uniform_mixture}
         study_path = self.study_path(artifacts.stage_key("search", inputs))
 
         def build(tmp: Path):

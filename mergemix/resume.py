@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -26,9 +27,19 @@ def checkpoint_interval(setting, steps: int) -> int:
 
 
 def latest_checkpoint(directory: Path | None) -> tuple[Path, int] | None:
-    """(path, step) of the newest complete checkpoint: incomplete ones still carry their `.tmp` suffix."""
+    """(path, step) of the newest complete checkpoint: incomplete ones still carry their `.tmp` suffix. One that
+    cannot be read (damaged on disk) is removed, and training starts over."""
     found = sorted(directory.glob("step-*.ckpt")) if directory is not None and directory.is_dir() else []
-    return (found[-1], int(found[-1].stem.split("-")[1])) if found else None
+    if not found:
+        return None
+    if found[-1].is_file():  # FSDP's sharded directories are read by their own loader
+        try:
+            torch.load(found[-1], map_location="cpu", mmap=True, weights_only=False)
+        except Exception:  # noqa: BLE001 - any failure to read means the checkpoint cannot be resumed from
+            print(f"warning: checkpoint {found[-1]} cannot be read: training starts over", file=sys.stderr)
+            _remove(found[-1])
+            return None
+    return found[-1], int(found[-1].stem.split("-")[1])
 
 
 def _remove(path: Path) -> None:

@@ -92,11 +92,12 @@ class Reader:
 
 
 def _recorded(path: Path, key: str):
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
-        return None
-    m = json.loads(manifest.read_text())
-    return f"{m['stage']}/{m['key']}" if key == "self" else m.get("inputs", {}).get("init")
+    from mergemix.artifacts import read_json
+
+    m = read_json(path / "manifest.json", {})  # none, or unreadable: no lineage to check
+    if key == "self":
+        return f"{m['stage']}/{m['key']}" if {"stage", "key"} <= set(m) else None
+    return m["inputs"].get("init") if isinstance(m.get("inputs"), dict) else None
 
 
 def _ref(path: Path) -> str:

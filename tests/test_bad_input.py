@@ -97,6 +97,20 @@ CASES = [
          "Use `trainer=fsdp` or one of the listed strategies."),
     Case("unknown-logger", "config", "run logger.kind=foo",
          "unknown logger kind 'foo' (csv, wandb, none)", "Use `logger=csv`, `logger=wandb` or `logger=none`."),
+    Case("budget-below-backend", "config", "run search.budget=1",
+         "search.budget must be at least 2 for the surrogate back-end, got 1",
+         "A surrogate is fitted on 2 or more merges (the iterative back-end: 4)."),
+    Case("lgbm-no-trees", "config", "search search.lgbm.n_estimators=0",
+         "search.lgbm.n_estimators must be a positive integer, got 0", "The surrogate needs at least one tree."),
+    Case("lgbm-bagging-fraction", "config", "search search.lgbm.bagging_fraction=0",
+         "search.lgbm.bagging_fraction must be a fraction in (0, 1], got 0", "Bag a fraction above 0 of the merges."),
+    Case("unknown-schedule", "config", "experts experts.schedule=bogus",
+         "experts.schedule must be one of constant, wsd, cosine, got 'bogus'", "Use one of the listed schedules."),
+    Case("unknown-eval-dtype", "config", "run trainer.eval_dtype=int8",
+         "trainer.eval_dtype must be one of bfloat16, float16, got 'int8'",
+         "Evaluate in bfloat16 or float16, or `null` for float32."),
+    Case("negative-clip", "config", "run trainer.gradient_clip_val=-1",
+         "trainer.gradient_clip_val must be a non-negative number, got -1", "Clip at 0 (off) or a positive norm."),
     Case("validate-too-few-mixtures", "config", "validate validate.n_mixtures=1",
          "validate.n_mixtures must be at least 3 (a rank correlation needs 3 mixtures), got 1",
          "Validate on 3 or more mixtures."),
@@ -133,6 +147,18 @@ CASES = [
          "benchmark 'mine': <tmp>/fields.jsonl:1: a generation item needs prompt and answer",
          "Give each item `{context, choices, label}` (multiple choice) or `{prompt, answer}` (generation).",
          after_work=True),
+    Case("domain-txt-not-utf8", "files", "run --config-dir <tmp>/conf domains=binary_txt benchmarks=mine",
+         "<tmp>/binary.txt:2: not UTF-8 text (byte 6); convert the file to UTF-8",
+         "Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or drop a binary file.",
+         micro=False, builds_first=True),
+    Case("domain-jsonl-not-utf8", "files", "run --config-dir <tmp>/conf domains=binary_jsonl benchmarks=mine",
+         "<tmp>/binary_domain.jsonl:2: not UTF-8 text; convert the file to UTF-8",
+         "Convert the file to UTF-8.", micro=False, builds_first=True),
+    Case("benchmark-item-not-object", "files", "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/five.jsonl}'",
+         "benchmark 'mine': <tmp>/five.jsonl:2: expected a JSON object, got 5", "One JSON object per line."),
+    Case("benchmark-not-utf8", "files", "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/binary.jsonl}'",
+         "benchmark 'mine': <tmp>/binary.jsonl:2: not UTF-8 text; convert the file to UTF-8",
+         "Convert the file to UTF-8."),
     Case("benchmark-file-empty", "files",
          "experts '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/empty.jsonl}' "
          "benchmarks.capabilities.math.tasks=[mine]",
@@ -171,6 +197,10 @@ CASES = [
          "merge base=<base> experts=[<code>,<math>] weights=[0.5,0.5] out=<tmp>/keep",
          "output directory <tmp>/keep exists and is not empty; choose another `out`",
          "Choose a new or empty `out` directory: a merge never overwrites.", after_work=True),
+    Case("merge-out-under-file", "checkpoints",
+         "merge base=<base> experts=[<code>] weights=[1.0] out=<tmp>/a_file/merged",
+         "output directory <tmp>/a_file/merged cannot be created: <tmp>/a_file is not a directory",
+         "Choose an `out` whose parent is a directory.", after_work=True),
     # ------------------------------------------------------------------------------------------ ratios ---
     Case("negative-weight", "ratios", "mix '" + W % (-0.5, 0.5, 0.5, 0.5) + "'",
          "mix weights must be non-negative, got [-0.5, 0.5, 0.5, 0.5]", "Weights are shares: 0 or more."),
@@ -221,6 +251,17 @@ CASES = [
     Case("benchmark-builder", "benchmarks", "run '+benchmarks.tasks.mine={n: 40}'",
          "benchmark 'mine': unknown builder 'None' (cloze, synthetic_mc, synthetic_gen)",
          "An embedded task needs one of the listed builders; your own items: `source: jsonl`."),
+    Case("benchmark-empty-choice", "benchmarks", "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/empty_choice.jsonl}'",
+         "benchmark 'mine': <tmp>/empty_choice.jsonl:1: a choice is empty (an empty continuation has probability 1)",
+         "Give every choice some text."),
+    Case("benchmark-duplicate-choices", "benchmarks", "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/dup_choices.jsonl}'",
+         "benchmark 'mine': <tmp>/dup_choices.jsonl:1: choices repeat [' four']", "Make the choices distinct."),
+    Case("benchmark-boolean-label", "benchmarks", "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/bool_label.jsonl}'",
+         "benchmark 'mine': <tmp>/bool_label.jsonl:1: label must be an integer index into choices, got True",
+         "Give the index of the right choice (0, 1, ...)."),
+    Case("benchmark-empty-prompt", "benchmarks", "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/empty_prompt.jsonl}'",
+         "benchmark 'mine': <tmp>/empty_prompt.jsonl:2: a generation item needs a non-empty prompt and answer",
+         "Give every generation item a prompt and an answer."),
     Case("lmeval-unknown-task", "benchmarks",
          "run '+benchmarks.tasks.extra={source: lmeval, task: toy_nope, include_path: <tmp>/lm_tasks}'",
          "benchmark 'extra': lm-eval task 'toy_nope' not found in <tmp>/lm_tasks",
@@ -283,6 +324,17 @@ def bad_dir(tmp_path_factory) -> Path:
     (d / "garbled.jsonl").write_text('{"context": "a", "choices": ["x", "y"], "label": 0}\nnot json at all\n')
     (d / "fields.jsonl").write_text('{"context": "a"}\n')
     (d / "empty.jsonl").write_text("\n")
+    mc = '{"context": "2+2=", "choices": %s, "label": %s}\n'
+    (d / "five.jsonl").write_text(mc % ('[" four", " five"]', 0) + "5\n")
+    (d / "binary.jsonl").write_text(mc % ('[" four", " five"]', 0))
+    with open(d / "binary.jsonl", "ab") as fh:
+        fh.write(b'{"context": "\xff\xfe", "choices": ["a", "b"], "label": 0}\n')
+    (d / "empty_choice.jsonl").write_text(mc % ('[" four", ""]', 0))
+    (d / "dup_choices.jsonl").write_text(mc % ('[" four", " five", " four"]', 0))
+    (d / "bool_label.jsonl").write_text(mc % ('[" four", " five"]', "true"))
+    (d / "empty_prompt.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "  ", "answer": "2"}\n')
+    (d / "binary.txt").write_bytes(b"hello\n\xff\xfe world\n")
+    (d / "binary_domain.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "\xff"}\n')
     (d / "not_ckpt").mkdir()
     (d / "not_ckpt" / "weights.bin").write_bytes(b"\0")
     (d / "a_file").write_text("a file where a directory is expected")
@@ -296,7 +348,8 @@ def bad_dir(tmp_path_factory) -> Path:
         f"  math: {{domain: web, tasks: [sums]}}\ntasks:\n  sums: {{source: jsonl, path: {d}/sums.jsonl}}\n")
     for name, paths in {"missing_file": [d / "nope.txt"], "empty_shards": [d / "shards"],
                         "csv_file": [d / "table.csv"], "empty_file": [d / "empty.txt"],
-                        "garbled_jsonl": [d / "garbled_domain.jsonl"]}.items():
+                        "garbled_jsonl": [d / "garbled_domain.jsonl"], "binary_txt": [d / "binary.txt"],
+                        "binary_jsonl": [d / "binary_domain.jsonl"]}.items():
         _domain_conf(conf, name, paths)
     return d
 

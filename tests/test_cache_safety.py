@@ -167,3 +167,121 @@ def test_two_processes_building_one_artifact_build_it_once(tmp_path):
     assert manifest["builder"] == builders[0] and manifest["inputs"] == {"domain": "shared"}
     assert (final / "payload.bin").read_bytes() == bytes(range(256)) * 4096
     assert [p.name for p in final.parent.iterdir()] == [final.name]  # no temporary or second copy left
+
+
+# ----------------------------------------------------------------------------- every leaf of the config ---
+class KeyStore(ArtifactStore):
+    """Builds nothing: every stage's artifact is where its key puts it."""
+
+    def get_or_build(self, stage, inputs, build, leader=None):
+        return self.path(stage, stage_key(stage, inputs))
+
+
+def keys_of(cfg: dict, monkeypatch) -> dict[str, str]:
+    """Every stage's key for `cfg`, from the config alone: token counts (which set the uniform mixture) stand in
+    as a function of the token keys, and no check runs (a changed value need not be a valid one)."""
+    from mergemix import pipeline
+
+    monkeypatch.setattr(pipeline, "check_config", lambda cfg: None)
+    monkeypatch.setattr(Pipeline, "validate", lambda self: None)
+    monkeypatch.setattr(Pipeline, "check_epochs", lambda self, *a: None)
+    monkeypatch.setattr(Pipeline, "token_counts", property(
+        lambda self: {n: 10**6 + int(p.name[:6], 16) for n, p in self.token_dirs.items()}))
+    pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
+    pipe.store = KeyStore(pipe.store.root)
+    paths = {"tokenizer": pipe.tokenizer_dir, "base": pipe.base_dir, "benchmarks": pipe.task_dir,
+             "eval:base": pipe.eval_dir(pipe.base_dir), "search": pipe.search_dir,
+             "mixture:uniform": pipe.train_mixture(pipe.uniform_mixture, "uniform")}
+    for n in pipe.domain_names:
+        paths.update({f"corpus:{n}": pipe.corpus[n], f"tokens:{n}": pipe.token_dirs[n],
+                      f"expert:{n}": pipe.expert_dirs[n]})
+    return {label: f"{p.parent.name}/{p.name}" for label, p in paths.items()}
+
+
+def leaves(node, path=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, (*path, k))
+    elif isinstance(node, list) and node:
+        for i, v in enumerate(node):
+            yield from leaves(v, (*path, i))
+    else:
+        yield path
+
+
+def changed_value(path: tuple, value):
+    """Another value of the leaf's type (one a stage reading it would not ignore)."""
+    if path[-1] == "num_threads":
+        return 1  # setting it to the current thread count changes nothing in this process
+    if path[-1] == "eval_dtype":
+        return "bfloat16"
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 0.5 if value else 0.5
+    return "x" if value is None else f"{value}_x"
+
+
+WEIGHTS = {"base", "expert:*", "mixture:uniform", "eval:base", "search"}  # what the base's weights determine
+EVERYTHING = {"corpus:*", "tokenizer", "tokens:*", "benchmarks", *WEIGHTS}
+# The spec: which artifacts a change of each leaf must rebuild (first matching pattern). A leaf that no pattern
+# covers fails the test, so that a new setting is classified here when it is added.
+SPEC = [
+    ("seed", EVERYTHING), ("search_seed", {"search", "mixture:uniform"}),
+    ("tokenizer.*", EVERYTHING - {"corpus:*"}),
+    ("domains.heldout_fraction", EVERYTHING),
+    ("domains.sources.*", EVERYTHING - {"corpus:*"}),  # and the domain's own corpus, added below
+    ("model.*", WEIGHTS), ("optim.*", WEIGHTS), ("base.*", WEIGHTS),
+    ("trainer.precision", WEIGHTS), ("trainer.gradient_clip_val", WEIGHTS),
+    ("experts.*", {"expert:*", "search"}), ("mix.*", {"mixture:uniform"}),
+    ("benchmarks.tasks.*", {"benchmarks", "eval:base", "search"}),
+    *((f"benchmarks.{k}", {"eval:base", "search"}) for k in ("metric", "capabilities.*", "max_length", "bootstrap")),
+    ("trainer.eval_dtype", {"eval:base", "search"}), ("search.*", {"search"}),
+    # read by no stage: numerics-free batching, the process layout, logging, paths, checks, the studies
+    ("benchmarks.batch_size", set()), ("trainer.*", set()), ("data.*", set()), ("logger.*", set()),
+    ("paths.*", set()), ("domains.base_mixture.*", set()), ("domains.groups.*", set()), ("run_name", set()),
+    ("expert_domain", set()), ("strategy", set()), ("baseline.*", set()), ("export.*", set()),
+    *((f"{study}.*", set()) for study in ("validate", "theory", "curves", "landscape", "transfer", "dynamic",
+                                          "hierarchical")),
+]
+USER_PATHS = {"tokenizer.path", "base.checkpoint"}  # a user's directory in place of a stage: keyed by its ref
+
+
+def expected_changes(dotted: str, labels) -> set[str]:
+    pattern = next(labels_ for p, labels_ in SPEC if fnmatch.fnmatch(dotted, p))
+    if dotted.startswith("domains.sources."):
+        pattern = {*pattern, f"corpus:{dotted.split('.')[2]}"}
+    return expand(pattern, labels)
+
+
+def test_every_config_leaf_changes_exactly_the_keys_of_the_stages_reading_it(micro_root, tmp_path, monkeypatch):
+    import copy
+
+    cfg = micro_cfg(micro_root, f"paths.run_dir={tmp_path}/run")
+    before = keys_of(cfg, monkeypatch)
+    unclassified, wrong, n = [], {}, 0
+    for path in leaves(cfg):
+        dotted = ".".join(map(str, path))
+        if dotted in USER_PATHS:
+            continue
+        if not any(fnmatch.fnmatch(dotted, p) for p, _ in SPEC):
+            unclassified.append(dotted)
+            continue
+        new = copy.deepcopy(cfg)
+        node = new
+        for part in path[:-1]:
+            node = node[part]
+        if path[:-1] in (("base", "mixture"), ("domains", "base_mixture")):  # shares: move 0.05 to another one
+            other = next(k for k in node if k != path[-1])
+            node[path[-1]], node[other] = node[path[-1]] + 0.05, node[other] - 0.05
+        else:
+            node[path[-1]] = changed_value(path, node[path[-1]])
+        got, want = changed(before, keys_of(new, monkeypatch)), expected_changes(dotted, before)
+        n += 1
+        if got != want:
+            wrong[dotted] = {"extra": sorted(got - want), "missing": sorted(want - got)}
+    assert not unclassified, f"classify these settings in SPEC: {unclassified}"
+    assert not wrong, wrong
+    assert n >= 100  # the composed micro config's leaves

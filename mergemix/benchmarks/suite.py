@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -124,3 +125,16 @@ class Suite:
 
     def evaluate(self, model) -> dict:
         return self.summarize(self.per_item(model))
+
+
+def check_finite(result: Mapping, what: str) -> None:
+    """A NaN or infinite score is an error naming `what` (the checkpoint or merge) and the task: such a score
+    is never stored, so that no search or table is built on it."""
+    named = [(f"task '{t}' {m}", v) for t, ms in sorted(result["tasks"].items()) for m, v in sorted(ms.items())]
+    named += [(f"capability '{c}'", v) for c, v in sorted(result["capabilities"].items())]
+    named += [(k, result[k]) for k in ("U", "U_std")]
+    for label, value in named:
+        if not math.isfinite(value):
+            raise MergeMixError(f"{what} scores {value} on {label}: a model with corrupt or diverged weights "
+                                f"(check its experts); nothing was cached")
+

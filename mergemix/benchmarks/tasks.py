@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mergemix.data.domains import utf8_lines
 from mergemix.errors import MergeMixError
 
 
@@ -29,19 +30,28 @@ class Task:
         return sum(1.0 / len(it["choices"]) for it in self.items) / len(self.items)
 
 
-def _check_item(item: dict, kind: str, where: str) -> dict:
+def _check_item(item, kind: str, where: str) -> dict:
+    if not isinstance(item, dict):
+        raise MergeMixError(f"{where}: expected a JSON object, got {json.dumps(item)[:40]}")
     if kind == "mc":
         if not {"context", "choices", "label"} <= set(item):
             raise MergeMixError(f"{where}: a multiple-choice item needs context, choices and label")
         choices, label = item["choices"], item["label"]
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
             raise MergeMixError(f"{where}: choices must be a list of at least two strings")
-        if not isinstance(label, int) or not 0 <= label < len(choices):
+        if not all(c.strip() for c in choices):
+            raise MergeMixError(f"{where}: a choice is empty (an empty continuation has probability 1)")
+        if len(set(choices)) < len(choices):
+            raise MergeMixError(f"{where}: choices repeat {sorted({c for c in choices if choices.count(c) > 1})}")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
             raise MergeMixError(f"{where}: label must be an integer index into choices, got {label!r}")
         return {"context": str(item["context"]), "choices": choices, "label": label}
     if not {"prompt", "answer"} <= set(item):
         raise MergeMixError(f"{where}: a generation item needs prompt and answer")
-    return {"prompt": str(item["prompt"]), "answer": str(item["answer"]).strip()}
+    prompt, answer = str(item["prompt"]), str(item["answer"]).strip()
+    if not prompt.strip() or not answer:
+        raise MergeMixError(f"{where}: a generation item needs a non-empty prompt and answer")
+    return {"prompt": prompt, "answer": answer}
 
 
 def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit: int | None = None,
@@ -51,14 +61,18 @@ def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit:
     if not path.is_file():
         raise MergeMixError(f"benchmark '{name}': file not found: {path}")
     items = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = list(utf8_lines(path))
+    except MergeMixError as exc:
+        raise MergeMixError(f"benchmark '{name}': {exc}") from exc
+    for i, line in lines:
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MergeMixError(f"benchmark '{name}': {path}:{i} is not valid JSON ({exc.msg})") from exc
-        item_kind = kind or ("mc" if "choices" in raw else "gen")
+        item_kind = kind or ("mc" if isinstance(raw, dict) and "choices" in raw else "gen")
         items.append(_check_item(raw, item_kind, f"benchmark '{name}': {path}:{i}"))
         kind = item_kind
     if not items:

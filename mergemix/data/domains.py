@@ -157,22 +157,41 @@ class Shard:
                 yield self.split or ("heldout" if embedded._doc_heldout(d, self.fraction) else "train"), d
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 (a binary or wrongly encoded file) are an error naming the line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text's newlines
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise MergeMixError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); convert the file to UTF-8") from exc
+
+
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a text file, streamed; a line that is not UTF-8 is an error naming it."""
+    with open(path, "rb") as fh:
+        for i, raw in enumerate(fh, 1):
+            try:
+                yield i, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MergeMixError(f"{path}:{i}: not UTF-8 text; convert the file to UTF-8") from exc
+
+
 def _read(path: Path, text_field: str) -> Iterator[str]:
     if path.suffix == ".txt":
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield read_utf8(path)
         return
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    doc = json.loads(line)[text_field]
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise MergeMixError(f"{path}:{i}: expected a JSON object with a '{text_field}' string") from exc
-                if not isinstance(doc, str):
-                    raise MergeMixError(f"{path}:{i}: '{text_field}' is not a string")
-                yield doc
+        for i, line in utf8_lines(path):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)[text_field]
+            except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
+                raise MergeMixError(f"{path}:{i}: expected a JSON object with a '{text_field}' string") from exc
+            if not isinstance(doc, str):
+                raise MergeMixError(f"{path}:{i}: '{text_field}' is not a string")
+            yield doc
         return
     import pyarrow.parquet as pq
 
