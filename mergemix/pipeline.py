@@ -420,6 +420,8 @@ class Pipeline:
                   "experts": {n: self.store.ref(p) for n, p in self.expert_dirs.items()},
                   "suite": self.suite_key, **config_inputs(self.cfg, "search"), "seed": self.search_seed,
                   "prior": self.uniform_mixture}
+        if (self.cfg["search"].get("calibration") or "none") != "none":  # calibrated on a trained mixture run
+            inputs["mix"] = self.cfg["mix"]
         study_path = self.study_path(artifacts.stage_key("search", inputs))
 
         def build(tmp: Path):

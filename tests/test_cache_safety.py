@@ -244,7 +244,7 @@ SPEC = [
     ("paths.*", set()), ("domains.base_mixture.*", set()), ("domains.groups.*", set()), ("run_name", set()),
     ("expert_domain", set()), ("strategy", set()), ("baseline.*", set()), ("export.*", set()),
     *((f"{study}.*", set()) for study in ("validate", "theory", "curves", "landscape", "transfer", "dynamic",
-                                          "hierarchical")),
+                                          "hierarchical", "frontier")),
 ]
 USER_PATHS = {"tokenizer.path", "base.checkpoint"}  # a user's directory in place of a stage: keyed by its ref
 
