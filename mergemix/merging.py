@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mergemix.errors import MergeMixError
-from mergemix.models import check_checkpoint_dir, load_checkpoint
+from mergemix.models import check_checkpoint_dir, load_checkpoint, stamp_special_tokens
 from mergemix.simplex import check_weights
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
@@ -161,6 +161,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         for f in Path(base_path).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "generation_config")) and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
+        stamp_special_tokens(tmp)  # also for a base trained before the ids were written
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +43,20 @@ def run_strategy(pipe) -> dict:
 
 def log_to_wandb(logger_cfg: dict, result: dict, group: str, out_dir: Path) -> Path:
     """One W&B run per (strategy, seed), grouped per sweep: every trial's alpha, capability scores, U and
-    cumulative cost as a step, the trained U in the summary; returns the run's local directory."""
-    import wandb
+    cumulative cost as a step; the trained U, per-capability scores, mixture and search cost in the summary, so a
+    table or parallel-coordinates view compares strategies. Returns the run's local directory."""
+    from mergemix.loggers import flat, open_run
 
-    run = wandb.init(project=logger_cfg.get("project", "mergemix"), entity=logger_cfg.get("entity"), group=group,
-                     job_type=result["strategy"], name=f"{result['strategy']}-seed{result['seed']}",
-                     config={"strategy": result["strategy"], "search_seed": result["seed"]}, dir=str(out_dir),
-                     mode=logger_cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline", reinit="create_new")
-    for point in result["curve"]:
-        run.log({("search/" + k if "/" not in k else k): v for k, v in point.items()},
-                step=int(point["evaluations"]))
-    run.summary.update({"trained/U": result["U"], **{f"trained/{c}": v for c, v in result["capabilities"].items()},
-                        **{f"mixture/{n}": w for n, w in result["alpha"].items()},
-                        **{f"cost/{k}": v for k, v in result["cost"].items() if isinstance(v, (int, float))}})
-    run.finish()
-    return Path(run.dir).parent
+    config = {"strategy": result["strategy"], "search_seed": result["seed"]}
+    with open_run({**logger_cfg, "kind": "wandb"}, out_dir, group, f"{result['strategy']}-seed{result['seed']}",
+                  result["strategy"], config) as run:
+        for point in result["curve"]:
+            run.log({("search/" + k if "/" not in k else k): v for k, v in point.items()},
+                    step=int(point["evaluations"]))
+        run.summary({"trained/U": result["U"], "trained/U_std": result.get("U_std"),
+                     **flat("trained", result["capabilities"]), **flat("mixture", result["alpha"]),
+                     **flat("cost", {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))})})
+        return Path(run.run.dir).parent
 
 
 def aggregate(sweep_dir: Path) -> dict:
