@@ -128,6 +128,8 @@ def test_trained_mixture_logs_scores_learning_rate_and_throughput(micro_run, mic
 
 
 def test_compare_run_summary_has_trained_scores_and_cost(tmp_path, monkeypatch):
+    import wandb
+
     from mergemix.analysis.compare import log_to_wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -135,7 +137,9 @@ def test_compare_run_summary_has_trained_scores_and_cost(tmp_path, monkeypatch):
              for i, u in enumerate([0.1, 0.3])]
     result = {"strategy": "tpe", "seed": 1, "alpha": {"a": 0.5, "b": 0.5}, "U": 0.25, "U_std": 0.01,
               "capabilities": {"x": 0.2, "y": 0.3}, "cost": {"train_tokens": 1000, "flops": 3e9}, "curve": curve}
-    run = read_offline_run(log_to_wandb({"project": "mergemix"}, result, "compare-s", tmp_path))
+    run_dir = log_to_wandb({"project": "mergemix"}, result, "compare-s", tmp_path)
+    wandb.teardown()  # the service writes the run's file out when it stops
+    run = read_offline_run(run_dir)
     assert run["job_type"] == "tpe" and run["config"] == {"strategy": "tpe", "search_seed": 1}
     assert run["summary"]["trained/U"] == 0.25 and run["summary"]["trained/y"] == 0.3
     assert run["summary"]["mixture/a"] == 0.5 and run["summary"]["cost/flops"] == 3e9
@@ -241,3 +245,52 @@ def test_unknown_trainer_argument_is_one_error_line(micro_root, monkeypatch, cap
 
     assert_cli_error("run", "+trainer.nope=1", "trainer.nope is not an argument of pytorch_lightning.Trainer",
                      micro_root, monkeypatch, capsys)
+
+
+# ------------------------------------------------------------------------------------------------- figures ---
+def _figures(monkeypatch) -> list:
+    """The figures a plot function closes (captured instead of inspecting PNG pixels)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    closed, real = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real(fig))[1])
+    return closed
+
+
+def test_cost_curves_separate_merge_and_proxy_objectives_and_seeds(tmp_path, monkeypatch):
+    from mergemix.analysis.compare import _plot_curves
+
+    closed = _figures(monkeypatch)
+    curve = [{"flops": 10.0 ** (9 + i), "best_so_far": 0.1 * i} for i in range(4)]
+    by = {s: [{"seed": seed, "curve": curve} for seed in (0, 1)] for s in ("tpe", "surrogate", "proxy")}
+    by["uniform"] = [{"seed": 0, "curve": []}]
+    _plot_curves(tmp_path / "c.png", by)
+    (fig,) = closed
+    assert fig.get_suptitle() and len(fig.axes) == 2
+    merged, proxy = fig.axes
+    assert "merged U" in merged.get_title() and "proxy" in proxy.get_title()
+    for ax in fig.axes:
+        assert "FLOPs" in ax.get_xlabel() and "x100" in ax.get_ylabel()
+    assert {line.get_label() for line in merged.get_lines()} == {f"{s} (seed {i})" for s in ("surrogate", "tpe")
+                                                               for i in (0, 1)}
+    assert len({line.get_marker() for line in merged.get_lines()}) == 2  # seeds distinguished
+    assert (tmp_path / "c.png").is_file()
+
+
+def test_landscape_has_a_title_and_labelled_colour_bars(tmp_path, monkeypatch):
+    import numpy as np
+
+    from mergemix.analysis import landscape_plot
+    from mergemix.simplex import grid as simplex_grid
+
+    closed = _figures(monkeypatch)
+    grid = np.asarray(simplex_grid(4, 4))
+    values = {"U": grid[:, 0], "code": grid[:, 1]}
+    landscape_plot.plot(tmp_path / "l.png", grid, values, ["code", "math", "prose", "sft"], 4, grid[0], {})
+    (fig,) = closed
+    assert fig.get_suptitle()
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert [b.get_ylabel() for b in bars] == ["U (x100 above chance)", "code score (x100 above chance)"]
