@@ -294,3 +294,15 @@ def test_landscape_has_a_title_and_labelled_colour_bars(tmp_path, monkeypatch):
     assert fig.get_suptitle()
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert [b.get_ylabel() for b in bars] == ["U (x100 above chance)", "code score (x100 above chance)"]
+
+
+def test_python_api_reads_alpha_star_and_scores(micro_run, micro_root):
+    from mergemix import api
+
+    pipe, summary = micro_run
+    cfg = api.compose("experiment=micro", "logger=none", f"paths.root={micro_root}")
+    found = api.search(cfg)
+    assert found["alpha_star"] == summary["alpha_star"]
+    assert found["verified"]["U"] == pytest.approx(summary["rows"]["mergemix (merge)"]["U"], abs=1e-6)
+    assert api.evaluate(cfg, pipe.base_dir)["U"] == summary["rows"]["base"]["U"]
+    assert (Path(api.__file__).parent / "py.typed").is_file()
