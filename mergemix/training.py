@@ -154,9 +154,10 @@ def trainer_passthrough(trainer_cfg: dict) -> dict:
     from mergemix.errors import MergeMixError
 
     extra = {k: v for k, v in trainer_cfg.items() if k not in OWN_TRAINER_KEYS}
-    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    params = inspect.signature(pl.Trainer.__init__).parameters
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
     for key in sorted(extra):
-        if key not in accepted:
+        if key not in params and not open_ended:
             raise MergeMixError(f"trainer.{key} is not an argument of pytorch_lightning.Trainer "
                                 f"(see its documentation for the names it takes)")
         if key in MANAGED_TRAINER_KEYS:

@@ -306,3 +306,45 @@ def test_python_api_reads_alpha_star_and_scores(micro_run, micro_root):
     assert found["verified"]["U"] == pytest.approx(summary["rows"]["mergemix (merge)"]["U"], abs=1e-6)
     assert api.evaluate(cfg, pipe.base_dir)["U"] == summary["rows"]["base"]["U"]
     assert (Path(api.__file__).parent / "py.typed").is_file()
+
+
+def test_tracking_groups_are_unique_per_sweep_and_job(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mergemix.cli import _group
+
+    cfg = {"run_name": "micro"}
+
+    def sweep(stamp, num):
+        hc = SimpleNamespace(mode=RunMode.MULTIRUN, sweep=SimpleNamespace(dir=f"/o/multirun/micro/{stamp}"),
+                             job=SimpleNamespace(num=num))
+        monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
+        return _group(cfg, tmp_path / str(num))
+
+    groups = {sweep(stamp, num) for stamp in ("2026-01-01_00-00-00", "2026-01-01_00-05-00") for num in (0, 1)}
+    assert len(groups) == 4 and "micro-2026-01-01_00-05-00-1" in groups
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: SimpleNamespace(mode=RunMode.RUN)))
+    assert _group(cfg, tmp_path / "2026-01-01_00-00-00") == "micro-2026-01-01_00-00-00"
+
+
+def test_tpe_search_shows_progress_and_records_trials(tmp_path, capsys):
+    """A synthetic objective (no model): the bar counts the complete trials; every trial holds its mixture."""
+    import optuna
+
+    from mergemix.search.optuna_backend import optuna_search
+
+    def evaluate(alpha):
+        return {"U": float(alpha[0]), "capabilities": {"x": float(alpha[0]), "y": float(alpha[1])}}
+
+    storage = f"sqlite:///{tmp_path}/s.db"
+    cfg = {"budget": 6, "storage": storage, "study_name": "t", "sampler": "tpe"}
+    optuna_search(evaluate, ["a", "b"], cfg, 0, [], lambda r: r["U"])
+    err = capsys.readouterr().err
+    assert "search (tpe)" in err and "6/6" in err
+    for t in optuna.load_study(study_name="t", storage=storage).trials:
+        assert t.user_attrs["score/x"] == t.value == t.user_attrs["U"]
+        assert t.user_attrs["alpha"]["a"] == pytest.approx(t.value, abs=1e-6)
+        assert sum(t.user_attrs["alpha"].values()) == pytest.approx(1, abs=1e-5)
