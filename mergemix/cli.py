@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from mergemix.errors import MergeMixError
+from mergemix.loggers import report_run_dir
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 STUDIES = ("transfer", "dynamic", "hierarchical")  # mergemix.analysis.<name>: check_config(cfg), run(pipe)
@@ -158,7 +159,7 @@ def _quiet() -> None:
 
 def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     """Run one command on a composed, resolved config (used by the Hydra entry point and by tests)."""
-    from mergemix.loggers import make_logger_factory
+    from mergemix.loggers import Tracker
     from mergemix.pipeline import Pipeline
     from mergemix.simplex import check_weights
 
@@ -179,8 +180,8 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
     from mergemix.checks import writable_dir
 
     run_dir = writable_dir(_run_dir(cfg), "run directory")
-    loggers = make_logger_factory(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}")
-    pipe = Pipeline(cfg, run_dir, loggers)
+    tracker = Tracker(cfg["logger"], run_dir, _group(cfg, run_dir))
+    pipe = Pipeline(cfg, run_dir, tracker)
     if command == "experts":
         from mergemix.analysis.report import print_gains
 
@@ -235,8 +236,24 @@ def execute(command: str, cfg: dict, mix_weights=None) -> dict | None:
         print(f"\n{(run_dir / f'{command}.md').read_text()}")
     else:
         pipe.run()
+    with tracker.stage(command, "report", cfg) as run:
+        report_run_dir(run, run_dir, cfg["logger"].get("log_checkpoint", False))
     print(f"run directory: {run_dir}")
     return None
+
+
+def _group(cfg: dict, run_dir: Path) -> str:
+    """The tracking group of this job's stage runs: unique per run, and per sweep and job in a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            return f"{cfg['run_name']}-{Path(hc.sweep.dir).name}-{hc.job.num}"
+    except ValueError:  # not under @hydra.main
+        pass
+    return f"{cfg['run_name']}-{run_dir.name}"
 
 
 def _parse_dotlist(args: list[str], what: str) -> dict:

@@ -1,30 +1,173 @@
-"""Experiment loggers: CSV by default; W&B with one run per stage, grouped per pipeline run."""
+"""Experiment tracking: one run per stage, opened and finished in one place (`Tracker.stage`).
+
+A stage run carries the values that determine the stage as its config and the stage as its job type; what the
+stage reports (metrics per step, a summary, tables, images, files as artifacts) goes through `StageRun`. Kinds:
+csv (Lightning's CSVLogger per stage: config as hparams.yaml, metrics and summary as rows), wandb (one W&B run per
+stage, grouped per pipeline run; offline unless WANDB_API_KEY is set), none."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
+from mergemix.errors import MergeMixError
 
-def make_logger_factory(logger_cfg: dict, run_dir: Path, group: str) -> Callable | None:
-    kind = logger_cfg.get("kind", "csv")
-    if kind == "none":
-        return None
-    if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
+KINDS = ("csv", "wandb", "none")
 
-        return lambda stage, _tmp: CSVLogger(save_dir=str(run_dir / "logs"), name=stage.replace(":", "-"))
-    if kind == "wandb":
+
+class StageRun:
+    """What one stage reports. Without a tracking backend every method does nothing."""
+
+    def __init__(self, run=None, lightning=None):
+        self.run, self._lightning = run, lightning  # a wandb Run (kind wandb), a Lightning logger (csv, wandb)
+
+    @property
+    def id(self) -> str | None:
+        return getattr(self.run, "id", None)
+
+    def lightning(self):
+        """The Lightning logger of this run, for a Trainer (None: train without a logger)."""
+        return self._lightning
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+        elif self._lightning is not None:
+            self._lightning.log_metrics(metrics, step=step)
+
+    def summary(self, values: dict) -> None:
+        """Final values of the stage (W&B summary; a CSV row)."""
+        if self.run is not None:
+            self.run.summary.update(values)
+        elif self._lightning is not None:
+            self._lightning.log_metrics({k: v for k, v in values.items() if isinstance(v, (int, float))})
+
+    def table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({name: wandb.Table(columns=columns, data=rows)})
+
+    def image(self, name: str, path: str | Path) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({name: wandb.Image(str(path), caption=Path(path).name)})
+
+    def artifact(self, name: str, kind: str, paths: list[str | Path], metadata: dict | None = None) -> None:
+        """Files or directories as one artifact (W&B only: the run directory holds them already)."""
+        if self.run is not None:
+            import wandb
+
+            art = wandb.Artifact(name, type=kind, metadata=metadata)
+            for p in map(Path, paths):
+                art.add_dir(str(p), name=p.name) if p.is_dir() else art.add_file(str(p))
+            self.run.log_artifact(art)
+
+
+class Tracker:
+    """`with tracker.stage(name, job_type, config) as run:` opens the stage's run and finishes it on exit (failed
+    when the stage raised)."""
+
+    def __init__(self, logger_cfg: dict | None, run_dir: str | Path, group: str):
+        self.cfg, self.run_dir, self.group = dict(logger_cfg or {"kind": "none"}), Path(run_dir), group
+        self.kind = self.cfg.get("kind", "csv")
+        if self.kind not in KINDS:
+            raise MergeMixError(f"unknown logger kind '{self.kind}' (csv, wandb, none)")
+        if self.kind == "wandb":
+            self.mode = self.cfg.get("mode") or os.environ.get("WANDB_MODE") or (
+                "online" if os.environ.get("WANDB_API_KEY") else "offline")
+
+    @contextlib.contextmanager
+    def stage(self, name: str, job_type: str, config: dict | None = None) -> Iterator[StageRun]:
+        run = self._open(name, job_type, config or {})
+        failed = True
+        try:
+            yield run
+            failed = False
+        finally:
+            self._finish(run, failed)
+
+    def _open(self, name: str, job_type: str, config: dict) -> StageRun:
+        if self.kind == "none":
+            return StageRun()
+        if self.kind == "csv":
+            from pytorch_lightning.loggers import CSVLogger
+
+            logger = CSVLogger(save_dir=str(self.run_dir / "logs"), name=name.replace(":", "-"))
+            logger.log_hyperparams({"job_type": job_type, **config})
+            return StageRun(lightning=logger)
+        import wandb
         from pytorch_lightning.loggers import WandbLogger
 
-        mode = logger_cfg.get("mode") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        os.environ.setdefault("WANDB_MODE", mode)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        run = wandb.init(project=self.cfg.get("project", "mergemix"), entity=self.cfg.get("entity"), name=name,
+                         group=self.group, job_type=job_type, config=config, dir=str(self.run_dir), mode=self.mode,
+                         reinit="create_new")
+        return StageRun(run, WandbLogger(experiment=run))
 
-        def factory(stage: str, _tmp):
-            return WandbLogger(project=logger_cfg.get("project", "mergemix"), entity=logger_cfg.get("entity"),
-                               name=stage, group=group, job_type=stage.split(":")[0], save_dir=str(run_dir),
-                               mode=mode)
-        return factory
-    from mergemix.errors import MergeMixError
-    raise MergeMixError(f"unknown logger kind '{kind}' (csv, wandb, none)")
+    @staticmethod
+    def _finish(run: StageRun, failed: bool) -> None:
+        if run.run is not None:
+            run.run.finish(exit_code=1 if failed else 0)
+        elif run._lightning is not None:
+            run._lightning.finalize("failed" if failed else "success")
+
+
+def open_run(logger_cfg: dict, out_dir: str | Path, group: str, name: str, job_type: str, config: dict):
+    """One stage run outside a pipeline (a compare job's run): `with open_run(...) as run:`."""
+    return Tracker(logger_cfg, out_dir, group).stage(name, job_type, config)
+
+
+def flat(prefix: str, values: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def report_training(run: StageRun, manifest: dict) -> None:
+    """A training stage's results (also when served from the cache: linked to the run that produced it)."""
+    keys = ("final_loss", "steps", "train_tokens", "tokens_per_s", "wall_s", "world_size")
+    run.summary({**{k: manifest[k] for k in keys if k in manifest}, **flat("tokens", manifest.get("realised_tokens", {})),
+                 "cache_key": manifest.get("key"), "produced_by_run": manifest.get("run_id")})
+
+
+def report_scores(run: StageRun, result: dict, mixture: dict[str, float] | None = None) -> None:
+    """A checkpoint's benchmark result (and the mixture it was trained on) in the run's summary."""
+    run.summary({"U": result["U"], "U_std": result["U_std"], **flat("score", result["capabilities"]),
+                 **flat("mixture", mixture or {})})
+
+
+def report_search(run: StageRun, search_dir: Path, names: list[str]) -> None:
+    """Every evaluated merge as a step and as a table, alpha* with its verified U and scores in the summary,
+    mixture.yaml as an artifact."""
+    import json
+
+    from mergemix.search.run import read_trials
+
+    alphas, columns = read_trials(search_dir / "seeds.csv", names)
+    head = [*(f"alpha/{n}" for n in names), *(c if c in ("U", "U_std") else f"score/{c}" for c in columns)]
+    rows = [[*map(float, a), *(float(v[i]) for v in columns.values())] for i, a in enumerate(alphas)]
+    for step, row in enumerate(rows):
+        run.log(dict(zip(head, row)), step=step)
+    run.table("trials", head, rows)
+    s = json.loads((search_dir / "search.json").read_text())
+    verified = s["verified_result"]
+    run.summary({**flat("alpha_star", s["alpha_star"]), **flat("predicted", s.get("predicted") or {}),
+                 "U": verified["U"], "U_std": verified["U_std"], **flat("score", verified["capabilities"]),
+                 "backend": s["backend"], "objective": s["objective"], "evaluations": s.get("evaluations"),
+                 **flat("cost", {k: v for k, v in s.get("cost", {}).items() if isinstance(v, (int, float))})})
+    run.artifact("mixture", "mixture", [search_dir / "mixture.yaml"], {"alpha_star": s["alpha_star"]})
+
+
+def report_run_dir(run: StageRun, run_dir: Path, log_checkpoint: bool = False) -> None:
+    """A command's outputs: summary.json as the summary, every figure as an image, and with `log_checkpoint` the
+    alpha* checkpoint as an artifact (mixture.yaml is the search run's)."""
+    import json
+
+    if (run_dir / "summary.json").is_file():
+        run.summary(json.loads((run_dir / "summary.json").read_text()))
+    for png in sorted(run_dir.glob("*.png")):
+        run.image(png.stem, png)
+    if log_checkpoint and (run_dir / "alpha_star").is_dir():
+        run.artifact("alpha_star", "model", [run_dir / "alpha_star"])

@@ -16,7 +16,7 @@ import torch
 
 from mergemix.checks import check_writable
 from mergemix.errors import MergeMixError
-from mergemix.models import check_checkpoint_dir, load_checkpoint
+from mergemix.models import check_checkpoint_dir, load_checkpoint, stamp_special_tokens
 from mergemix.simplex import check_weights
 
 _IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
@@ -170,6 +170,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         for f in Path(base_path).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "generation_config")) and not (tmp / f.name).exists():
                 shutil.copy2(f, tmp / f.name)
+        stamp_special_tokens(tmp)  # also for a base trained before the ids were written
         if overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
         os.rename(tmp, out_dir)  # atomic, and refused onto a non-empty directory: of two merges to one `out`, one wins

@@ -125,3 +125,27 @@ def describe(model_cfg: dict, vocab_size: int) -> dict:
     routed, used = routed_expert_params(model)
     return {"name": model_cfg.get("name"), "architecture": type(model).__name__, "vocab_size": cfg.vocab_size,
             "total_params": total, "active_params": total - routed + used, "routed_expert_params": routed}
+
+
+def stamp_special_tokens(path: str | Path) -> None:
+    """Give an HF directory with a tokenizer what `pipeline("text-generation")` needs: the tokenizer's EOS, BOS and
+    PAD ids in config.json and generation_config.json (generation stops at EOS), and the model's positions as the
+    tokenizer's `model_max_length` (inputs are truncated to what the model was trained on)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    path = Path(path)
+    if not (path / "tokenizer_config.json").is_file():
+        return
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    ids = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
+           "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+    for key, value in ids.items():
+        setattr(cfg, key, value)
+    cfg.save_pretrained(str(path))
+    gen = GenerationConfig.from_model_config(cfg)
+    gen.save_pretrained(str(path))
+    positions = getattr(cfg, "max_position_embeddings", None)
+    if positions and tok.model_max_length != positions:
+        tok.model_max_length = positions
+        tok.save_pretrained(str(path))

@@ -22,6 +22,7 @@ from mergemix.data import domains as dom
 from mergemix.data import tokens as tok_store
 from mergemix.data.tokenizer import load_tokenizer, train_tokenizer
 from mergemix.errors import MergeMixError
+from mergemix.loggers import StageRun, Tracker, report_scores, report_search, report_training
 from mergemix.simplex import check_weights, token_proportional
 
 
@@ -57,11 +58,11 @@ def config_inputs(cfg: dict, stage: str) -> dict:
 
 
 class Pipeline:
-    def __init__(self, cfg: dict, run_dir: str | Path, loggers=None):
+    def __init__(self, cfg: dict, run_dir: str | Path, tracker: Tracker | None = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.store = ArtifactStore(cfg["paths"]["cache_dir"])
-        self.loggers = loggers  # callable(stage_name) -> Lightning logger or None
+        self.tracker = tracker or Tracker(None, run_dir, "")  # one run per stage (loggers.py)
         self.domain_names = sorted(cfg["domains"]["sources"])
         if not self.domain_names:
             raise MergeMixError("no domains configured (domains.sources is empty)")
@@ -110,6 +111,9 @@ class Pipeline:
         from mergemix.strategies import check_strategy
 
         check_strategy(self.cfg["trainer"].get("strategy"))
+        from mergemix.training import trainer_passthrough
+
+        trainer_passthrough(self.cfg["trainer"])
         from mergemix.resume import checkpoint_interval
 
         checkpoint_interval(self.cfg["trainer"].get("checkpoint_every_n_steps"), 1)
@@ -263,9 +267,10 @@ class Pipeline:
         return True
 
     def _train(self, stage: str, inputs: dict, init: Path | None, ratios: dict, spec: dict, desc: str,
-               seed: int | None = None) -> Path:
+               seed: int | None = None, evaluate: bool = False) -> Path:
+        """Train (or take from the cache) one checkpoint in its own tracked run; `evaluate`: its scores too."""
         from mergemix.models import build_model, load_checkpoint
-        from mergemix.training import train_causal_lm
+        from mergemix.training import train_causal_lm, trainer_passthrough
 
         _ = self.preflight  # the known runs, once, before the first training
         self.check_epochs(ratios, spec["tokens"], desc)
@@ -274,36 +279,39 @@ class Pipeline:
         full_inputs = {**inputs, **config_inputs(self.cfg, "train"),
                        "tokens": {n: p.name for n, p in self.token_dirs.items()}, "ratios": ratios, "spec": spec,
                        "seed": seed, "init": self.store.ref(init) if init else None}
+        extra = trainer_passthrough(tr)
+        if extra:  # only when set, so that the keys of runs without them stay as they were
+            full_inputs["trainer"] = extra
         # model.batch_size is the global batch: the process layout is not an input (the weights do not depend on it)
         parallel = bool(tr.get("strategy")) or str(tr["devices"]) != "1" or int(tr.get("num_nodes", 1)) > 1
 
-        def build(tmp: Path):
+        def build(tmp: Path, run: StageRun):
             model = load_checkpoint(init) if init else build_model(
                 {**m, "max_position_embeddings": m["seq_len"]}, len(self.tokenizer), seed)
             trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
                                                   "gradient_clip_val")}
             trainer_kwargs.update(num_nodes=int(tr.get("num_nodes", 1)), strategy=tr.get("strategy"),
                                   micro_batch_size=tr.get("micro_batch_size"),
-                                  checkpoint_every_n_steps=tr.get("checkpoint_every_n_steps"))
+                                  checkpoint_every_n_steps=tr.get("checkpoint_every_n_steps"), **extra)
             optim = {"weight_decay": self.cfg["optim"]["weight_decay"], "betas": self.cfg["optim"]["betas"],
                      "warmup_steps": spec.get("warmup_steps", 0), "schedule": spec.get("schedule", "constant")}
-            logger = self.loggers(desc, tmp) if self.loggers else None
-            try:
-                return train_causal_lm(model, self.tokenizer, self.arrays, ratios, tmp, int(spec["tokens"]),
-                                       m["seq_len"], m["batch_size"], float(spec["lr"]), seed, optim,
-                                       trainer_kwargs, logger, desc, self.store.partial_dir(stage, full_inputs))
-            finally:
-                if logger is not None and hasattr(logger, "experiment") and self.cfg["logger"]["kind"] == "wandb":
-                    import wandb
-                    wandb.finish()
+            out = train_causal_lm(model, self.tokenizer, self.arrays, ratios, tmp, int(spec["tokens"]),
+                                  m["seq_len"], m["batch_size"], float(spec["lr"]), seed, optim, trainer_kwargs,
+                                  run.lightning(), desc, self.store.partial_dir(stage, full_inputs))
+            return {**out, "run_id": run.id}
 
-        if not parallel:
-            return self.store.get_or_build(stage, full_inputs, build)
         from mergemix.strategies import is_secondary_rank, launch_id
 
-        if is_secondary_rank():  # every rank trains (collectives); rank 0 alone writes the artifact
-            return self.store.follow(stage, full_inputs, build, launch_id())
-        return self.store.get_or_build(stage, full_inputs, build, leader=launch_id())
+        if parallel and is_secondary_rank():  # every rank trains (collectives); rank 0 alone writes and logs
+            return self.store.follow(stage, full_inputs, lambda tmp: build(tmp, StageRun()), launch_id())
+        config = {**full_inputs, "cache_key": artifacts.stage_key(stage, full_inputs)}
+        with self.tracker.stage(desc, stage, config) as run:
+            path = self.store.get_or_build(stage, full_inputs, lambda tmp: build(tmp, run),
+                                           leader=launch_id() if parallel else None)
+            report_training(run, read_manifest(path))
+            if evaluate:
+                report_scores(run, self.evaluate_checkpoint(path), ratios)
+        return path
 
     @cached_property
     def base_dir(self) -> Path:
@@ -331,7 +339,7 @@ class Pipeline:
     def derive(self, **sections) -> Pipeline:
         """This pipeline with whole config sections replaced (another model, a checkpoint as the base): what the
         new inputs determine is rebuilt, everything else comes from the shared cache."""
-        return Pipeline({**self.cfg, **sections}, self.run_dir, self.loggers)
+        return Pipeline({**self.cfg, **sections}, self.run_dir, self.tracker)
 
     def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None,
                       seed: int | None = None) -> Path:
@@ -339,7 +347,7 @@ class Pipeline:
         order) defaults to search_seed."""
         ratios = check_weights(ratios, self.domain_names, f"mixture '{label}'")
         return self._train("mixture", {}, self.base_dir, ratios, spec or self.cfg["mix"], f"mix:{label}",
-                           self.search_seed if seed is None else int(seed))
+                           self.search_seed if seed is None else int(seed), evaluate=self.tracker.kind == "wandb")
 
     # ----------------------------------------------------------------------------------------- benchmarks ---
     @cached_property
@@ -422,12 +430,16 @@ class Pipeline:
                   "prior": self.uniform_mixture}
         if (self.cfg["search"].get("calibration") or "none") != "none":  # calibrated on a trained mixture run
             inputs["mix"] = self.cfg["mix"]
-        study_path = self.study_path(artifacts.stage_key("search", inputs))
+        key = artifacts.stage_key("search", inputs)
+        study_path = self.study_path(key)
 
         def build(tmp: Path):
             return run_search(self, tmp, self.merge_cache_path, study_path)
 
-        return self.store.get_or_build("search", inputs, build)
+        with self.tracker.stage("search", "search", {**inputs, "cache_key": key}) as run:
+            path = self.store.get_or_build("search", inputs, build)
+            report_search(run, path, self.domain_names)
+        return path
 
     @property
     def merge_cache_path(self) -> Path:
@@ -459,6 +471,7 @@ class Pipeline:
         import shutil
 
         from mergemix.analysis import report
+        from mergemix.search.run import copy_trials
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rows = {"base": self.evaluate_checkpoint(self.base_dir)}
@@ -467,15 +480,16 @@ class Pipeline:
         search = self.search_result
         alpha = search["alpha_star"]
         uniform = self.uniform_mixture
-        rows["uniform (trained)"] = self.evaluate_checkpoint(self.train_mixture(uniform, "uniform"))
         total = sum(alpha.values())  # alpha* is stored rounded to 6 decimals
-        rows["mergemix (trained)"] = self.evaluate_checkpoint(
-            self.train_mixture({d: w / total for d, w in alpha.items()}, "mergemix"))
+        mixtures = {"uniform": self.train_mixture(uniform, "uniform"),
+                    "mergemix": self.train_mixture({d: w / total for d, w in alpha.items()}, "mergemix")}
+        rows["uniform (trained)"] = self.evaluate_checkpoint(mixtures["uniform"])
+        rows["mergemix (trained)"] = self.evaluate_checkpoint(mixtures["mergemix"])
         rows["mergemix (merge)"] = search["verified_result"]
 
         shutil.copy2(self.search_dir / "mixture.yaml", self.run_dir / "mixture.yaml")
-        self.write_exports()
-        shutil.copy2(self.search_dir / "seeds.csv", self.run_dir / "seeds.csv")
+        exports = self.write_exports()
+        copy_trials(self.search_dir / "seeds.csv", self.run_dir / "seeds.csv", self.domain_names)
         table = report.write_table(self.run_dir, rows)
         cap_domain = {c: s.get("domain") for c, s in self.cfg["benchmarks"]["capabilities"].items()}
         caps = self.suite.capabilities
@@ -489,7 +503,10 @@ class Pipeline:
             "mergemix_vs_uniform": result, "calibration": calib, "verdict": warnings,
             "surrogate_cv_spearman": search["surrogate_cv_spearman"], "domain_tokens": self.token_counts,
             "artifacts": {"base": str(self.base_dir), "search": str(self.search_dir),
-                          "experts": {k: str(v) for k, v in self.expert_dirs.items()}},
+                          "experts": {k: str(v) for k, v in self.expert_dirs.items()},
+                          "mixtures": {k: str(v) for k, v in mixtures.items()},
+                          **({"alpha_star_checkpoint": str(exports["checkpoint"])} if "checkpoint" in exports
+                             else {})},
         }
         report.write_summary(self.run_dir, summary)
         self._print(table, summary)
@@ -500,8 +517,17 @@ class Pipeline:
         the search artifact: the data prefix is a deployment setting, not an input of the search."""
         from mergemix.exports import write_exports
 
-        prefix = (self.cfg.get("export") or {}).get("data_prefix", "/data/{domain}")
-        return write_exports(self.run_dir, self.alpha_star, self.base_dir, self.expert_dirs, prefix)
+        export = self.cfg.get("export") or {}
+        out = write_exports(self.run_dir, self.alpha_star, self.base_dir, self.expert_dirs,
+                            export.get("data_prefix", "/data/{domain}"))
+        if export.get("alpha_star_checkpoint"):  # theta(alpha*) as an HF checkpoint (from_pretrained, pipeline)
+            from mergemix.merging import export_merge
+
+            names = self.domain_names
+            out["checkpoint"] = export_merge(self.base_dir, [self.expert_dirs[n] for n in names],
+                                             [self.alpha_star[n] for n in names], self.run_dir / "alpha_star",
+                                             overwrite=True)
+        return out
 
     def expert_report(self) -> dict:
         """Base and expert scores, and each expert's gain on its own capability (paired noise)."""

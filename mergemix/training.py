@@ -139,6 +139,44 @@ class CausalLMModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+OWN_TRAINER_KEYS = {"accelerator", "devices", "precision", "enable_progress_bar", "gradient_clip_val", "num_nodes",
+                    "strategy", "micro_batch_size", "checkpoint_every_n_steps", "eval_dtype", "num_threads"}
+MANAGED_TRAINER_KEYS = {"max_epochs", "max_steps", "logger", "callbacks", "enable_checkpointing",
+                        "num_sanity_val_steps", "use_distributed_sampler", "accumulate_grad_batches",
+                        "log_every_n_steps", "enable_model_summary"}
+
+
+def trainer_passthrough(trainer_cfg: dict) -> dict:
+    """The `trainer.*` settings that are not MergeMix's own, passed to pl.Trainer as they are (`+trainer.X=...`);
+    a name pl.Trainer does not take, or one MergeMix sets itself, is refused."""
+    import inspect
+
+    from mergemix.errors import MergeMixError
+
+    extra = {k: v for k, v in trainer_cfg.items() if k not in OWN_TRAINER_KEYS}
+    params = inspect.signature(pl.Trainer.__init__).parameters
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    for key in sorted(extra):
+        if key not in params and not open_ended:
+            raise MergeMixError(f"trainer.{key} is not an argument of pytorch_lightning.Trainer "
+                                f"(see its documentation for the names it takes)")
+        if key in MANAGED_TRAINER_KEYS:
+            raise MergeMixError(f"trainer.{key} is set by MergeMix itself (from the token budgets, batch size and "
+                                f"logger config); it cannot be overridden")
+    return extra
+
+
+def monitors(logger, steps: int) -> list:
+    """Learning rate and throughput (tokens/s, and MFU where Lightning knows the device's peak FLOPs)."""
+    if logger is None:
+        return []
+    from pytorch_lightning.callbacks import LearningRateMonitor, ThroughputMonitor
+
+    return [LearningRateMonitor(logging_interval="step"),
+            ThroughputMonitor(batch_size_fn=lambda b: b.shape[0], length_fn=lambda b: b.numel(),
+                              window_size=max(2, min(100, steps // 5)))]
+
+
 def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dict[str, float], out_dir: Path,
                     n_tokens: int, seq_len: int, batch_size: int, lr: float, seed: int, optim: dict,
                     trainer_kwargs: dict, logger=None, desc: str = "train", checkpoint_dir: Path | None = None) -> dict:
@@ -177,6 +215,8 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     trainer.accumulate_grad_batches = per_device // micro
     trainer.log_every_n_steps = max(1, steps // 50)
     module = CausalLMModule(model, lr=lr, total_steps=steps, **optim)
+    module.flops_per_batch = 6 * sum(p.numel() for p in model.parameters()) * micro * seq_len  # 6ND, per device
+    trainer.callbacks.extend(monitors(logger, steps))
     resume = latest_checkpoint(checkpoint_dir)  # every rank looks before fit: none is written before all join
     if rank_zero_only.rank == 0:
         print(f"[{desc}] {steps} steps x {batch_size} ({world} devices x {per_device // micro} x {micro}) x "
@@ -198,7 +238,10 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     wall = time.time() - t0
     save_consolidated(trainer, model, out_dir)
     if trainer.is_global_zero:
+        from mergemix.models import stamp_special_tokens
+
         tokenizer.save_pretrained(str(out_dir))
+        stamp_special_tokens(out_dir)
     trainer.strategy.barrier("mergemix-saved")
     tokens = data.plan.realised_tokens()
     return {"final_loss": module.last_loss, "steps": steps, "realised_tokens": tokens,

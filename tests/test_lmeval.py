@@ -99,6 +99,18 @@ def test_limit_and_generation_members(tmp_path, tok_and_model):
 
 
 @needs_lmeval
+def test_members_print_no_git_lines(tmp_path, tok_and_model, monkeypatch, capfd):
+    """lm-eval runs `git describe` in the working directory; outside a repository git's stderr stays silent."""
+    tok, model = tok_and_model
+    d, _ = _task_dir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # not a git repository
+    tasks = lmeval.resolve({"mc": {"task": "toy_mc", "include_path": str(d), "limit": 4}})
+    Suite(tok, tasks, {"a": ["mc"]}, "acc", 8, 128, 0).per_item(model)
+    out, err = capfd.readouterr()
+    assert "not a git repository" not in out + err
+
+
+@needs_lmeval
 @pytest.mark.parametrize("spec, message", [
     ({"task": "no_such_task"}, "lm-eval task 'no_such_task' not found in"),
     ({"task": "toy_hub"}, "lm-eval task 'toy_hub' cannot be loaded"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +44,20 @@ def run_strategy(pipe) -> dict:
 
 def log_to_wandb(logger_cfg: dict, result: dict, group: str, out_dir: Path) -> Path:
     """One W&B run per (strategy, seed), grouped per sweep: every trial's alpha, capability scores, U and
-    cumulative cost as a step, the trained U in the summary; returns the run's local directory."""
-    import wandb
+    cumulative cost as a step; the trained U, per-capability scores, mixture and search cost in the summary, so a
+    table or parallel-coordinates view compares strategies. Returns the run's local directory."""
+    from mergemix.loggers import flat, open_run
 
-    run = wandb.init(project=logger_cfg.get("project", "mergemix"), entity=logger_cfg.get("entity"), group=group,
-                     job_type=result["strategy"], name=f"{result['strategy']}-seed{result['seed']}",
-                     config={"strategy": result["strategy"], "search_seed": result["seed"]}, dir=str(out_dir),
-                     mode=logger_cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline", reinit="create_new")
-    for point in result["curve"]:
-        run.log({("search/" + k if "/" not in k else k): v for k, v in point.items()},
-                step=int(point["evaluations"]))
-    run.summary.update({"trained/U": result["U"], **{f"trained/{c}": v for c, v in result["capabilities"].items()},
-                        **{f"mixture/{n}": w for n, w in result["alpha"].items()},
-                        **{f"cost/{k}": v for k, v in result["cost"].items() if isinstance(v, (int, float))}})
-    run.finish()
-    return Path(run.dir).parent
+    config = {"strategy": result["strategy"], "search_seed": result["seed"]}
+    with open_run({**logger_cfg, "kind": "wandb"}, out_dir, group, f"{result['strategy']}-seed{result['seed']}",
+                  result["strategy"], config) as run:
+        for point in result["curve"]:
+            run.log({("search/" + k if "/" not in k else k): v for k, v in point.items()},
+                    step=int(point["evaluations"]))
+        run.summary({"trained/U": result["U"], "trained/U_std": result.get("U_std"),
+                     **flat("trained", result["capabilities"]), **flat("mixture", result["alpha"]),
+                     **flat("cost", {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))})})
+        return Path(run.run.dir).parent
 
 
 def aggregate(sweep_dir: Path) -> dict:
@@ -91,22 +89,37 @@ def aggregate(sweep_dir: Path) -> dict:
 
 
 def _plot_curves(path: Path, by: dict) -> None:
+    """Best-so-far objective vs cumulative FLOPs: merge searches (merged U) and proxy searches (U of small trained
+    proxies) in separate panels, as their objectives differ; one colour per strategy, one marker per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for j, (s, rs) in enumerate(sorted(by.items())):
-        for i, r in enumerate(rs):  # one colour per strategy, one line per seed
-            if r["curve"]:
-                x = [c["flops"] for c in r["curve"]]
-                y = [100 * c["best_so_far"] for c in r["curve"]]
-                ax.step(x, y, where="post", label=s if i == 0 else None, alpha=0.8, color=f"C{j}")
-    ax.set_xscale("log")
-    ax.set_xlabel("cumulative FLOPs (training + evaluation)")
-    ax.set_ylabel("best-so-far search objective (x100)\n(merged U for merges, proxy U for proxies)")
-    ax.legend(fontsize=7)
+    proxies = {"proxy", "regmix"}  # training baselines: their objective is a proxy run's U
+    panels = [("merge searches: best merged U so far", [s for s in sorted(by) if s not in proxies]),
+              ("proxy searches: best proxy-trained U so far", [s for s in sorted(by) if s in proxies])]
+    panels = [(t, ss) for t, ss in panels if any(r["curve"] for s in ss for r in by[s])]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.2), squeeze=False)
+    markers = "osD^vP*X"
+    for ax, (title, strategies) in zip(axes[0], panels):
+        for s in strategies:
+            j = sorted(by).index(s)
+            for r in sorted(by[s], key=lambda r: r["seed"]):
+                if r["curve"]:
+                    x = [c["flops"] for c in r["curve"]]
+                    y = [100 * c["best_so_far"] for c in r["curve"]]
+                    ax.step(x, y, where="post", color=f"C{j}", alpha=0.8, marker=markers[r["seed"] % len(markers)],
+                            markevery=max(1, len(x) // 8), ms=4, label=f"{s} (seed {r['seed']})")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(numticks=6))
+        ax.set_xlabel("cumulative compute (FLOPs, training + evaluation; log scale)")
+        ax.set_ylabel("best-so-far U (x100 above chance)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Search objective vs compute, per strategy and seed")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

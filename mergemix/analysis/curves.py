@@ -154,6 +154,7 @@ def plot(path, out: dict) -> None:
         ax.set_xlabel(f"α ({a}; {b} = 1 − α)", fontsize=8)
     axes[0][0].set_ylabel(f"score x100 ({out['metric']})", fontsize=8)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Merged vs trained along the {a}-{b} edge", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -88,7 +88,11 @@ def plot(path, alphas: np.ndarray, values: dict[str, np.ndarray], names: list[st
                 ax.set_aspect("equal")
             ax.set_title(obj if k < 4 else f"{obj}: max over the rest", fontsize=9)
         if cs is not None:
-            fig.colorbar(cs, ax=list(row_axes), shrink=0.8, format="%.2f", label="x100" if k >= 4 else None)
+            what = "U" if obj == "U" else f"{obj} score"
+            fig.colorbar(cs, ax=list(row_axes), shrink=0.8, format="%.1f").set_label(
+                f"{what} (x100 above chance)", fontsize=8)
     axes[0][0].legend(fontsize=7, loc="upper right")
+    view = {2: "along the edge", 3: "over the simplex"}.get(k, "projected on each pair of domains (max over the rest)")
+    fig.suptitle(f"U and capability scores {view}; α* (star) and specialists (triangles)", fontsize=11)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -67,11 +67,13 @@ def plot(path: Path, mixtures: dict[str, Mixture], rows: dict[str, dict] | None 
         ax.bar(np.arange(len(domains)) + i * width, [100 * m.get(d, 0.0) for d in domains], width, label=label)
     ax.set_xticks(np.arange(len(domains)) + 0.4 - width / 2, domains)
     ax.set_ylabel("weight (%)")
+    ax.set_xlabel("domain")
     ax.set_title("mixtures", fontsize=9)
     ax.legend(fontsize=7)
     if rows:
         draw_scores(axes[0][1], rows)
         axes[0][1].set_title("trained", fontsize=9)
+    fig.suptitle("Data mixtures" + (" and the scores of the models trained on them" if rows else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -158,6 +158,8 @@ def draw_scores(ax, rows: dict[str, dict]) -> None:
         ax.bar(np.arange(len(cols)) + i * width, vals, width, yerr=errs, label=name, capsize=2)
     ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
     ax.set_ylabel("score above chance (x100)")
+    ax.set_xlabel("capability (U: their macro-average)")
+    ax.set_title("Capability scores per model", fontsize=10)
     ax.legend(fontsize=7, ncol=2)
 
 

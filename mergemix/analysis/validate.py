@@ -195,6 +195,7 @@ def plot(path, scores: dict, rho: dict, metric: str) -> None:
         ax.set_xlabel("trained (x100)", fontsize=8)
     axes[0][0].set_ylabel(f"merged (x100, {metric})", fontsize=8)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle("Rank consistency: merged vs really trained mixtures (Spearman ρ)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -150,9 +150,13 @@ def hflm(model, tokenizer, batch_size: int, max_length: int | None = None):
 
 def run(lm, task_names: list[str], tm, limit=None, num_fewshot=None, log_samples: bool = True) -> dict:
     """`lm_eval.simple_evaluate` on an HFLM, silenced, without bootstrap, response cache or global seeding."""
+    from unittest import mock
+
     import lm_eval
 
-    with quiet():
+    # lm-eval records `git describe` of the working directory, whose stderr ("fatal: not a git repository")
+    # bypasses Python's streams: the hash is not ours to record
+    with quiet(), mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None):
         return lm_eval.simple_evaluate(model=lm, tasks=task_names, task_manager=tm, limit=limit,
                                        num_fewshot=num_fewshot, bootstrap_iters=0, log_samples=log_samples,
                                        random_seed=None, numpy_random_seed=None, torch_random_seed=None)

@@ -66,12 +66,45 @@ def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler)
         raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="maximize",
                                 load_if_exists=True)
+    if study.metric_names is None:  # optuna-dashboard labels the objective
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(["U"])
     expected = {f"u_{n}" for n in names}
     for t in study.get_trials(deepcopy=False):  # a running or failed trial may hold only the first few parameters
         if not set(t.params) <= expected or (t.state == TrialState.COMPLETE and set(t.params) != expected):
             raise MergeMixError(f"study '{study_name}' exists with another search space ({sorted(t.params)}); "
                                 f"choose another search.study_name")
     return study
+
+
+def record_trial(trial, names: Sequence[str], alpha, result: Mapping) -> None:
+    """A trial's mixture and scores as user attributes (optuna-dashboard shows them next to its value): `alpha`
+    ({domain: weight} on the simplex; the parameters u_k are only its encoding), `score/<capability>`, `U`."""
+    trial.set_user_attr("alpha", {n: round(float(a), 6) for n, a in zip(names, alpha)})
+    for cap, value in result["capabilities"].items():
+        trial.set_user_attr(f"score/{cap}", float(value))
+    trial.set_user_attr("U", float(result["U"]))
+
+
+class Progress:
+    """A tqdm bar over the study's complete trials (of every worker), updated after each trial."""
+
+    def __init__(self, budget: int, done: int, desc: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=budget, initial=min(done, budget), desc=desc, unit="trial", dynamic_ncols=True)
+
+    def __call__(self, study, trial) -> None:
+        from optuna.trial import TrialState
+
+        done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+        self.bar.update(min(done, self.bar.total) - self.bar.n)
+        if trial.value is not None:
+            self.bar.set_postfix(U=f"{trial.value:.4f}", best=f"{study.best_value:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate, util, only_waiting=False):
@@ -82,16 +115,23 @@ def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate
     study = open_study(storage_url, study_name, names, make_sampler(sampler_name, seed))
 
     def objective(trial):
-        return util(evaluate(suggest_alpha(trial, names)))
+        alpha = suggest_alpha(trial, names)
+        result = evaluate(alpha)
+        record_trial(trial, names, alpha, result)
+        return util(result)
 
-    if only_waiting:  # the enqueued trials in one process: SQLite has no row locks, two workers could pop one
-        waiting = sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
-        if waiting:
-            study.optimize(objective, n_trials=waiting, show_progress_bar=False, catch=())
-        return optuna
-    if sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) < budget:
-        study.optimize(objective, callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,))],
-                       show_progress_bar=False, catch=())
+    done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    progress = Progress(budget, done, f"search ({sampler_name})")
+    try:
+        if only_waiting:  # the enqueued trials in one process: SQLite has no row locks, two workers could pop one
+            waiting = sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
+            if waiting:
+                study.optimize(objective, n_trials=waiting, callbacks=[progress], show_progress_bar=False, catch=())
+        elif done < budget:
+            study.optimize(objective, callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,)), progress],
+                           show_progress_bar=False, catch=())
+    finally:
+        progress.close()
     return optuna
 
 

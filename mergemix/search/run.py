@@ -122,40 +122,32 @@ def choose_alpha(outcome_alpha, verified: dict, searched: list, util, objective,
             "best_merge": {"alpha": [float(a) for a in best_alpha], "objective": float(util(best))}}
 
 
-def _log_trials(pipe, history, names) -> None:
-    """Every merge as a step of the stage's logger (CSV or one W&B run); alpha* (verified) last."""
-    if not pipe.loggers:
-        return
-    logger = pipe.loggers("search", None)
-    for step, (a, r) in enumerate(history):
-        metrics = {f"alpha/{n}": float(w) for n, w in zip(names, a)}
-        metrics.update({f"capability/{c}": v for c, v in r["capabilities"].items()})
-        metrics.update({"U": r["U"], "U_std": r["U_std"], "is_alpha_star": float(step == len(history) - 1)})
-        logger.log_metrics(metrics, step=step)
-    logger.save()
-    logger.finalize("success")
-    if pipe.cfg["logger"]["kind"] == "wandb":
-        import wandb
-
-        wandb.finish()
-
-
 def write_trials(path: Path, history, names, caps: list[str]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow([*names, *caps, "U", "U_std"])
+        w.writerow([*(f"alpha/{n}" for n in names), *(f"score/{c}" for c in caps), "U", "U_std"])
         for a, r in history:
             w.writerow([*np.round(a, 6), *(round(r["capabilities"][c], 6) for c in caps), round(r["U"], 6),
                         round(r["U_std"], 6)])
 
 
 def read_trials(path: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A trials file's alphas [N, K] and score columns (capabilities, U, U_std). Read by position: a capability
-    may share its name with a domain."""
+    """A trials file's alphas [N, K] and score columns (capabilities, U, U_std), keyed by capability. Read by
+    position: files written before the columns were named `alpha/<domain>`, `score/<capability>` repeat names."""
     with open(path) as fh:
         header, *rows = list(csv.reader(fh))
     data = np.array(rows, dtype=float).reshape(-1, len(header))
-    return data[:, :len(names)], {c: data[:, len(names) + i] for i, c in enumerate(header[len(names):])}
+    return data[:, :len(names)], {c.removeprefix("score/"): data[:, len(names) + i]
+                                  for i, c in enumerate(header[len(names):])}
+
+
+def copy_trials(src: Path, dst: Path, names: list[str]) -> None:
+    """A trials file with named columns (also one cached before the columns were named)."""
+    alphas, columns = read_trials(src, names)
+    caps = [c for c in columns if c not in ("U", "U_std")]
+    history = [(a, {"capabilities": {c: columns[c][i] for c in caps}, "U": columns["U"][i],
+                    "U_std": columns["U_std"][i]}) for i, a in enumerate(alphas)]
+    write_trials(dst, history, names, caps)
 
 
 def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
@@ -168,7 +160,6 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     outcome = backend(objective, names, s, pipe.search_seed, [pipe.uniform_mixture], objective.utility)
     searched = list(objective.history)
     verified = objective(outcome.alpha)
-    _log_trials(pipe, objective.history, names)
     caps = sorted(verified["capabilities"])
     write_trials(out_dir / "seeds.csv", searched, names, caps)
     searched = searched or [(np.asarray(outcome.alpha), verified)]  # the gradient back-end evaluates only alpha*
