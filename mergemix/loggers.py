@@ -24,6 +24,11 @@ class StageRun:
         self.run, self._lightning = run, lightning  # a wandb Run (kind wandb), a Lightning logger (csv, wandb)
 
     @property
+    def active(self) -> bool:
+        """Whether anything is recorded (a backend is attached)."""
+        return self.run is not None or self._lightning is not None
+
+    @property
     def id(self) -> str | None:
         return getattr(self.run, "id", None)
 

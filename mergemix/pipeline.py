@@ -308,7 +308,8 @@ class Pipeline:
         with self.tracker.stage(desc, stage, config) as run:
             path = self.store.get_or_build(stage, full_inputs, lambda tmp: build(tmp, run),
                                            leader=launch_id() if parallel else None)
-            report_training(run, read_manifest(path))
+            if run.active:
+                report_training(run, read_manifest(path))
             if evaluate:
                 report_scores(run, self.evaluate_checkpoint(path), ratios)
         return path
@@ -438,7 +439,8 @@ class Pipeline:
 
         with self.tracker.stage("search", "search", {**inputs, "cache_key": key}) as run:
             path = self.store.get_or_build("search", inputs, build)
-            report_search(run, path, self.domain_names)
+            if run.active:
+                report_search(run, path, self.domain_names)
         return path
 
     @property
