@@ -30,7 +30,7 @@ NUMBERS = {
     **{f"{stage}.tokens": "a positive integer" for stage in ("base", "experts", "mix")},
     **{f"{stage}.lr": "a positive number" for stage in ("base", "experts", "mix")},
     **{f"{stage}.warmup_steps": "a non-negative integer" for stage in ("base", "experts", "mix")},
-    "optim.weight_decay": "a non-negative number",
+    "optim.weight_decay": "a non-negative number", "model.router_bias_update_rate": "a non-negative number",
     "search.budget": "a positive integer", "search.n_workers": "a positive integer",
     "benchmarks.batch_size": "a positive integer", "benchmarks.max_length": "a positive integer",
     "benchmarks.bootstrap": "a non-negative integer", "trainer.num_threads": "a positive integer",

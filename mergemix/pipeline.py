@@ -262,7 +262,8 @@ class Pipeline:
             try:
                 return train_causal_lm(model, self.tokenizer, self.arrays, ratios, tmp, int(spec["tokens"]),
                                        m["seq_len"], m["batch_size"], float(spec["lr"]), seed, optim,
-                                       trainer_kwargs, logger, desc, self.store.partial_dir(stage, full_inputs))
+                                       trainer_kwargs, logger, desc, self.store.partial_dir(stage, full_inputs),
+                                       float(m.get("router_bias_update_rate", 0.0)))
             finally:
                 if logger is not None and hasattr(logger, "experiment") and self.cfg["logger"]["kind"] == "wandb":
                     import wandb
