@@ -111,6 +111,12 @@ def routed_expert_params(model) -> tuple[int, int]:
     return routed, used
 
 
+def active_params(model) -> int:
+    """Parameters a token passes through: all but the routed experts it is not sent to (= total for dense)."""
+    routed, used = routed_expert_params(model)
+    return count_params(model) - routed + used
+
+
 def describe(model_cfg: dict, vocab_size: int) -> dict:
     """Total and active parameter counts of a configured model, on the meta device (no weights allocated)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -121,7 +127,6 @@ def describe(model_cfg: dict, vocab_size: int) -> dict:
         cfg = hf_config(model_cfg, vocab_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    total = count_params(model)
-    routed, used = routed_expert_params(model)
     return {"name": model_cfg.get("name"), "architecture": type(model).__name__, "vocab_size": cfg.vocab_size,
-            "total_params": total, "active_params": total - routed + used, "routed_expert_params": routed}
+            "total_params": count_params(model), "active_params": active_params(model),
+            "routed_expert_params": routed_expert_params(model)[0]}

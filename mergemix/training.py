@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mergemix.data.sampler import MixturePlan, plan_mixture
+from mergemix.data.sampler import MixturePlan, plan_mixture, trained_windows
 
 
 # ----------------------------------------------------------------------------------------------- schedule ---
@@ -75,8 +75,8 @@ class MixtureDataModule(pl.LightningDataModule):
                  batch_size: int, seed: int, world: int = 1, micro_batch: int | None = None):
         super().__init__()
         self.arrays, self.batch_size, self.global_batch = arrays, micro_batch or batch_size // world, batch_size
-        n_windows = max(batch_size, n_tokens // seq_len // batch_size * batch_size)
-        self.plan = plan_mixture({d: len(a) for d, a in arrays.items()}, ratios, n_windows, seq_len, seed)
+        self.plan = plan_mixture({d: len(a) for d, a in arrays.items()}, ratios,
+                                 trained_windows(n_tokens, seq_len, batch_size), seq_len, seed)
 
     def train_dataloader(self) -> DataLoader:
         """Continues after the windows of the steps already taken (global_step, restored from a checkpoint)."""
@@ -154,7 +154,7 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     (resume.py) and training resumes from the newest one found; the weights equal an uninterrupted run's.
 
     An MoE model's routers are balanced by `router_bias_update_rate` (balance.py); their load is logged either way.
-    The result's `train_tokens` are the tokens trained: whole global batches (`trained_tokens`)."""
+    The result's `train_tokens` are the tokens trained: whole global batches (cost.trained_tokens)."""
     from mergemix.balance import RouterBalance, routers
     from mergemix.errors import MergeMixError
     from mergemix.resume import PeriodicCheckpoint, latest_checkpoint
