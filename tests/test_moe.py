@@ -182,11 +182,12 @@ def _train_moe(tmp_path, rate: float, steps: int = 40):
 @pytest.mark.slow
 def test_balanced_training_lowers_the_load_imbalance(tmp_path):
     """Unbalanced, micro_moe's router collapses onto two experts within a few steps (max/mean load 2.0, the worst
-    for top-2 of 4) and stays there; with the bias update the imbalance falls again."""
+    for top-2 of 4) and mostly stays there; with micro_moe's configured bias update the imbalance falls again."""
+    import numpy as np
+
     free, bias0 = _train_moe(tmp_path, 0.0)
-    balanced, bias = _train_moe(tmp_path, 0.03)
+    balanced, bias = _train_moe(tmp_path, _micro_moe(tmp_path)["router_bias_update_rate"])
     assert bias0.abs().sum() == 0 and bias.abs().sum() > 0
-    late = slice(len(free) // 2, None)
-    assert min(free[late]) > 1.9
-    peak = max(balanced[:10])
-    assert peak > 1.9 and sum(balanced[late]) / len(balanced[late]) < peak - 0.3, balanced
+    late = slice(len(balanced) // 2, None)
+    assert max(balanced[:10]) > 1.9 and np.mean(balanced[late]) < min(1.4, max(balanced[:10]) - 0.5), balanced
+    assert np.mean(free[late]) > np.mean(balanced[late]) + 0.3, free
