@@ -85,6 +85,14 @@ class ExpertBank:
 
     @classmethod
     def from_paths(cls, base_path: str | Path, expert_paths: dict[str, str | Path]) -> ExpertBank:
+        """Full checkpoints, or LoRA adapters (lora.LoraBank: the base once plus the adapters' factors)."""
+        from mergemix.lora import LoraBank, is_adapter
+
+        kinds = {is_adapter(p) for p in expert_paths.values()}
+        if kinds == {True}:
+            return LoraBank.from_paths(base_path, expert_paths)
+        if len(kinds) > 1:
+            raise MergeMixError("experts mix LoRA adapters and full checkpoints; train them all of one kind")
         base = load_checkpoint(base_path)
         return cls(base, {n: load_checkpoint(p) for n, p in expert_paths.items()})
 

@@ -78,16 +78,21 @@ def check_checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise MergeMixError(f"checkpoint directory not found: {path}")
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise MergeMixError(f"not a checkpoint directory (no config.json): {path}")
     return path
 
 
 def load_checkpoint(path: str | Path):
-    """Load an HF causal-LM directory, turning the usual failures into one clear error."""
+    """Load an HF causal-LM directory (or a LoRA adapter's, merged into its base), turning the usual failures into
+    one clear error."""
     from transformers import AutoModelForCausalLM
 
     path = check_checkpoint_dir(path)
+    if not (path / "config.json").is_file():  # a LoRA expert: its base with the adapter merged in
+        from mergemix.lora import load_merged
+
+        return load_merged(path)
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
     except Exception as exc:

@@ -242,8 +242,10 @@ class Pipeline:
         self.check_epochs(ratios, spec["tokens"], desc)
         m, tr = self.cfg["model"], self.cfg["trainer"]
         seed = self.seed if seed is None else seed
+        lora = spec.get("kind") == "lora"  # LoRA experts: adapters on the base (lora.py)
+        key_spec = spec if lora else {k: v for k, v in spec.items() if k not in ("kind", "lora")}
         full_inputs = {**inputs, "model": m, "tokens": {n: p.name for n, p in self.token_dirs.items()},
-                       "ratios": ratios, "spec": spec, "optim": self.cfg["optim"], "precision": tr["precision"],
+                       "ratios": ratios, "spec": key_spec, "optim": self.cfg["optim"], "precision": tr["precision"],
                        "seed": seed, "init": self.store.ref(init) if init else None}
         # model.batch_size is the global batch: the process layout is not an input (the weights do not depend on it)
         parallel = bool(tr.get("strategy")) or str(tr["devices"]) != "1" or int(tr.get("num_nodes", 1)) > 1
@@ -251,6 +253,10 @@ class Pipeline:
         def build(tmp: Path):
             model = load_checkpoint(init) if init else build_model(
                 {**m, "max_position_embeddings": m["seq_len"]}, len(self.tokenizer), seed)
+            if lora:
+                from mergemix.lora import wrap
+
+                model = wrap(model, spec["lora"])
             trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
                                                   "gradient_clip_val")}
             trainer_kwargs.update(num_nodes=int(tr.get("num_nodes", 1)), strategy=tr.get("strategy"),
