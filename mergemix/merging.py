@@ -141,6 +141,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     """Write theta(alpha) as an HF checkpoint (safetensors + config + tokenizer when the base has one).
     `stream`: merge tensor by tensor from memory-mapped safetensors (mergemix/streaming.py) instead of loading
     K + 2 models; None streams when the in-memory merge would not fit in half the free RAM."""
+    from mergemix.lora import is_adapter
     from mergemix.streaming import check_lineage, stream_merge
 
     out_dir = Path(out_dir)
@@ -155,6 +156,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         check_lineage(base_path, p, name)
     if stream is None:
         stream = not _fits_in_memory(base_path, len(names))
+    stream = stream and not any(is_adapter(p) for p in expert_paths)  # LoRA: the base plus K small adapters
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

@@ -84,3 +84,30 @@ def test_mixed_expert_kinds_and_bad_kind_are_clear_errors(tmp_path, monkeypatch,
         ExpertBank.from_paths(base_dir, {**paths, "full": base_dir})
     assert_cli_error("experts", "experts.kind=qlora", "experts.kind must be full or lora", tmp_path, monkeypatch,
                      capsys)
+
+
+@pytest.mark.slow
+def test_lora_experts_train_as_adapters_and_merge_like_their_models(tmp_path):
+    """experts.kind=lora on micro (rank 4): each expert directory holds an adapter (under a quarter of the base
+    checkpoint's bytes), the expert report loads it merged, and the search's bank reproduces each expert."""
+    from conftest import micro_cfg
+
+    from mergemix.pipeline import Pipeline
+
+    cfg = micro_cfg(tmp_path, "experts.kind=lora", "experts.lora.r=4", "base.tokens=8000", "experts.tokens=4000")
+    pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
+    assert len(pipe.expert_report()) == len(pipe.domain_names)
+
+    def size(d):
+        return sum(f.stat().st_size for f in d.iterdir() if f.suffix == ".safetensors")
+
+    for path in pipe.expert_dirs.values():
+        assert (path / "adapter_model.safetensors").is_file() and not (path / "config.json").exists()
+        assert size(path) < size(pipe.base_dir) / 4
+    bank = ExpertBank.from_paths(pipe.base_dir, pipe.expert_dirs)
+    assert isinstance(bank, LoraBank) and max(float(d.abs().max()) for d in bank.deltas.values()) > 0
+    target = load_checkpoint(pipe.base_dir)
+    for i, (name, path) in enumerate(sorted(pipe.expert_dirs.items())):
+        bank.merge_into(target, [float(j == i) for j in range(len(bank.names))])
+        for pname, t in mergeable(load_checkpoint(path)).items():
+            torch.testing.assert_close(mergeable(target)[pname], t, rtol=0, atol=1e-6)
