@@ -24,7 +24,7 @@ class RouterBalance(pl.Callback):
         self.rate, self.history = float(rate), []
         self._routers, self._counts, self._hooks, self._step = [], [], [], None
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:  # after a resumed run's step counter is restored
         self._routers = routers(pl_module)
         self._counts = [torch.zeros_like(r.e_score_correction_bias, dtype=torch.float64) for r in self._routers]
         self._hooks = [r.register_forward_hook(self._counter(i)) for i, r in enumerate(self._routers)]

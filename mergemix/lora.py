@@ -69,7 +69,9 @@ def load_adapter(path: str | Path) -> tuple[float, dict[str, tuple[torch.Tensor,
     path = Path(path)
     cfg = json.loads((path / ADAPTER_CONFIG).read_text())
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "target_parameters") if cfg.get(k)]
-    unsupported += [k for k in ("use_dora", "fan_in_fan_out") if cfg.get(k)]
+    unsupported += [k for k in ("use_dora", "fan_in_fan_out", "modules_to_save", "lora_bias",
+                                "trainable_token_indices") if cfg.get(k)]
+    unsupported += ["bias"] if cfg.get("bias", "none") != "none" else []
     if cfg.get("peft_type") != "LORA" or unsupported:
         raise MergeMixError(f"adapter {path}: only plain LoRA adapters merge (peft_type LORA without "
                             f"{', '.join(unsupported) or 'other options'})")

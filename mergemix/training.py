@@ -165,7 +165,7 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     if checkpoint_dir is not None:
         callbacks.append(PeriodicCheckpoint(checkpoint_dir, every))
     balance = RouterBalance(router_bias_update_rate) if routers(model) else None
-    callbacks += [balance] if balance else []
+    callbacks = ([balance] if balance else []) + callbacks  # first: a step's checkpoint holds its bias update
     strategy = build_strategy(kwargs.pop("strategy", None), model)
     micro = kwargs.pop("micro_batch_size", None)  # sequences per forward pass; the rest is gradient accumulation
     pl.seed_everything(seed, workers=True, verbose=False)

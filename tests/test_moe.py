@@ -140,7 +140,7 @@ def test_router_bias_moves_against_the_load_of_each_step(tmp_path):
     model = build_model(_micro_moe(tmp_path), 256, 0)
     module = type("M", (), {"modules": model.modules, "log_dict": lambda self, d, **k: logged.append(d)})()
     logged, trainer, cb = [], _Trainer(), RouterBalance(0.25)
-    cb.on_fit_start(trainer, module)
+    cb.on_train_start(trainer, module)
     xs = [torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(i)) for i in range(2)]
     loads = [sum(torch.bincount(c[j].reshape(-1), minlength=4) for c in (_route(model, x) for x in xs))
              for j in range(len(routers(model)))]
