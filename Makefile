@@ -31,7 +31,6 @@ test-all: install  ## fast and slow tiers
 	WANDB_MODE=disabled $(BIN)/pytest -q -m "slow or not slow"
 
 test-postgres: install  ## Optuna workers on a real PostgreSQL study (server: Debian's postgresql package)
-	$(BIN)/pip install -q --disable-pip-version-check "psycopg2-binary==2.9.13"  # the `postgres` extra
 	WANDB_MODE=disabled $(BIN)/pytest -q -m slow tests/test_postgres.py
 
 gpu-check: install  ## one GPU: FSDP/bf16 training of a ~1B model, merge and evaluation; tokens/s and MFU

@@ -32,7 +32,9 @@ NUMBERS = {
     **{f"{stage}.tokens": "a positive integer" for stage in ("base", "experts", "mix")},
     **{f"{stage}.lr": "a positive number" for stage in ("base", "experts", "mix")},
     **{f"{stage}.warmup_steps": "a non-negative integer" for stage in ("base", "experts", "mix")},
-    "optim.weight_decay": "a non-negative number",
+    "experts.lora.r": "a positive integer", "experts.lora.alpha": "a positive number",
+    "experts.lora.dropout": "a fraction in [0, 1)",
+    "optim.weight_decay": "a non-negative number", "model.router_bias_update_rate": "a non-negative number",
     "search.budget": "a positive integer", "search.n_workers": "a positive integer",
     "search.merge_scale": "a positive number",
     "benchmarks.batch_size": "a positive integer", "benchmarks.max_length": "a positive integer",
@@ -127,10 +129,20 @@ def check_paths(cfg: dict) -> None:
     check_writable(cfg["paths"]["cache_dir"], "paths.cache_dir")
 
 
+def check_experts(cfg: dict) -> None:
+    experts = cfg.get("experts") or {}
+    kind = experts.get("kind", "full")
+    if kind not in ("full", "lora"):
+        raise MergeMixError(f"experts.kind must be full or lora, got {kind!r}")
+    if kind == "lora" and (cfg.get("trainer") or {}).get("strategy"):
+        raise MergeMixError("experts.kind=lora trains on one device per job (no trainer.strategy such as fsdp)")
+
+
 def check_config(cfg: dict) -> None:
     check_numbers(cfg)
     check_choices(cfg)
     check_paths(cfg)
+    check_experts(cfg)
     storage = (cfg.get("search") or {}).get("storage")
     if storage:
         from mergemix.search.optuna_backend import check_storage

@@ -89,6 +89,14 @@ class ExpertBank:
 
     @classmethod
     def from_paths(cls, base_path: str | Path, expert_paths: dict[str, str | Path]) -> ExpertBank:
+        """Full checkpoints, or LoRA adapters (lora.LoraBank: the base once plus the adapters' factors)."""
+        from mergemix.lora import LoraBank, is_adapter
+
+        kinds = {is_adapter(p) for p in expert_paths.values()}
+        if kinds == {True}:
+            return LoraBank.from_paths(base_path, expert_paths)
+        if len(kinds) > 1:
+            raise MergeMixError("experts mix LoRA adapters and full checkpoints; train them all of one kind")
         base = load_checkpoint(base_path)
         return cls(base, {n: load_checkpoint(p) for n, p in expert_paths.items()})
 
@@ -138,6 +146,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     """Write theta(alpha) as an HF checkpoint (safetensors + config + tokenizer when the base has one).
     `stream`: merge tensor by tensor from memory-mapped safetensors (mergemix/streaming.py) instead of loading
     K + 2 models; None streams when the in-memory merge would not fit in half the free RAM."""
+    from mergemix.lora import is_adapter
     from mergemix.streaming import check_lineage, stream_merge
 
     out_dir = Path(out_dir)
@@ -153,6 +162,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         check_lineage(base_path, p, name)
     if stream is None:
         stream = not _fits_in_memory(base_path, len(names))
+    stream = stream and not any(is_adapter(p) for p in expert_paths)  # LoRA: the base plus K small adapters
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # unique to this merge
     umask = os.umask(0)

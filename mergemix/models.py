@@ -78,16 +78,21 @@ def check_checkpoint_dir(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         raise MergeMixError(f"checkpoint directory not found: {path}")
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise MergeMixError(f"not a checkpoint directory (no config.json): {path}")
     return path
 
 
 def load_checkpoint(path: str | Path):
-    """Load an HF causal-LM directory, turning the usual failures into one clear error."""
+    """Load an HF causal-LM directory (or a LoRA adapter's, merged into its base), turning the usual failures into
+    one clear error."""
     from transformers import AutoModelForCausalLM
 
     path = check_checkpoint_dir(path)
+    if not (path / "config.json").is_file():  # a LoRA expert: its base with the adapter merged in
+        from mergemix.lora import load_merged
+
+        return load_merged(path)
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=True)
     except Exception as exc:
@@ -111,6 +116,12 @@ def routed_expert_params(model) -> tuple[int, int]:
     return routed, used
 
 
+def active_params(model) -> int:
+    """Parameters a token passes through: all but the routed experts it is not sent to (= total for dense)."""
+    routed, used = routed_expert_params(model)
+    return count_params(model) - routed + used
+
+
 def describe(model_cfg: dict, vocab_size: int) -> dict:
     """Total and active parameter counts of a configured model, on the meta device (no weights allocated)."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -121,10 +132,9 @@ def describe(model_cfg: dict, vocab_size: int) -> dict:
         cfg = hf_config(model_cfg, vocab_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    total = count_params(model)
-    routed, used = routed_expert_params(model)
     return {"name": model_cfg.get("name"), "architecture": type(model).__name__, "vocab_size": cfg.vocab_size,
-            "total_params": total, "active_params": total - routed + used, "routed_expert_params": routed}
+            "total_params": count_params(model), "active_params": active_params(model),
+            "routed_expert_params": routed_expert_params(model)[0]}
 
 
 def stamp_special_tokens(path: str | Path) -> None:

@@ -276,8 +276,10 @@ class Pipeline:
         self.check_epochs(ratios, spec["tokens"], desc)
         m, tr = self.cfg["model"], self.cfg["trainer"]
         seed = self.seed if seed is None else seed
+        lora = spec.get("kind") == "lora"  # LoRA experts: adapters on the base (lora.py)
+        key_spec = spec if lora else {k: v for k, v in spec.items() if k not in ("kind", "lora")}
         full_inputs = {**inputs, **config_inputs(self.cfg, "train"),
-                       "tokens": {n: p.name for n, p in self.token_dirs.items()}, "ratios": ratios, "spec": spec,
+                       "tokens": {n: p.name for n, p in self.token_dirs.items()}, "ratios": ratios, "spec": key_spec,
                        "seed": seed, "init": self.store.ref(init) if init else None}
         extra = trainer_passthrough(tr)
         if extra:  # only when set, so that the keys of runs without them stay as they were
@@ -288,6 +290,10 @@ class Pipeline:
         def build(tmp: Path, run: StageRun):
             model = load_checkpoint(init) if init else build_model(
                 {**m, "max_position_embeddings": m["seq_len"]}, len(self.tokenizer), seed)
+            if lora:
+                from mergemix.lora import wrap
+
+                model = wrap(model, spec["lora"])
             trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
                                                   "gradient_clip_val")}
             trainer_kwargs.update(num_nodes=int(tr.get("num_nodes", 1)), strategy=tr.get("strategy"),
@@ -297,7 +303,8 @@ class Pipeline:
                      "warmup_steps": spec.get("warmup_steps", 0), "schedule": spec.get("schedule", "constant")}
             out = train_causal_lm(model, self.tokenizer, self.arrays, ratios, tmp, int(spec["tokens"]),
                                   m["seq_len"], m["batch_size"], float(spec["lr"]), seed, optim, trainer_kwargs,
-                                  run.lightning(), desc, self.store.partial_dir(stage, full_inputs))
+                                  run.lightning(), desc, self.store.partial_dir(stage, full_inputs),
+                                  float(m.get("router_bias_update_rate", 0.0)))
             return {**out, "run_id": run.id}
 
         from mergemix.strategies import is_secondary_rank, launch_id

@@ -13,7 +13,7 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mergemix.data.sampler import MixturePlan, plan_mixture
+from mergemix.data.sampler import MixturePlan, plan_mixture, trained_windows
 
 
 # ----------------------------------------------------------------------------------------------- schedule ---
@@ -75,8 +75,8 @@ class MixtureDataModule(pl.LightningDataModule):
                  batch_size: int, seed: int, world: int = 1, micro_batch: int | None = None):
         super().__init__()
         self.arrays, self.batch_size, self.global_batch = arrays, micro_batch or batch_size // world, batch_size
-        n_windows = max(batch_size, n_tokens // seq_len // batch_size * batch_size)
-        self.plan = plan_mixture({d: len(a) for d, a in arrays.items()}, ratios, n_windows, seq_len, seed)
+        self.plan = plan_mixture({d: len(a) for d, a in arrays.items()}, ratios,
+                                 trained_windows(n_tokens, seq_len, batch_size), seq_len, seed)
 
     def train_dataloader(self) -> DataLoader:
         """Continues after the windows of the steps already taken (global_step, restored from a checkpoint)."""
@@ -179,7 +179,8 @@ def monitors(logger, steps: int) -> list:
 
 def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dict[str, float], out_dir: Path,
                     n_tokens: int, seq_len: int, batch_size: int, lr: float, seed: int, optim: dict,
-                    trainer_kwargs: dict, logger=None, desc: str = "train", checkpoint_dir: Path | None = None) -> dict:
+                    trainer_kwargs: dict, logger=None, desc: str = "train", checkpoint_dir: Path | None = None,
+                    router_bias_update_rate: float = 0.0) -> dict:
     """Train `model` on the mixture `ratios` for `n_tokens` tokens and save an HF checkpoint in `out_dir`.
 
     `batch_size` is the global batch (sequences per optimizer step), split evenly over the devices and, with
@@ -188,7 +189,11 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     this; rank 0 alone writes `out_dir` (FSDP shards are gathered first).
 
     With `checkpoint_dir`, a checkpoint is written there every `trainer_kwargs["checkpoint_every_n_steps"]` steps
-    (resume.py) and training resumes from the newest one found; the weights equal an uninterrupted run's."""
+    (resume.py) and training resumes from the newest one found; the weights equal an uninterrupted run's.
+
+    An MoE model's routers are balanced by `router_bias_update_rate` (balance.py); their load is logged either way.
+    The result's `train_tokens` are the tokens trained: whole global batches (cost.trained_tokens)."""
+    from mergemix.balance import RouterBalance, routers
     from mergemix.errors import MergeMixError
     from mergemix.resume import PeriodicCheckpoint, latest_checkpoint
     from mergemix.strategies import build_strategy, save_consolidated
@@ -197,6 +202,8 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     every, callbacks = kwargs.pop("checkpoint_every_n_steps", None), list(kwargs.pop("callbacks", None) or [])
     if checkpoint_dir is not None:
         callbacks.append(PeriodicCheckpoint(checkpoint_dir, every))
+    balance = RouterBalance(router_bias_update_rate) if routers(model) else None
+    callbacks = ([balance] if balance else []) + callbacks  # first: a step's checkpoint holds its bias update
     strategy = build_strategy(kwargs.pop("strategy", None), model)
     micro = kwargs.pop("micro_batch_size", None)  # sequences per forward pass; the rest is gradient accumulation
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -246,4 +253,5 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     tokens = data.plan.realised_tokens()
     return {"final_loss": module.last_loss, "steps": steps, "realised_tokens": tokens,
             "train_tokens": sum(tokens.values()), "wall_s": round(wall, 2), "world_size": world,
-            "global_rank": trainer.global_rank, "tokens_per_s": round(sum(tokens.values()) / max(wall, 1e-9))}
+            "global_rank": trainer.global_rank, "tokens_per_s": round(sum(tokens.values()) / max(wall, 1e-9)),
+            **({"moe_load_imbalance": [round(h["moe/load_imbalance"], 4) for h in balance.history]} if balance else {})}

@@ -43,7 +43,7 @@ def parse(argv):
     ap.add_argument("--model", default="llama_1b", help="a conf/model name (ignored with --tiny)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per expert (default 40; 4 with --tiny)")
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model config's (2048 for llama_1b)")
-    ap.add_argument("--batch-size", type=int, default=None, help="per device; default: the model config's")
+    ap.add_argument("--batch-size", type=int, default=None, help="global (sequences per step on all devices); default: the model config's")
     ap.add_argument("--precision", default="bf16-mixed")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for the MFU")
     ap.add_argument("--root", default="outputs/gpu_check", help="cache of the micro testbed")

@@ -33,9 +33,10 @@ TRIAL_FAMILIES = ("proxy", "regmix", "proxy_full", "regmix_full", "regmix_small"
 
 
 def trained_tokens(tokens: int, model: dict) -> int:
-    """Tokens a run of `tokens` really trains: whole batches of seq_len x batch_size."""
-    per_step = int(model["seq_len"]) * int(model["batch_size"])
-    return int(tokens) // per_step * per_step
+    """Tokens a run of `tokens` really trains (whole global batches), for a model config."""
+    from mergemix.search.cost import trained_tokens as trained
+
+    return trained(tokens, model["seq_len"], model["batch_size"])
 
 
 # -------------------------------------------------------------------------------------------------- jobs ---
@@ -86,13 +87,11 @@ def _point(pipe, family: str, settings: dict, alpha: dict, train: list[tuple[int
            eval_params: int) -> dict:
     """Train `alpha` at mix.tokens (data order = the search seed), score it, and record the search's cost:
     `train` lists (trained tokens, parameters) of every run the search paid for."""
-    from mergemix.models import count_params, load_checkpoint
-
     total = sum(alpha.values())
     alpha = {n: float(alpha[n]) / total for n in pipe.domain_names}
     scores = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, family))
     n_eval = pipe.suite.evaluator.n_tokens()
-    n_params = count_params(load_checkpoint(pipe.base_dir)) if eval_params is None else eval_params
+    n_params = _params(pipe) if eval_params is None else eval_params
     return {"family": family, "label": FAMILIES[family], "settings": settings, "seed": pipe.search_seed,
             "alpha": alpha, "U": scores["U"], "U_std": scores["U_std"], "capabilities": scores["capabilities"],
             "train_tokens": int(sum(t for t, _ in train)), "train_flops": float(sum(6.0 * t * p for t, p in train)),
@@ -100,9 +99,10 @@ def _point(pipe, family: str, settings: dict, alpha: dict, train: list[tuple[int
 
 
 def _params(pipe) -> int:
-    from mergemix.models import count_params, load_checkpoint
+    """Active parameters of the pipeline's model (= all of them for a dense model)."""
+    from mergemix.models import active_params, load_checkpoint
 
-    return count_params(load_checkpoint(pipe.base_dir))
+    return active_params(load_checkpoint(pipe.base_dir))
 
 
 def _fixed(pipe, job, _small) -> list[dict]:

@@ -55,12 +55,16 @@ def plan_mixture(lengths: dict[str, int], ratios: dict[str, float], n_windows: i
     return MixturePlan(names, dom_arr[order], start_arr[order], seq_len)
 
 
+def trained_windows(n_tokens: int, seq_len: int, batch_size: int) -> int:
+    """Training windows of a run of `n_tokens`: cut to whole global batches, at least one batch."""
+    return max(batch_size, n_tokens // seq_len // batch_size * batch_size)
+
+
 def epochs(lengths: dict[str, int], ratios: dict[str, float], n_tokens: int, seq_len: int,
            batch_size: int) -> dict[str, float]:
     """Passes over each domain's tokens that a run of `n_tokens` on `ratios` draws (windows as the trainer
     plans them on one device: whole batches, each domain's share by largest-remainder rounding)."""
-    n_windows = max(batch_size, n_tokens // seq_len // batch_size * batch_size)
-    counts = allocate({d: ratios.get(d, 0.0) for d in lengths}, n_windows)
+    counts = allocate({d: ratios.get(d, 0.0) for d in lengths}, trained_windows(n_tokens, seq_len, batch_size))
     return {d: counts[d] * seq_len / max(1, lengths[d]) for d in sorted(lengths)}
 
 

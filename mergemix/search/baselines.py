@@ -14,8 +14,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mergemix.errors import MergeMixError
-from mergemix.models import count_params, load_checkpoint
-from mergemix.search.cost import Ledger
+from mergemix.models import load_checkpoint
+from mergemix.search.cost import Ledger, trained_tokens
 from mergemix.search.surrogate import Surrogate, fine_search, result_utility
 from mergemix.simplex import check_weights, dirichlet
 
@@ -28,7 +28,9 @@ class ProxyObjective:
     def __init__(self, pipe, cfg: Mapping, objective: str):
         self.pipe, self.names, self.objective = pipe, pipe.domain_names, objective
         self.spec = {**pipe.cfg["mix"], "tokens": int(cfg["trial_tokens"])}
-        self.ledger = Ledger(count_params(load_checkpoint(pipe.base_dir)))
+        self.ledger = Ledger.for_model(load_checkpoint(pipe.base_dir))
+        m = pipe.cfg["model"]
+        self.run_tokens = trained_tokens(self.spec["tokens"], m["seq_len"], m["batch_size"])
         self.history: list[tuple[np.ndarray, dict]] = []
 
     def utility(self, result: dict) -> float:
@@ -39,7 +41,7 @@ class ProxyObjective:
         ratios = dict(zip(self.names, map(float, lam / lam.sum())))
         path = self.pipe.train_mixture(ratios, "proxy", self.spec)
         result = self.pipe.evaluate_checkpoint(path)
-        self.ledger.train(self.spec["tokens"])
+        self.ledger.train(self.run_tokens)
         self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result), ratios,
                                result["capabilities"])
         self.history.append((lam, result))

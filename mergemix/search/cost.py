@@ -1,5 +1,6 @@
-"""Cost ledger of a mixture search: training tokens, FLOPs (6·N·D to train, 2·N·D to evaluate), evaluations,
-wall time, and best-so-far U against cumulative cost."""
+"""Cost ledger of a mixture search: training tokens, FLOPs (6·N·D to train, 2·N·D to evaluate, N the active
+parameters: an MoE token passes through the dense, shared and its top-k routed experts only), evaluations, wall
+time, and best-so-far U against cumulative cost. Training is charged the tokens trained (`trained_tokens`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,30 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from mergemix.data.sampler import trained_windows
+
+
+def trained_tokens(tokens: int, seq_len: int, batch_size: int) -> int:
+    """Tokens a training run of `tokens` configured tokens trains: whole global batches of `batch_size` windows of
+    `seq_len` (training.py), e.g. 60,000 at 16 x 256 -> 57,344."""
+    return trained_windows(int(tokens), int(seq_len), int(batch_size)) * int(seq_len)
+
 
 @dataclass
 class Ledger:
-    n_params: int
+    n_params: int  # active parameters per token (`Ledger.for_model`)
     train_tokens: int = 0
     eval_tokens: int = 0
     evaluations: int = 0
     started: float = field(default_factory=time.time)
     curve: list[dict] = field(default_factory=list)  # one point per evaluation
     _best: float = float("-inf")
+
+    @classmethod
+    def for_model(cls, model) -> Ledger:
+        from mergemix.models import active_params
+
+        return cls(active_params(model))
 
     def train(self, tokens: int) -> None:
         self.train_tokens += int(tokens)

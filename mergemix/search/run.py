@@ -12,10 +12,10 @@ import numpy as np
 import yaml
 
 from mergemix.merging import ExpertBank
-from mergemix.models import count_params, load_checkpoint
+from mergemix.models import load_checkpoint
 from mergemix.search.backends import get_backend
 from mergemix.search.calibration import calibrate, recovery
-from mergemix.search.cost import Ledger
+from mergemix.search.cost import Ledger, trained_tokens
 from mergemix.search.evalcache import EvalCache
 from mergemix.search.surrogate import Surrogate, objective_std, result_utility
 
@@ -51,8 +51,10 @@ class MergeObjective:
         self.names = pipe.domain_names
         self.bank = ExpertBank.from_paths(pipe.base_dir, pipe.expert_dirs)
         self.target = load_checkpoint(pipe.base_dir)
-        self.ledger = Ledger(count_params(self.target))
-        self.ledger.train(len(self.names) * int(pipe.cfg["experts"]["tokens"]))  # the experts are MergeMix's cost
+        self.ledger = Ledger.for_model(self.target)
+        m = pipe.cfg["model"]  # the experts are MergeMix's cost: the tokens they trained
+        self.ledger.train(len(self.names) * trained_tokens(pipe.cfg["experts"]["tokens"], m["seq_len"],
+                                                           m["batch_size"]))
         self.history: list[tuple[np.ndarray, dict]] = []
 
     def utility(self, result: dict) -> float:
@@ -88,7 +90,8 @@ def recovery_calibration(pipe, objective: MergeObjective) -> dict:
     base = pipe.evaluate_checkpoint(pipe.base_dir)
     merged = objective.raw([prior[n] for n in objective.names])
     trained = pipe.evaluate_checkpoint(pipe.train_mixture(prior, "uniform"))
-    objective.ledger.train(int(pipe.cfg["mix"]["tokens"]))
+    m = pipe.cfg["model"]
+    objective.ledger.train(trained_tokens(pipe.cfg["mix"]["tokens"], m["seq_len"], m["batch_size"]))
     ratios = recovery(base, merged, trained)
     return {"base": dict(base["capabilities"]), "ratios": ratios, "at": dict(prior),
             "merged": dict(merged["capabilities"]), "trained": dict(trained["capabilities"])}
