@@ -33,6 +33,33 @@ def assert_cli_error(command: str, override: str, message: str, root, monkeypatc
     assert err[-1].startswith("error: ") and message in err[-1]
 
 
+def run_cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, list[str]]:
+    """`mergemix ARGV` in this process: (exit code, stdout, non-empty stderr lines); Hydra's global state reset."""
+    import logging
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from mergemix.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mergemix"])
+    monkeypatch.setenv("MERGEMIX_COMMAND", "")  # main sets it for Lightning's re-runs; undone afterwards
+    handlers, level = logging.root.handlers[:], logging.root.level  # Hydra configures logging for its job
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+        logging.root.handlers[:], logging.root.level = handlers, level
+    out = capsys.readouterr()
+    return code, out.out, [ln for ln in out.err.splitlines() if ln.strip()]
+
+
 @pytest.fixture(scope="session")
 def micro_root(tmp_path_factory):
     return tmp_path_factory.mktemp("micro")
