@@ -19,6 +19,20 @@ def micro_cfg(tmp_root, *overrides: str) -> dict:
     return cfg
 
 
+def load_domain(name: str, spec, seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    """A domain's documents as two lists (train, held-out), read in memory: the reference the shards must match."""
+    from pathlib import Path
+
+    from mergemix.data import domains
+
+    domains.check_source(name, spec)
+    if spec.get("source", "embedded") == "embedded":
+        return domains.load_embedded(name, spec, seed, heldout_fraction)
+    swap = not domains.probe(name, domains.shards(name, spec, Path(), heldout_fraction, 1 << 62))
+    parts = domains.shards(name, spec, Path(), heldout_fraction, 1 << 62, swap)
+    return list(domains.iter_docs(parts, "train")), list(domains.iter_docs(parts, "heldout"))
+
+
 def assert_cli_error(command: str, override: str, message: str, root, monkeypatch, capsys) -> None:
     """`mergemix <command>` on the micro experiment with one bad override stops with one `error:` line that
     contains `message`, exit code 2, before anything is trained."""

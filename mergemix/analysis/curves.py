@@ -137,9 +137,6 @@ def markdown(out: dict) -> str:
 
 
 def plot(path, out: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     a, b = out["domains"]

@@ -258,9 +258,6 @@ def _markdown(r: dict) -> str:
 
 def _heatmaps(path: Path, names: list[str], panels: list[tuple[str, np.ndarray]], signed: bool) -> None:
     """One annotated heatmap per panel; `signed` (cosines) uses a diverging map on [-1, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)

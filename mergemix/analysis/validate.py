@@ -153,9 +153,6 @@ def markdown(out: dict) -> str:
 
 
 def plot(path, scores: dict, rho: dict, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = list(scores["merged"])
