@@ -173,6 +173,7 @@ def test_gradient_matches_finite_differences(micro_run):
         assert abs(float(fd) - float(z.grad[k])) < 1e-3 * max(0.1, abs(float(fd)))
 
 
+@pytest.mark.slow  # a gradient search through the micro pipeline
 def test_gradient_backend_on_micro_pipeline(micro_run, micro_root, tmp_path):
     from conftest import micro_cfg
 

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 from conftest import micro_cfg
 
@@ -39,6 +40,7 @@ def test_second_run_reuses_every_artifact(micro_run, micro_root, tmp_path):
     assert summary["alpha_star"] == micro_run[1]["alpha_star"]
 
 
+@pytest.mark.slow  # a subprocess mixture run with offline W&B
 def test_wandb_logger_offline_one_run_per_stage(micro_run, micro_root, tmp_path):
     import os
 
