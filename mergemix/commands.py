@@ -1,6 +1,7 @@
 """The `mergemix` commands as a registry: name -> Command. A command runs on a composed, resolved config; all but
 `info` build the pipeline in a run directory first. Studies (`STUDIES`) are modules of mergemix.analysis with
-`check_config(cfg)` (optional, run before anything is built) and `run(pipe)`, which writes <name>.{json,md,png}."""
+`check_config(cfg)` (optional, run before anything is built) and `run(pipe)`, which writes <name>.{json,md,png}
+(validate: validation.*)."""
 
 from __future__ import annotations
 
@@ -80,12 +81,15 @@ def _compare(pipe, _args) -> None:
           f"training tokens {result['cost']['train_tokens']:.3g}; comparison: {pipe.run_dir.parent / 'comparison.md'}")
 
 
+REPORTS = {"validate": "validation"}  # a study's report files when not <name>.{json,md,png}
+
+
 def _study(name: str, summary: str) -> Command:
     module = f"mergemix.analysis.{name}"
 
     def run(pipe, _args) -> None:
         importlib.import_module(module).run(pipe)
-        print(f"\n{(pipe.run_dir / f'{name}.md').read_text()}")
+        print(f"\n{(pipe.run_dir / f'{REPORTS.get(name, name)}.md').read_text()}")
 
     def check(cfg: dict) -> None:
         getattr(importlib.import_module(module), "check_config", lambda cfg: None)(cfg)
