@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         return _hydra_entry(command, mix_weights)
     try:
         if command == "merge":
-            return _merge(argv)
+            return print(usage()) if {"-h", "--help"} & set(argv) else _merge(argv)
         mix_weights = None
         if command == "mix" and not {"-h", "--help"} & set(argv):
             mix_weights, argv = _mix_weights(argv)

@@ -28,6 +28,11 @@ def test_help_lists_commands_and_config_groups(capsys, monkeypatch):
     assert "--multirun,-m" in out
 
 
+def test_merge_help_is_the_usage(capsys, monkeypatch):
+    code, out, _ = run_cli(["merge", "--help"], capsys, monkeypatch)
+    assert code == 0 and out.startswith("usage: mergemix") and "  merge " in out
+
+
 def test_cfg_job_prints_the_config_and_writes_nothing(tmp_path, capsys, monkeypatch):
     code, out, _ = run_cli(["run", *MICRO, f"paths.root={tmp_path}/home", "--cfg", "job"], capsys, monkeypatch)
     cfg = yaml.safe_load(out)
