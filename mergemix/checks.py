@@ -138,6 +138,23 @@ def check_experts(cfg: dict) -> None:
         raise MergeMixError("experts.kind=lora trains on one device per job (no trainer.strategy such as fsdp)")
 
 
+def check_storage(storage_url: str) -> None:
+    """The storage URL's form and database driver, without connecting: a typo fails before any training."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(storage_url)
+        url.get_dialect().import_dbapi()
+    except ImportError as exc:
+        raise MergeMixError(f"cannot open Optuna storage {storage_url}: its database driver is not installed "
+                            f"({exc}); PostgreSQL: pip install -e .[postgres], postgresql+psycopg2://...") from exc
+    except Exception as exc:  # SQLAlchemy raises many kinds
+        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
+    folder = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database else None
+    if folder and not folder.is_dir():
+        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {folder} is not a directory")
+
+
 def check_config(cfg: dict) -> None:
     check_numbers(cfg)
     check_choices(cfg)
@@ -145,6 +162,4 @@ def check_config(cfg: dict) -> None:
     check_experts(cfg)
     storage = (cfg.get("search") or {}).get("storage")
     if storage:
-        from mergemix.search.optuna_backend import check_storage
-
         check_storage(storage)

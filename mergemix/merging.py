@@ -16,35 +16,20 @@ import torch
 
 from mergemix.checks import check_writable
 from mergemix.errors import MergeMixError
-from mergemix.models import check_checkpoint_dir, load_checkpoint, stamp_special_tokens
+from mergemix.models import (
+    IGNORED_CONFIG_KEYS,
+    check_checkpoint_dir,
+    check_same_config,
+    load_checkpoint,
+    stamp_special_tokens,
+)
 from mergemix.simplex import check_weights
-
-_IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
-                        "use_cache", "bos_token_id", "eos_token_id", "pad_token_id"}
+from mergemix.streaming import check_lineage, checkpoint_bytes, stream_merge
 
 
 def architecture(model) -> dict:
-    cfg = {k: v for k, v in model.config.to_dict().items() if k not in _IGNORED_CONFIG_KEYS}
+    cfg = {k: v for k, v in model.config.to_dict().items() if k not in IGNORED_CONFIG_KEYS}
     return {"config": cfg, "shapes": {n: tuple(p.shape) for n, p in model.named_parameters()}}
-
-
-# Config keys naming an MoE's expert count (Glm4Moe/DeepSeek, Qwen-MoE, Mixtral spellings).
-_EXPERT_COUNT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts", "num_experts_per_tok",
-                      "n_shared_experts")
-
-
-def check_same_config(base_cfg: dict, other_cfg: dict, name: str) -> None:
-    """One clear error when an expert's config differs from the base's (expert counts named first)."""
-    a = {k: v for k, v in base_cfg.items() if k not in _IGNORED_CONFIG_KEYS}
-    b = {k: v for k, v in other_cfg.items() if k not in _IGNORED_CONFIG_KEYS}
-    for key in _EXPERT_COUNT_KEYS:
-        if a.get(key) != b.get(key):
-            raise MergeMixError(f"expert '{name}' has {key}={b.get(key)} but the base has {a.get(key)}: "
-                                "an MoE expert count must match the base to merge")
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    if diff:
-        detail = ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in diff[:3])
-        raise MergeMixError(f"expert '{name}' has another architecture than the base ({detail})")
 
 
 def check_compatible(base, other, name: str) -> None:
@@ -130,8 +115,6 @@ class ExpertBank:
 
 def _fits_in_memory(base_path: str | Path, k: int) -> bool:
     """Whether the in-memory merge (base, K task vectors and the model, all fp32) fits in half the free RAM."""
-    from mergemix.streaming import checkpoint_bytes
-
     try:
         size = checkpoint_bytes(base_path) * 2  # a bf16 checkpoint doubles in fp32
     except MergeMixError:
@@ -147,7 +130,6 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     `stream`: merge tensor by tensor from memory-mapped safetensors (mergemix/streaming.py) instead of loading
     K + 2 models; None streams when the in-memory merge would not fit in half the free RAM."""
     from mergemix.lora import is_adapter
-    from mergemix.streaming import check_lineage, stream_merge
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:

@@ -137,6 +137,29 @@ def describe(model_cfg: dict, vocab_size: int) -> dict:
             "routed_expert_params": routed_expert_params(model)[0]}
 
 
+# Config keys that do not change the architecture (merging compares the rest).
+IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
+                       "use_cache", "bos_token_id", "eos_token_id", "pad_token_id"}
+
+# Config keys naming an MoE's expert count (Glm4Moe/DeepSeek, Qwen-MoE, Mixtral spellings).
+_EXPERT_COUNT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts", "num_experts_per_tok",
+                      "n_shared_experts")
+
+
+def check_same_config(base_cfg: dict, other_cfg: dict, name: str) -> None:
+    """One clear error when an expert's config differs from the base's (expert counts named first)."""
+    a = {k: v for k, v in base_cfg.items() if k not in IGNORED_CONFIG_KEYS}
+    b = {k: v for k, v in other_cfg.items() if k not in IGNORED_CONFIG_KEYS}
+    for key in _EXPERT_COUNT_KEYS:
+        if a.get(key) != b.get(key):
+            raise MergeMixError(f"expert '{name}' has {key}={b.get(key)} but the base has {a.get(key)}: "
+                                "an MoE expert count must match the base to merge")
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff:
+        detail = ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in diff[:3])
+        raise MergeMixError(f"expert '{name}' has another architecture than the base ({detail})")
+
+
 def stamp_special_tokens(path: str | Path) -> None:
     """Give an HF directory with a tokenizer what `pipeline("text-generation")` needs: the tokenizer's EOS, BOS and
     PAD ids in config.json and generation_config.json (generation stops at EOS), and the model's positions as the

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from mergemix.errors import MergeMixError
-from mergemix.merging import check_same_config
+from mergemix.models import check_same_config
 
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 BLOCK_ELEMS = 1 << 22    # elements per merged block (16 MiB in fp32)

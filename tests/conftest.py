@@ -19,6 +19,20 @@ def micro_cfg(tmp_root, *overrides: str) -> dict:
     return cfg
 
 
+def load_domain(name: str, spec, seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
+    """A domain's documents as two lists (train, held-out), read in memory: the reference the shards must match."""
+    from pathlib import Path
+
+    from mergemix.data import domains
+
+    domains.check_source(name, spec)
+    if spec.get("source", "embedded") == "embedded":
+        return domains.load_embedded(name, spec, seed, heldout_fraction)
+    swap = not domains.probe(name, domains.shards(name, spec, Path(), heldout_fraction, 1 << 62))
+    parts = domains.shards(name, spec, Path(), heldout_fraction, 1 << 62, swap)
+    return list(domains.iter_docs(parts, "train")), list(domains.iter_docs(parts, "heldout"))
+
+
 def assert_cli_error(command: str, override: str, message: str, root, monkeypatch, capsys) -> None:
     """`mergemix <command>` on the micro experiment with one bad override stops with one `error:` line that
     contains `message`, exit code 2, before anything is trained."""
@@ -31,6 +45,33 @@ def assert_cli_error(command: str, override: str, message: str, root, monkeypatc
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def run_cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, list[str]]:
+    """`mergemix ARGV` in this process: (exit code, stdout, non-empty stderr lines); Hydra's global state reset."""
+    import logging
+    import sys
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from mergemix.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mergemix"])
+    monkeypatch.setenv("MERGEMIX_COMMAND", "")  # main sets it for Lightning's re-runs; undone afterwards
+    handlers, level = logging.root.handlers[:], logging.root.level  # Hydra configures logging for its job
+    capsys.readouterr()
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        HydraConfig.instance().cfg = None
+        GlobalHydra.instance().clear()
+        logging.root.handlers[:], logging.root.level = handlers, level
+    out = capsys.readouterr()
+    return code, out.out, [ln for ln in out.err.splitlines() if ln.strip()]
 
 
 @pytest.fixture(scope="session")

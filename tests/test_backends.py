@@ -42,7 +42,8 @@ def test_parameterisation_covers_the_simplex_uniformly():
 
 @pytest.mark.parametrize("backend, sampler, tol", [
     ("surrogate", None, 0.15), ("iterative", None, 0.15), ("grid", None, 0.15),
-    ("optuna", "tpe", 0.15), ("optuna", "cmaes", 0.15), ("optuna", "gp", 0.15), ("optuna", "qmc", 0.2),
+    ("optuna", "tpe", 0.15), ("optuna", "cmaes", 0.15), pytest.param("optuna", "gp", 0.15, marks=pytest.mark.slow),
+    ("optuna", "qmc", 0.2),
     ("optuna", "random", 0.2),
 ])
 def test_backend_finds_known_optimum(backend, sampler, tol, tmp_path):
@@ -172,6 +173,7 @@ def test_gradient_matches_finite_differences(micro_run):
         assert abs(float(fd) - float(z.grad[k])) < 1e-3 * max(0.1, abs(float(fd)))
 
 
+@pytest.mark.slow  # a gradient search through the micro pipeline
 def test_gradient_backend_on_micro_pipeline(micro_run, micro_root, tmp_path):
     from conftest import micro_cfg
 
@@ -181,10 +183,12 @@ def test_gradient_backend_on_micro_pipeline(micro_run, micro_root, tmp_path):
                     "search.top_k=10", f"paths.run_dir={tmp_path}")
     pipe = Pipeline(cfg, tmp_path)
     result = pipe.search_result
-    assert abs(sum(result["alpha_star"].values()) - 1) < 1e-5
-    assert len(result["info"]["dev_nll"]) == 3 and result["evaluations"] >= 1
+    nll = result["info"]["dev_nll"]
+    assert len(nll) == 3 and nll[-1] < nll[0]  # each Adam step on the dev NLL of the merge lowers it
+    assert abs(sum(result["alpha_star"].values()) - 1) < 1e-5 and result["alpha_star"] != pipe.uniform_mixture
 
 
+@pytest.mark.slow
 def test_compare_sweep_writes_comparison(micro_root, tmp_path):
     import json
 
@@ -206,6 +210,7 @@ def test_compare_sweep_writes_comparison(micro_root, tmp_path):
     assert (tmp_path / "sweep" / "comparison.md").is_file() and (tmp_path / "sweep" / "cost_curves.png").is_file()
 
 
+@pytest.mark.slow  # a real search stage killed and rerun in subprocesses (the fast tier kills a synthetic study)
 @pytest.mark.parametrize("backend", ["surrogate", "tpe"])
 def test_killed_search_stage_resumes_to_the_same_result(backend, micro_run, micro_root, tmp_path):
     """SIGKILL the real search stage mid-way, rerun the same command: no merge is evaluated twice, and the result

@@ -10,15 +10,14 @@ run's base and two of its experts, <base_key>, <code_key>, <math_key> their cach
 
 from __future__ import annotations
 
-import logging
 import re
 import shlex
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "TROUBLESHOOTING.md"
 README = DOC.parents[1] / "README.md"
@@ -46,7 +45,7 @@ CASES = [
     # ------------------------------------------------------------------------------------------ config ---
     Case("unknown-key", "config", "run no_such_key=1",
          "bad config: Could not override 'no_such_key'.",
-         "Check the key's spelling against conf/config.yaml and its groups; add a new key with `+key=value`."),
+         "Check the key's spelling against mergemix/conf/config.yaml and its groups; add a new key with `+key=value`."),
     Case("unknown-group-option", "config", "run logger=nope",
          "bad config: In 'config': Could not find 'logger/nope' (options: csv, none, wandb)",
          "Pick one of the listed options, or add your YAML file with `--config-dir`."),
@@ -397,29 +396,6 @@ def _artifacts(root: Path) -> set[str]:
     return {str(p.parent.relative_to(root)) for p in (root / "cache").glob("*/*/manifest.json")}
 
 
-def _cli(argv: list[str], capsys, monkeypatch) -> tuple[int, list[str]]:
-    """`mergemix ARGV` in this process: (exit code, non-empty stderr lines); Hydra's global state is reset."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    from mergemix.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["mergemix"])
-    monkeypatch.setenv("MERGEMIX_COMMAND", "")  # main sets it for Lightning's re-runs; undone afterwards
-    handlers, level = logging.root.handlers[:], logging.root.level  # Hydra configures logging for its job
-    capsys.readouterr()
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    finally:
-        HydraConfig.instance().cfg = None
-        GlobalHydra.instance().clear()
-        logging.root.handlers[:], logging.root.level = handlers, level
-    return code, [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-
-
 def _pattern(message: str) -> str:
     """The expected line as a regex: placeholders left unfilled (<epochs>, ...) stand for numbers."""
     return r"[\d.,]+".join(re.escape(part) for part in re.split(r"<[a-z_]+>", message))
@@ -444,7 +420,7 @@ def test_bad_input_is_one_error_line_and_nothing_is_lost(case, bad_dir, tmp_path
     monkeypatch.chdir(tmp_path)
     inputs, cache, artifacts = _snapshot(bad_dir), _snapshot(root), _artifacts(root)
 
-    code, lines = _cli(args, capsys, monkeypatch)
+    code, _, lines = run_cli(args, capsys, monkeypatch)
 
     expected = "error: " + _fill(case.message, values)
     assert len(lines) == 1 and re.fullmatch(_pattern(expected), lines[0]), (lines, expected)

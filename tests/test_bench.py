@@ -46,6 +46,7 @@ def test_synthetic_bank_merges_like_expert_bank():
         torch.testing.assert_close(p, merged[n], rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # every bench piece on the micro model
 def test_bench_pieces_run_on_micro(tmp_path):
     rows = merge.measure(common.model_cfg("micro"), common.VOCAB, 2, repeats=1, threads=[1])
     _positive(rows, "merge_s", "copy_s", "merge_gbps", "ratio")

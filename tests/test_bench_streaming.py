@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import streaming
@@ -11,6 +13,7 @@ SMALL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, 
          "max_position_embeddings": 128}
 
 
+@pytest.mark.slow  # a merge in a measured subprocess
 def test_streaming_bench_measures_a_subprocess(tmp_path):
     row = streaming.measure(SMALL, "small", tmp_path)
     assert row["params"] > streaming.VOCAB * 64 and row["model_gb"] == 2 * row["params"] / 1e9

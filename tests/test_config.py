@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from mergemix.cli import CONF_DIR, compose, to_plain
@@ -40,4 +38,5 @@ def test_user_config_dir_adds_a_domains_option(tmp_path):
         "heldout_fraction: 0.1\nsources:\n  web: {source: files, paths: [web.txt]}\n")
     cfg = to_plain(compose(["domains=mine"], config_dir=str(tmp_path)))
     assert list(cfg["domains"]["sources"]) == ["web"]
-    assert Path(CONF_DIR / "config.yaml").is_file()
+    with pytest.raises(MergeMixError, match="Could not find 'domains/mine'"):  # the option is the user's alone
+        compose(["domains=mine"])

@@ -2,8 +2,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import load_domain
 
-from mergemix.data import domains, embedded, synthetic
+from mergemix.data import embedded, synthetic
 from mergemix.data.sampler import allocate, plan_mixture
 from mergemix.data.tokenizer import load_tokenizer, train_tokenizer
 from mergemix.errors import MergeMixError
@@ -68,9 +69,9 @@ def test_user_domain_files(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"content": ["parquet doc"]}), tmp_path / "c.parquet")
-    txt, _ = domains.load_domain("w", {"source": "files", "paths": [str(tmp_path / "a.txt")]}, 0, 0.0)
-    js, _ = domains.load_domain("w", {"source": "files", "paths": [str(tmp_path / "*.jsonl")]}, 0, 0.0)
-    pa_, _ = domains.load_domain("w", {"source": "files", "paths": [str(tmp_path / "c.parquet")],
+    txt, _ = load_domain("w", {"source": "files", "paths": [str(tmp_path / "a.txt")]}, 0, 0.0)
+    js, _ = load_domain("w", {"source": "files", "paths": [str(tmp_path / "*.jsonl")]}, 0, 0.0)
+    pa_, _ = load_domain("w", {"source": "files", "paths": [str(tmp_path / "c.parquet")],
                                        "text_field": "content"}, 0, 0.0)
     assert txt == ["plain text document"] and sorted(js) == ["json doc one", "two"] and pa_ == ["parquet doc"]
 
@@ -84,10 +85,10 @@ def test_missing_or_empty_domain_file(tmp_path, setup, message):
     path = tmp_path / "d.txt"
     setup(path)
     with pytest.raises(MergeMixError, match=message):
-        domains.load_domain("web", {"source": "files", "paths": [str(path)]}, 0, 0.05)
+        load_domain("web", {"source": "files", "paths": [str(path)]}, 0, 0.05)
 
 
 def test_bad_jsonl_domain_line(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "ok"}\nnot json\n')
     with pytest.raises(MergeMixError, match=r"d.jsonl:2"):
-        domains.load_domain("web", {"source": "files", "paths": [str(tmp_path / "d.jsonl")]}, 0, 0.05)
+        load_domain("web", {"source": "files", "paths": [str(tmp_path / "d.jsonl")]}, 0, 0.05)

@@ -129,6 +129,7 @@ def _rel_gap(w, ref, start):
     return gap / sum(float((w[k] - start[k]).norm()) ** 2 for k in w) ** 0.5
 
 
+@pytest.mark.slow  # two gloo ranks train in a subprocess (the fixture takes a minute)
 def test_ddp_ranks_agree_and_match_one_process(two_ranks):
     out, start, ref, _ = two_ranks
     r0, r1 = (torch.load(out / "ddp" / f"rank{r}.pt") for r in (0, 1))
@@ -143,6 +144,7 @@ def test_ddp_ranks_agree_and_match_one_process(two_ranks):
     assert {i["steps"] for i in info} == {STEPS} and info[0]["final_loss"] != info[1]["final_loss"]  # own shards
 
 
+@pytest.mark.slow  # two gloo ranks train in a subprocess (the fixture takes a minute)
 def test_micro_batches_accumulate_to_the_same_step(two_ranks):
     out, start, ref, _ = two_ranks
     info = json.loads((out / "ddp_accumulate" / "rank0.json").read_text())
@@ -150,6 +152,7 @@ def test_micro_batches_accumulate_to_the_same_step(two_ranks):
     assert _rel_gap(_weights(out / "ddp_accumulate" / "ckpt"), ref, start) < 1e-4
 
 
+@pytest.mark.slow  # two gloo ranks train in a subprocess (the fixture takes a minute)
 def test_fsdp_config_shards_checkpoints_and_consolidates(two_ranks):
     out, start, ref, specs = two_ranks
     assert specs["fsdp"]["auto_wrap"] and specs["fsdp"]["activation_checkpointing"]

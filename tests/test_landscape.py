@@ -40,7 +40,12 @@ def test_plots_for_two_and_three_domains(k, tmp_path):
     pts = grid(k, 5)
     values = {"U": pts[:, 0] - pts[:, -1] ** 2, "cap": np.full(len(pts), 0.3)}  # a constant one too
     plot(tmp_path / "p.png", pts, values, [f"d{i}" for i in range(k)], 5, np.full(k, 1 / k), {"cap": np.eye(k)[0]})
-    assert (tmp_path / "p.png").stat().st_size > 1000
+    import matplotlib.image
+
+    image = matplotlib.image.imread(tmp_path / "p.png")
+    assert image.shape[:2] == (300, 660)  # one panel per objective: 2 x 3.3 in by 3.0 in at 100 dpi
+    coloured = (np.ptp(image[..., :3], axis=-1) > 0.1).mean()  # text and frames are grey: the data are not
+    assert coloured > (0.1 if k == 3 else 0.005), coloured  # filled ternary contours (3 domains), curves (2)
 
 
 def test_seeds_are_read_by_position_when_capabilities_share_domain_names(tmp_path):

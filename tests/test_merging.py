@@ -1,9 +1,8 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 from mergemix.errors import MergeMixError
 from mergemix.merging import ExpertBank, export_merge
@@ -109,16 +108,11 @@ def test_export_loads_with_transformers_and_matches(micro_models, tmp_path):
         torch.testing.assert_close(dict(loaded.named_parameters())[pname], p)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mergemix.cli", *args], capture_output=True, text=True, check=False,
-                          timeout=300)
-
-
-def test_merge_cli_writes_a_checkpoint(micro_models, tmp_path):
+def test_merge_cli_writes_a_checkpoint(micro_models, tmp_path, capsys, monkeypatch):
     """`mergemix merge` exports a checkpoint that transformers loads (its bad inputs: tests/test_bad_input.py)."""
     base_dir, expert_dirs, _, _ = micro_models
     e = [str(expert_dirs[n]) for n in NAMES]
-    ok = _cli("merge", f"base={base_dir}", f"experts=[{','.join(e)}]", "weights=[0.25,0.25,0.25,0.25]",
-              f"out={tmp_path}/good")
-    assert ok.returncode == 0, ok.stderr
+    code, out, err = run_cli(["merge", f"base={base_dir}", f"experts=[{','.join(e)}]", "weights=[0.25,0.25,0.25,0.25]",
+                              f"out={tmp_path}/good"], capsys, monkeypatch)
+    assert code == 0 and out.strip() == f"merged checkpoint: {tmp_path}/good", err
     assert json.loads((tmp_path / "good" / "config.json").read_text())["tie_word_embeddings"]

@@ -33,7 +33,7 @@ def test_surrogate_finds_a_known_interior_optimum():
     target = np.array([0.4, 0.3, 0.2, 0.1])
 
     def caps(a):
-        return {f"c{i}": 1 - (np.atleast_2d(a)[:, i] - target[i]) ** 2 * 4 - np.atleast_2d(a)[:, i] * 0
+        return {f"c{i}": 1 - (np.atleast_2d(a)[:, i] - target[i]) ** 2 * 4
                 for i in range(4)}
 
     seeds = np.vstack([grid(4, 3), rng.dirichlet(np.ones(4), 40)])

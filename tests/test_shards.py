@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import load_domain
 
 from mergemix.data import domains, tokens
 from mergemix.data.tokenizer import train_tokenizer
@@ -54,7 +55,7 @@ def test_shard_directory_expands_to_its_readable_files(shard_dir):
     files = domains.resolve_files("web", {"paths": [str(shard_dir)]})
     assert [f.relative_to(shard_dir).as_posix() for f in files] == [
         *(f"{i:02d}.jsonl" for i in range(6)), "part2/a.parquet", "part2/b.txt"]
-    train, held = domains.load_domain("web", {"source": "files", "paths": [str(shard_dir)]}, 0, 0.2)
+    train, held = load_domain("web", {"source": "files", "paths": [str(shard_dir)]}, 0, 0.2)
     assert len(train) + len(held) == 6 * 40 + 50 + 1 and held and len(train) > len(held)
 
 
@@ -82,7 +83,7 @@ def test_parallel_packing_equals_serial_and_is_memory_mapped(shard_dir, tok_dir,
     assert isinstance(train, np.memmap) and train.dtype == np.uint16
     for s in ("train", "heldout"):
         assert np.array_equal(out[1][s], out[2][s])
-    ref_train, ref_held = domains.load_domain("web", spec, 0, 0.1)  # the in-memory reference
+    ref_train, ref_held = load_domain("web", spec, 0, 0.1)  # the in-memory reference
     tok = load_tokenizer(tok_dir)
     assert np.array_equal(train, tokens.pack(tok, ref_train))
     assert np.array_equal(out[1]["heldout"], tokens.pack(tok, ref_held))
@@ -109,7 +110,7 @@ def test_saved_hf_dataset_is_a_domain(tok_dir, tmp_path):
         str(tmp_path / "dd"))
     spec = {"source": "files", "paths": [str(tmp_path / "ds")], "text_field": "body"}
     assert domains.resolve_files("hf", spec) == [tmp_path / "ds"]
-    train, held = domains.load_domain("hf", spec, 0, 0.0)
+    train, held = load_domain("hf", spec, 0, 0.0)
     assert train == docs and held == []
     parts = domains.shards("hf", spec, tmp_path, 0.0, shard_bytes=2000)
     assert len(parts) > 1 and parts[0].rows[0] == 0 and parts[-1].rows[1] == 120
@@ -119,11 +120,11 @@ def test_saved_hf_dataset_is_a_domain(tok_dir, tmp_path):
 
     assert np.array_equal(tokens.load_split(tmp_path / "packed"), tokens.pack(load_tokenizer(tok_dir), docs))
     dd = {"source": "files", "paths": [str(tmp_path / "dd")], "text_field": "body"}
-    assert domains.load_domain("hf", dd, 0, 0.0)[0] == docs[:30]
+    assert load_domain("hf", dd, 0, 0.0)[0] == docs[:30]
     with pytest.raises(MergeMixError, match="no split 'test'"):
-        domains.load_domain("hf", {**dd, "split": "test"}, 0, 0.0)
+        load_domain("hf", {**dd, "split": "test"}, 0, 0.0)
     with pytest.raises(MergeMixError, match="no column 'text'"):
-        domains.load_domain("hf", {"source": "files", "paths": [str(tmp_path / "ds")]}, 0, 0.0)
+        load_domain("hf", {"source": "files", "paths": [str(tmp_path / "ds")]}, 0, 0.0)
 
 
 def test_saved_dataset_without_the_datasets_package_is_a_clear_error(tmp_path, monkeypatch):
@@ -138,7 +139,7 @@ def test_unreadable_shard_is_one_clear_error(tmp_path, tok_dir):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(MergeMixError, match="bad.parquet: not a readable parquet file"):
-        domains.load_domain("web", {"source": "files", "paths": [str(tmp_path / "d")]}, 0, 0.0)
+        load_domain("web", {"source": "files", "paths": [str(tmp_path / "d")]}, 0, 0.0)
 
 
 def test_stored_npy_tokens_still_load(tmp_path):

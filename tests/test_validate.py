@@ -80,7 +80,9 @@ def test_validate_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys
         for block in (v[key], v["noise_ceiling"][key]):
             assert set(block) == {"overall", "capabilities", "interval"}
             assert set(block["capabilities"]) == caps and set(block["interval"]["capabilities"]) == caps
-    assert v["spearman"]["overall"] is None or -1 <= v["spearman"]["overall"] <= 1
+    scores = v["by_metric"]["prob"]["scores"]  # U's ρ: merged vs each seed's trained U, averaged over the seeds
+    rho = np.mean([spearmanr(scores["merged"]["overall"], t["overall"]).statistic for t in scores["trained"].values()])
+    assert v["spearman"]["overall"] == pytest.approx(rho)
     assert v["top25_spearman"]["overall"] is None  # 4 mixtures: the top quarter is one mixture
     assert set(v["by_metric"]) == {"prob", "acc"} and v["metric"] == "prob"
     assert len(v["mixtures"]) == 4 and len(v["raw"]) == 4

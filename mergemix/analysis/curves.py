@@ -64,7 +64,7 @@ def _columns(rows: list[dict]) -> dict[str, list[float]]:
     return {s: [r[s] for r in rows] for s in rows[0]}
 
 
-def run_curves(pipe) -> dict:
+def run(pipe) -> dict:
     from mergemix.search.evalcache import EvalCache
     from mergemix.search.run import MergeObjective
 
@@ -137,9 +137,6 @@ def markdown(out: dict) -> str:
 
 
 def plot(path, out: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     a, b = out["domains"]

@@ -104,7 +104,7 @@ def merged_values(pipe, points: np.ndarray) -> dict[str, np.ndarray]:
             **{c: np.array([r["capabilities"][c] for r in results]) for c in caps}}
 
 
-def run_landscape(pipe) -> dict:
+def run(pipe) -> dict:
     ls, names = pipe.cfg["landscape"], pipe.domain_names
     r = resolution(pipe.cfg, len(names))
     points = grid(len(names), r)

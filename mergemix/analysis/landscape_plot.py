@@ -42,9 +42,6 @@ def _mark(ax, xy_star, xy_spec) -> None:
 
 def plot(path, alphas: np.ndarray, values: dict[str, np.ndarray], names: list[str], resolution: int,
          alpha_star: np.ndarray, specialists: dict[str, np.ndarray]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     k, objectives = len(names), list(values)

@@ -54,9 +54,6 @@ def write(run_dir: Path, stem: str, result: dict, markdown: str, mixtures: dict[
 
 
 def plot(path: Path, mixtures: dict[str, Mixture], rows: dict[str, dict] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     domains = sorted({d for m in mixtures.values() for d in m})

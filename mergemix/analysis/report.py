@@ -134,9 +134,6 @@ def write_table(run_dir: Path, rows: dict[str, dict]) -> str:
 
 
 def plot_scores(path: Path, rows: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     n_cols = len(next(iter(rows.values()))["capabilities"]) + 1

@@ -139,6 +139,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float(a.double() @ b.double()) / (na * nb) if na > 0 and nb > 0 else None
 
 
+def run(pipe) -> dict:
+    """`mergemix theory`: the report on the config's `theory.mixtures`, into the run directory."""
+    t = pipe.cfg["theory"]
+    return theory_report(pipe, pipe.run_dir, resolve_mixtures(pipe, t["mixtures"]), int(t["n_seqs"]))
+
+
 def theory_report(pipe, out_dir: str | Path, alphas: Sequence | None = None, n_seqs: int = 8) -> dict:
     """Cosines of task vectors and gradients, gamma, and (for each trained mixture in `alphas`) the measured
     gap |theta_mix - theta_merge| against the first-order update and the predicted second-order terms.
@@ -252,9 +258,6 @@ def _markdown(r: dict) -> str:
 
 def _heatmaps(path: Path, names: list[str], panels: list[tuple[str, np.ndarray]], signed: bool) -> None:
     """One annotated heatmap per panel; `signed` (cosines) uses a diverging map on [-1, 1]."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)

@@ -27,7 +27,7 @@ def model_config(spec, what: str) -> dict:
         raise MergeMixError(f"{what} must name a model config (e.g. tiny) or be a mapping, got {spec!r}")
     from hydra.core.global_hydra import GlobalHydra
 
-    from mergemix.cli import compose, to_plain
+    from mergemix.compose import compose, to_plain
 
     try:
         if GlobalHydra.instance().is_initialized():  # inside the `mergemix` app: its config search path

@@ -73,7 +73,7 @@ def _columns(rows: list[dict]) -> dict[str, list[float]]:
     return {s: [r[s] for r in rows] for s in rows[0]}
 
 
-def run_validation(pipe) -> dict:
+def run(pipe) -> dict:
     from mergemix.search.run import objective_for
 
     v, names = pipe.cfg["validate"], pipe.domain_names
@@ -179,9 +179,6 @@ def markdown(out: dict) -> str:
 
 
 def plot(path, scores: dict, rho: dict, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = list(scores["merged"])

@@ -272,13 +272,3 @@ def probe(name: str, shard_list: list[Shard]) -> bool:
 def check_source(name: str, spec: Mapping) -> None:
     if spec.get("source", "embedded") not in ("embedded", "files"):
         raise MergeMixError(f"domain '{name}': unknown source '{spec.get('source')}' (embedded, files)")
-
-
-def load_domain(name: str, spec: Mapping, seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
-    """A domain's documents as two lists (train, held-out): for small domains; the pipeline streams shards."""
-    check_source(name, spec)
-    if spec.get("source", "embedded") == "embedded":
-        return load_embedded(name, spec, seed, heldout_fraction)
-    swap = not probe(name, shards(name, spec, Path(), heldout_fraction, 1 << 62))
-    parts = shards(name, spec, Path(), heldout_fraction, 1 << 62, swap)
-    return list(iter_docs(parts, "train")), list(iter_docs(parts, "heldout"))

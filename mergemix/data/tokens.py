@@ -126,10 +126,6 @@ def _describe(shard: Shard) -> dict:
     return {"files": list(shard.files)}
 
 
-def save_split(out_dir: Path, split: str, tokens: np.ndarray) -> None:
-    np.save(out_dir / f"{split}.npy", tokens)
-
-
 def load_split(token_dir: str | Path, split: str = "train") -> np.ndarray:
     """The split's tokens as a read-only memory map (a stored `.npy` from before the sharded store works too)."""
     token_dir = Path(token_dir)

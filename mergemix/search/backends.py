@@ -10,25 +10,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from mergemix.errors import MergeMixError
 from mergemix.search.design import seed_mixtures
+from mergemix.search.gradient import gradient_search
+from mergemix.search.optuna_backend import optuna_search
 from mergemix.search.surrogate import Surrogate, fine_search
 from mergemix.search.surrogate import utility as surrogate_utility
+from mergemix.search.types import Evaluate, Outcome
 from mergemix.simplex import dirichlet, grid, grid_size
-
-Evaluate = Callable[[np.ndarray], dict]
-
-
-@dataclass
-class Outcome:
-    alpha: np.ndarray
-    predicted: dict[str, float] | None = None
-    info: dict = field(default_factory=dict)
 
 
 def _evaluate_all(evaluate: Evaluate, alphas: np.ndarray, desc: str) -> list[dict]:
@@ -84,14 +77,11 @@ def grid_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: in
     return Outcome(points[best], None, {"alphas": points, "results": results, "resolution": r})
 
 
-BACKENDS = {"surrogate": surrogate, "iterative": iterative, "grid": grid_search}
+BACKENDS = {"surrogate": surrogate, "iterative": iterative, "grid": grid_search, "optuna": optuna_search,
+            "gradient": gradient_search}
 
 
 def get_backend(name: str):
-    from mergemix.search.gradient import gradient_search
-    from mergemix.search.optuna_backend import optuna_search
-
-    backends = {**BACKENDS, "optuna": optuna_search, "gradient": gradient_search}
-    if name not in backends:
-        raise MergeMixError(f"unknown search back-end '{name}' (choose from {', '.join(sorted(backends))})")
-    return backends[name]
+    if name not in BACKENDS:
+        raise MergeMixError(f"unknown search back-end '{name}' (choose from {', '.join(sorted(BACKENDS))})")
+    return BACKENDS[name]

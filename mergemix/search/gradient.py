@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from mergemix.benchmarks.evaluator import _encode_pair
 from mergemix.errors import MergeMixError
-from mergemix.search.backends import Outcome
+from mergemix.search.types import Outcome
 
 
 def dev_requests(tokenizer, tasks: Mapping, dev_every: int, max_length: int) -> list[tuple[list[int], int]]:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
 from mergemix.errors import MergeMixError
-from mergemix.search.backends import Evaluate, Outcome
 from mergemix.search.space import alpha_of_trial, params_from_alpha, suggest_alpha
+from mergemix.search.types import Evaluate, Outcome
 
 
 def make_sampler(name: str, seed: int):
@@ -29,23 +28,6 @@ def make_sampler(name: str, seed: int):
     if name not in samplers:
         raise MergeMixError(f"unknown Optuna sampler '{name}' (choose from {', '.join(samplers)})")
     return samplers[name]()
-
-
-def check_storage(storage_url: str) -> None:
-    """The storage URL's form and database driver, without connecting: a typo fails before any training."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        url = make_url(storage_url)
-        url.get_dialect().import_dbapi()
-    except ImportError as exc:
-        raise MergeMixError(f"cannot open Optuna storage {storage_url}: its database driver is not installed "
-                            f"({exc}); PostgreSQL: pip install -e .[postgres], postgresql+psycopg2://...") from exc
-    except Exception as exc:  # SQLAlchemy raises many kinds
-        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
-    folder = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database else None
-    if folder and not folder.is_dir():
-        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {folder} is not a directory")
 
 
 def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler):
