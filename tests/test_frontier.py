@@ -137,6 +137,10 @@ def test_jobs_cover_every_point_seed_by_seed():
     assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)
     merges = {(j["experts"], j["budget"], j.get("correction")) for j in jobs if j["kind"] == "mergemix"}
     assert merges == {(100, 40, None), (300, 20, None), (300, 40, None), (300, 40, "recovery")}
+    cfg["frontier"]["variant_seeds"] = [0]  # other settings than the reference on seed 0 only
+    seed1 = {(j["experts"], j["budget"], j.get("correction")) for j in frontier.jobs(cfg)
+             if j["kind"] == "mergemix" and j["seed"] == 1}
+    assert seed1 == {(300, 40, None), (300, 40, "recovery")}
 
 
 def _pt(family, settings, seed, u, flops):

@@ -46,10 +46,12 @@ def jobs(cfg: dict) -> list[dict]:
     f, out = cfg["frontier"], []
     for seed in f["seeds"]:
         out.append({"kind": "fixed", "seed": seed, "cost": 2})
-        cheapest = (min(f["expert_tokens"]), min(f["budgets"]))
+        cheapest, reference = (min(f["expert_tokens"]), min(f["budgets"])), (cfg["experts"]["tokens"],
+                                                                             cfg["search"]["budget"])
         for e in f["expert_tokens"]:
             for n in f["budgets"]:
-                if (e, n) != cheapest or len(f["expert_tokens"]) * len(f["budgets"]) == 1:
+                variant = (e, n) != reference and seed not in (f.get("variant_seeds") or f["seeds"])
+                if ((e, n) != cheapest or len(f["expert_tokens"]) * len(f["budgets"]) == 1) and not variant:
                     out.append({"kind": "mergemix", "seed": seed, "experts": e, "budget": n, "cost": 2})
         for corr in f["corrections"]:
             out.append({"kind": "mergemix", "seed": seed, "experts": int(cfg["experts"]["tokens"]),
