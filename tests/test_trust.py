@@ -128,6 +128,17 @@ def test_a_manifest_without_digest_from_an_older_version_is_used(tmp_path, monke
     assert _build(store, calls) == path and calls == [1]
 
 
+def test_a_tampered_cached_evaluation_of_a_real_run_is_recomputed_not_read(micro_run, monkeypatch):
+    """Scores edited in place (well-formed, one number changed) no longer match the manifest: evaluated again."""
+    pipe, _ = micro_run
+    path = pipe.eval_dir(pipe.base_dir)
+    good = json.loads((path / "scores.json").read_text())
+    (path / "scores.json").write_text(json.dumps({**good, "U": 0.99}, indent=2))
+    monkeypatch.setattr(artifacts, "_VERIFIED", set())  # the next process
+    assert pipe.evaluate_checkpoint(pipe.base_dir) == good
+    assert artifacts.content_digest(path) == json.loads((path / "manifest.json").read_text())["digest"]
+
+
 @pytest.mark.parametrize("text", ["", "{", "\x00\x01", "[1]", '"x"'])
 def test_an_unreadable_digest_memo_counts_as_empty(text, tmp_path):
     (tmp_path / "digests.json").write_text(text)
