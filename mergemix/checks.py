@@ -49,10 +49,13 @@ NUMBERS = {
     "search.lgbm.bagging_freq": "a non-negative integer",
 }
 
-# Dotted config keys naming one of a few options (absent or null: not checked).
+# Dotted config keys naming one of a few options, compared as text (absent or null: not checked).
 CHOICES = {
     **{f"{stage}.schedule": ("constant", "wsd", "cosine") for stage in ("base", "experts", "mix")},
     "trainer.eval_dtype": ("bfloat16", "float16"),  # null: float32
+    "trainer.precision": ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
+                          "transformer-engine-float16", "32", "bf16", "16", "64"),  # Lightning's
+    "trainer.accelerator": ("cpu", "gpu", "cuda", "mps", "tpu", "auto"),
 }
 
 # Merge evaluations a search back-end needs at least: a surrogate is fitted on 2 or more, iterative's first round
@@ -85,7 +88,7 @@ def check_numbers(cfg: dict) -> None:
 def check_choices(cfg: dict) -> None:
     for key, options in CHOICES.items():
         value = _lookup(cfg, key)
-        if value is not None and value not in options:
+        if value is not None and (isinstance(value, bool) or str(value) not in options):
             raise MergeMixError(f"{key} must be one of {', '.join(options)}, got {value!r}")
     search = cfg.get("search") or {}
     least = MIN_BUDGET.get(search.get("backend"), 1)

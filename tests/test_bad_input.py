@@ -108,6 +108,10 @@ CASES = [
     Case("unknown-eval-dtype", "config", "run trainer.eval_dtype=int8",
          "trainer.eval_dtype must be one of bfloat16, float16, got 'int8'",
          "Evaluate in bfloat16 or float16, or `null` for float32."),
+    Case("unknown-precision", "config", "run trainer.precision=fp8",
+         "trainer.precision must be one of 32-true, bf16-mixed, bf16-true, 16-mixed, 16-true, 64-true, "
+         "transformer-engine, transformer-engine-float16, 32, bf16, 16, 64, got 'fp8'",
+         "Use one of Lightning's precisions (`bf16-mixed` on recent hardware, `32-true` for exact runs)."),
     Case("negative-clip", "config", "run trainer.gradient_clip_val=-1",
          "trainer.gradient_clip_val must be a non-negative number, got -1", "Clip at 0 (off) or a positive norm."),
     Case("validate-too-few-mixtures", "config", "validate validate.n_mixtures=1",

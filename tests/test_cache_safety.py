@@ -283,5 +283,8 @@ def test_every_config_leaf_changes_exactly_the_keys_of_the_stages_reading_it(mic
         if got != want:
             wrong[dotted] = {"extra": sorted(got - want), "missing": sorted(want - got)}
     assert not unclassified, f"classify these settings in SPEC: {unclassified}"
+    from mergemix.pipeline import READS
+
+    assert all(len({p.rsplit(".", 1)[-1] for p in paths}) == len(paths) for paths in READS.values())  # names
     assert not wrong, wrong
     assert n >= 100  # the composed micro config's leaves

@@ -32,7 +32,7 @@ def _result(u: float = 0.5, prob: float = 0.5) -> dict:
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_a_non_finite_score_is_an_error_naming_the_merge_and_task_and_is_not_cached(bad, tmp_path):
     cache = EvalCache(tmp_path / "evals.jsonl")
-    with pytest.raises(MergeMixError, match=r"merge alpha=\(0\.250000,0\.750000\) scores .* on task 'math_mc' prob"):
+    with pytest.raises(MergeMixError, match=r"merge alpha=\(0\.250000,0\.750000\) scores .* on tasks\.math_mc\.prob:"):
         cache.get_or_eval([0.25, 0.75], lambda: _result(prob=bad))
     assert not (tmp_path / "evals.jsonl").exists() and not cache.entries
     cache.get_or_eval([0.25, 0.75], lambda: _result())  # a finite score is cached as before
@@ -65,7 +65,7 @@ def test_checkpoint_scores_that_are_not_finite_are_an_error_and_nothing_is_store
     monkeypatch.setattr(Pipeline, "suite", type("S", (), {"evaluate": lambda self, m: _result(u=math.nan)})())
     monkeypatch.setattr("mergemix.models.load_checkpoint", lambda p: None)
     (tmp_path / "ckpt").mkdir()
-    with pytest.raises(MergeMixError, match=r"checkpoint .*ckpt scores nan on capability 'math'"):
+    with pytest.raises(MergeMixError, match=r"checkpoint .*ckpt scores nan on capabilities\.math:"):
         pipe.eval_dir(tmp_path / "ckpt")
     assert not [p for p in (tmp_path / "cache" / "eval").iterdir()]
 
@@ -126,6 +126,17 @@ def test_a_manifest_without_digest_from_an_older_version_is_used(tmp_path, monke
     (path / "manifest.json").write_text(json.dumps(manifest))
     monkeypatch.setattr(artifacts, "_VERIFIED", set())
     assert _build(store, calls) == path and calls == [1]
+
+
+def test_a_tampered_cached_evaluation_of_a_real_run_is_recomputed_not_read(micro_run, monkeypatch):
+    """Scores edited in place (well-formed, one number changed) no longer match the manifest: evaluated again."""
+    pipe, _ = micro_run
+    path = pipe.eval_dir(pipe.base_dir)
+    good = json.loads((path / "scores.json").read_text())
+    (path / "scores.json").write_text(json.dumps({**good, "U": 0.99}, indent=2))
+    monkeypatch.setattr(artifacts, "_VERIFIED", set())  # the next process
+    assert pipe.evaluate_checkpoint(pipe.base_dir) == good
+    assert artifacts.content_digest(path) == json.loads((path / "manifest.json").read_text())["digest"]
 
 
 @pytest.mark.parametrize("text", ["", "{", "\x00\x01", "[1]", '"x"'])
@@ -253,7 +264,7 @@ SLOW = settings(max_examples=40, deadline=None, suppress_health_check=list(Healt
 def rejected(cfg: dict, key: str, value) -> bool:
     """Whether the config's rules refuse `value` at `key` (the property is about how the refusal reaches the user)."""
     if key in CHOICES:
-        return value not in CHOICES[key]
+        return isinstance(value, bool) or str(value) not in CHOICES[key]
     if key == "search.budget" and isinstance(value, int) and not isinstance(value, bool):
         return value < MIN_BUDGET.get(cfg["search"]["backend"], 1)
     return not number_ok(NUMBERS[key], value)

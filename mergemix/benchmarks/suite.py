@@ -127,14 +127,26 @@ class Suite:
         return self.summarize(self.per_item(model))
 
 
-def check_finite(result: Mapping, what: str) -> None:
-    """A NaN or infinite score is an error naming `what` (the checkpoint or merge) and the task: such a score
-    is never stored, so that no search or table is built on it."""
-    named = [(f"task '{t}' {m}", v) for t, ms in sorted(result["tasks"].items()) for m, v in sorted(ms.items())]
-    named += [(f"capability '{c}'", v) for c, v in sorted(result["capabilities"].items())]
-    named += [(k, result[k]) for k in ("U", "U_std")]
-    for label, value in named:
-        if not math.isfinite(value):
-            raise MergeMixError(f"{what} scores {value} on {label}: a model with corrupt or diverged weights "
-                                f"(check its experts); nothing was cached")
+def _numbers(node, path: str = ""):
+    """(path, number) of every number in a result, in order: tasks, capabilities, U, ..."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            yield from _numbers(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, node
 
+
+def is_finite(result: Mapping) -> bool:
+    return all(math.isfinite(v) for _, v in _numbers(result))
+
+
+def check_finite(result: Mapping, what: str) -> None:
+    """A NaN or infinite score is an error naming `what` (the checkpoint or merge) and where it is (the task and
+    metric): such a score is never stored, so that no search or table is built on it."""
+    for path, value in _numbers(result):
+        if not math.isfinite(value):
+            raise MergeMixError(f"{what} scores {value} on {path}: a model with corrupt or diverged weights "
+                                f"(check its experts); nothing was cached")

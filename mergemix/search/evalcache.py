@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mergemix.benchmarks.suite import check_finite, is_finite
+
 
 def alpha_key(alpha: Sequence[float]) -> str:
     return ",".join(f"{a:.6f}" for a in alpha)
-
-
-def _finite(obj) -> bool:
-    if isinstance(obj, dict):
-        return all(_finite(v) for v in obj.values())
-    if isinstance(obj, list):
-        return all(_finite(v) for v in obj)
-    return not isinstance(obj, float) or math.isfinite(obj)
 
 
 def _read(line: str) -> tuple[str, dict] | None:
@@ -32,7 +25,7 @@ def _read(line: str) -> tuple[str, dict] | None:
     except (json.JSONDecodeError, TypeError, KeyError):
         return None
     ok = isinstance(key, str) and isinstance(result, dict) and isinstance(result.get("U"), (int, float))
-    return (key, result) if ok and _finite(result) else None
+    return (key, result) if ok and is_finite(result) else None
 
 
 class EvalCache:
@@ -52,8 +45,6 @@ class EvalCache:
             return self.entries[key]
         self.misses += 1
         result = evaluate()
-        from mergemix.benchmarks.suite import check_finite
-
         check_finite(result, f"merge alpha=({key})")
         self.entries[key] = result
         if self.path:
