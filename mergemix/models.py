@@ -160,16 +160,21 @@ def check_same_config(base_cfg: dict, other_cfg: dict, name: str) -> None:
         raise MergeMixError(f"expert '{name}' has another architecture than the base ({detail})")
 
 
-def stamp_special_tokens(path: str | Path) -> None:
+def stamp_special_tokens(path: str | Path, tok=None) -> None:
     """Give an HF directory with a tokenizer what `pipeline("text-generation")` needs: the tokenizer's EOS, BOS and
     PAD ids in config.json and generation_config.json (generation stops at EOS), and the model's positions as the
-    tokenizer's `model_max_length` (inputs are truncated to what the model was trained on)."""
+    tokenizer's `model_max_length` (inputs are truncated to what the model was trained on). `tok`: the tokenizer
+    saved there (default: loaded from `path`; a directory without a loadable tokenizer has no ids to stamp)."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     path = Path(path)
-    if not (path / "tokenizer_config.json").is_file():
+    if tok is None:
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except Exception:  # noqa: BLE001 - no tokenizer files, or one transformers cannot load
+            return
+    if getattr(tok, "eos_token_id", None) is None:  # not an HF tokenizer with an EOS: nothing to stamp
         return
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
     ids = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
@@ -178,7 +183,9 @@ def stamp_special_tokens(path: str | Path) -> None:
     cfg.save_pretrained(str(path))
     gen = GenerationConfig.from_model_config(cfg)
     gen.save_pretrained(str(path))
-    positions = getattr(cfg, "max_position_embeddings", None)
-    if positions and tok.model_max_length != positions:
-        tok.model_max_length = positions
-        tok.save_pretrained(str(path))
+    positions, tok_cfg = getattr(cfg, "max_position_embeddings", None), path / "tokenizer_config.json"
+    if positions and tok_cfg.is_file():  # in the file, not on `tok` (the caller's tokenizer stays as it is)
+        import json
+
+        spec = json.loads(tok_cfg.read_text())
+        tok_cfg.write_text(json.dumps({**spec, "model_max_length": positions}, indent=2, ensure_ascii=False) + "\n")

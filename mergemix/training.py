@@ -248,7 +248,7 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
         from mergemix.models import stamp_special_tokens
 
         tokenizer.save_pretrained(str(out_dir))
-        stamp_special_tokens(out_dir)
+        stamp_special_tokens(out_dir, tokenizer)
     trainer.strategy.barrier("mergemix-saved")
     tokens = data.plan.realised_tokens()
     return {"final_loss": module.last_loss, "steps": steps, "realised_tokens": tokens,

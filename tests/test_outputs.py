@@ -114,10 +114,13 @@ def yaml_load(path: Path) -> dict:
 @pytest.mark.slow
 def test_trained_mixture_logs_scores_learning_rate_and_throughput(micro_run, micro_root, tmp_path):
     """A mixture trained now (base cached): its run holds the learning rate and tokens/s per step, and its U,
-    scores and mixture in the summary; the cached base still gets its run, linked to the run that trained it."""
-    _cli(["mix", "experiment=micro", "logger=wandb", "weights={code: 0.1, math: 0.2, prose: 0.3, sft: 0.4}",
-          f"paths.root={micro_root}", f"paths.run_dir={tmp_path}/wb"], tmp_path)
-    runs = {r["job_type"]: r for r in map(read_offline_run, (tmp_path / "wb" / "wandb").glob("offline-run-*"))}
+    scores and mixture in the summary; cached stages still get their runs, linked to the run that built them."""
+    def logged(run_dir):
+        _cli(["mix", "experiment=micro", "logger=wandb", "weights={code: 0.1, math: 0.2, prose: 0.3, sft: 0.4}",
+              f"paths.root={micro_root}", f"paths.run_dir={run_dir}"], tmp_path)
+        return {r["job_type"]: r for r in map(read_offline_run, (run_dir / "wandb").glob("offline-run-*"))}
+
+    runs = logged(tmp_path / "wb")
     assert set(runs) == {"base", "mixture", "report"}
     mix = runs["mixture"]
     assert any(k.startswith("lr-") for k in mix["history"]), mix["history"]
@@ -125,6 +128,16 @@ def test_trained_mixture_logs_scores_learning_rate_and_throughput(micro_run, mic
     assert mix["summary"]["mixture/sft"] == pytest.approx(0.4) and "U" in mix["summary"]
     assert mix["summary"]["tokens_per_s"] > 0 and mix["config"]["ratios"]["sft"] == pytest.approx(0.4)
     assert runs["base"]["summary"]["cache_key"] == runs["base"]["config"]["cache_key"]
+    again = logged(tmp_path / "again")["mixture"]  # served from the cache: same results, linked to the first run
+    assert again["summary"]["produced_by_run"] == mix_id(micro_root, mix) == mix["id"] != again["id"]
+    assert again["summary"]["U"] == mix["summary"]["U"]
+
+
+def mix_id(root: Path, run: dict) -> str:
+    """The run id kept in the manifest of the mixture artifact that `run` trained."""
+    (manifest,) = [m for m in (root / "cache" / "mixture").glob("*/manifest.json")
+                   if json.loads(m.read_text())["key"] == run["config"]["cache_key"]]
+    return json.loads(manifest.read_text())["run_id"]
 
 
 def test_compare_run_summary_has_trained_scores_and_cost(tmp_path, monkeypatch):
