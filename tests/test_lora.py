@@ -111,3 +111,16 @@ def test_lora_experts_train_as_adapters_and_merge_like_their_models(tmp_path):
         bank.merge_into(target, [float(j == i) for j in range(len(bank.names))])
         for pname, t in mergeable(load_checkpoint(path)).items():
             torch.testing.assert_close(mergeable(target)[pname], t, rtol=0, atol=1e-6)
+
+
+def test_export_merge_of_adapters_writes_the_merged_model(tmp_path):
+    from mergemix.merging import export_merge
+
+    base_dir, paths = _adapters(tmp_path, k=2)
+    out = export_merge(base_dir, [paths["e0"], paths["e1"]], [0.7, 0.3], tmp_path / "merged")
+    target = load_checkpoint(base_dir)
+    ExpertBank.from_paths(base_dir, paths).merge_into(target, [0.7, 0.3])
+    got = mergeable(load_checkpoint(out))
+    assert (out / "config.json").is_file()
+    for pname, t in mergeable(target).items():
+        torch.testing.assert_close(got[pname], t, rtol=0, atol=0)
