@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mergemix.errors import MergeMixError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the wheel (package data)
 
 
 def _group_options(message: str) -> list[str]:
