@@ -86,6 +86,18 @@ def test_strategy_label_is_what_runs():
     assert compose(["strategy=proxy"]).strategy == "proxy" == compose(["baseline=proxy"]).baseline.kind
 
 
+def test_each_swept_job_gets_the_label_of_what_it_runs(tmp_path, capsys, monkeypatch):
+    from mergemix import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "execute", lambda command, cfg, args: seen.append(
+        (command, cfg["strategy"], cfg["search"].get("sampler"), cfg["baseline"]["kind"])))
+    code, _, err = run_cli(["compare", "-m", *MICRO, f"paths.root={tmp_path}", "strategy=tpe,proxy"], capsys,
+                           monkeypatch)
+    assert code == 0, err
+    assert sorted(seen) == [("compare", "proxy", None, "proxy"), ("compare", "tpe", "tpe", "none")]
+
+
 def test_conflicting_strategy_and_search_are_refused(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["compare", *MICRO, f"paths.root={tmp_path}", "strategy=tpe", "search=cmaes"], capsys,
                            monkeypatch)
