@@ -52,7 +52,7 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     """An Optuna study over lambda (the token-proportional mixture first); alpha* = the best proxy run."""
     from optuna.trial import TrialState
 
-    from mergemix.search.optuna_backend import make_sampler, open_study
+    from mergemix.search.optuna_backend import make_sampler, open_study, record_trial
     from mergemix.search.space import alpha_of_trial, params_from_alpha, suggest_alpha
 
     obj = ProxyObjective(pipe, cfg, cfg["objective"])
@@ -66,7 +66,10 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     remaining = int(cfg["budget"]) - len(obj.history)  # an enqueued (waiting) trial is taken by the first ask
     for _ in tqdm(range(max(0, remaining)), desc="proxy-training search", unit="run"):
         trial = study.ask()
-        study.tell(trial, obj.utility(obj(suggest_alpha(trial, obj.names))))
+        alpha = suggest_alpha(trial, obj.names)
+        result = obj(alpha)
+        record_trial(trial, obj.names, alpha, result)  # alpha and scores for optuna-dashboard
+        study.tell(trial, obj.utility(result))
     return best_run(obj.history, obj.utility), obj
 
 
