@@ -87,8 +87,9 @@ CASES = [
          "unknown Optuna sampler 'nsga9' (choose from tpe, cmaes, gp, qmc, random)",
          "Use one of the listed samplers."),
     Case("unknown-objective", "config", "run search.objective=chem",
-         "search.objective must be 'macro' or a capability ['code', 'instruct', 'language', 'math'], got 'chem'",
-         "Optimise U (`macro`) or name a configured capability."),
+         "search.objective must be 'macro', a capability or a list of capabilities ['code', 'instruct', "
+         "'language', 'math'], got 'chem'",
+         "Optimise U (`macro`), name a configured capability, or list the capabilities to average."),
     Case("unknown-expert-domain", "config", "experts expert_domain=chem",
          "expert_domain 'chem' is not a configured domain (code, math, prose, sft)", "Name a configured domain."),
     Case("unknown-strategy", "config", "run 'trainer.strategy={name: deepspeed}'",

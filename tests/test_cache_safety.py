@@ -215,6 +215,8 @@ def changed_value(path: tuple, value):
         return 1  # setting it to the current thread count changes nothing in this process
     if path[-1] == "eval_dtype":
         return "bfloat16"
+    if path[-1] == "kind" and value == "full":
+        return "lora"  # the other kind of expert
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -235,6 +237,7 @@ SPEC = [
     ("domains.sources.*", EVERYTHING - {"corpus:*"}),  # and the domain's own corpus, added below
     ("model.*", WEIGHTS), ("optim.*", WEIGHTS), ("base.*", WEIGHTS),
     ("trainer.precision", WEIGHTS), ("trainer.gradient_clip_val", WEIGHTS),
+    ("experts.lora.*", set()),  # adapter settings: read only by LoRA experts (not the default)
     ("experts.*", {"expert:*", "search"}), ("mix.*", {"mixture:uniform"}),
     ("benchmarks.tasks.*", {"benchmarks", "eval:base", "search"}),
     *((f"benchmarks.{k}", {"eval:base", "search"}) for k in ("metric", "capabilities.*", "max_length", "bootstrap")),

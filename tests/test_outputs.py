@@ -327,7 +327,7 @@ def test_tracking_groups_are_unique_per_sweep_and_job(monkeypatch, tmp_path):
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from mergemix.cli import _group
+    from mergemix.commands import tracking_group as _group
 
     cfg = {"run_name": "micro"}
 

@@ -58,7 +58,9 @@ def responsiveness(seeds_csv: Path, names: list[str], base: dict, min_ratio: flo
 
     _, columns = read_trials(seeds_csv, names)
     out = {}
-    for cap, noise in base["capabilities_std"].items():
+    for cap, noise in (base.get("capabilities_std") or {}).items():
+        if cap not in columns:
+            continue
         spread = float(np.std(columns[cap]))
         out[cap] = {"merged_spread_std": spread, "item_noise_std": float(noise),
                     "ratio": spread / max(float(noise), 1e-12), "responsive": bool(spread > min_ratio * noise)}
