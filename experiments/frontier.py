@@ -113,7 +113,7 @@ def report(testbeds: list[str], overrides: list[str], home: Path, out: Path, wal
     for tb in testbeds:
         cfg, _ = configs(tb, overrides, home)
         points = [p for f in sorted((home / "frontier" / tb / "points").glob("*.json"))
-                  for p in json.loads(f.read_text())]
+                  for p in json.loads(f.read_text()) if p["seed"] in cfg["frontier"]["seeds"]]
         if not points:
             continue
         reference = {"expert_tokens": int(cfg["experts"]["tokens"]), "budget": int(cfg["search"]["budget"]),
