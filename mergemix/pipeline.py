@@ -437,7 +437,7 @@ class Pipeline:
                   "suite": self.suite_key, **config_inputs(self.cfg, "search"), "seed": self.search_seed,
                   "prior": self.uniform_mixture}
         if (self.cfg["search"].get("calibration") or "none") != "none":  # calibrated on a trained mixture run
-            inputs["mix"] = self.cfg["mix"]
+            inputs.update(mix=self.cfg["mix"], calibration_noise="paired")
         key = artifacts.stage_key("search", inputs)
         study_path = self.study_path(key)
 

@@ -46,6 +46,14 @@ def test_recovery_falls_back_to_one_within_noise_and_is_clipped():
     assert r["a"] == 1.0 and r["b"] == 4.0
 
 
+def test_recovery_judges_the_merged_gain_against_its_paired_noise():
+    base = _result({"a": 0.10}, std=0.02)
+    merged = _result({"a": 0.12}, std=0.02)  # +0.02: 0.7 sigma unpaired, 4 sigma paired
+    trained = _result({"a": 0.16}, std=0.02)
+    assert recovery(base, merged, trained) == {"a": 1.0}
+    assert recovery(base, merged, trained, gain_std={"a": 0.005}) == {"a": pytest.approx(3.0)}
+
+
 def test_calibrate_moves_gains_keeps_raw_and_recomputes_u():
     res = _result({"a": 0.2, "b": 0.4})
     out = calibrate(res, {"a": 0.1, "b": 0.4}, {"a": 2.0, "b": 3.0})

@@ -8,8 +8,9 @@ most. Calibration measures, per capability c, the recovery
     r_c = (trained_c - base_c) / (merged_c - base_c)
 
 at one mixture that is trained anyway (the token-proportional baseline), and rescales every merged score to
-base_c + r_c * (merged_c - base_c) before the surrogate sees it. Where the merged gain is within noise of zero the
-ratio is not identified and r_c = 1; r_c is clipped to [1/max_ratio, max_ratio]."""
+base_c + r_c * (merged_c - base_c) before the surrogate sees it. Where the merged gain is within noise of zero (the
+paired bootstrap over the same items, when given) the ratio is not identified and r_c = 1; r_c is clipped to
+[1/max_ratio, max_ratio]."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import numpy as np
 
 
 def recovery(base: Mapping, merged: Mapping, trained: Mapping, min_sigmas: float = 2.0,
-             max_ratio: float = 4.0) -> dict[str, float]:
-    """r_c per capability from three evaluated models (results of Suite.evaluate)."""
+             max_ratio: float = 4.0, gain_std: Mapping[str, float] | None = None) -> dict[str, float]:
+    """r_c per capability from three evaluated models (results of Suite.evaluate); `gain_std`: the paired noise of
+    the merged gain (else the two models' stds combined as independent, which overstates it)."""
     out = {}
     for c, b in base["capabilities"].items():
         gain_m = merged["capabilities"][c] - b
-        noise = float(np.hypot(merged["capabilities_std"][c], base["capabilities_std"][c]))
+        noise = float(gain_std[c]) if gain_std else float(np.hypot(merged["capabilities_std"][c],
+                                                                   base["capabilities_std"][c]))
         if abs(gain_m) <= min_sigmas * noise or gain_m == 0:
             out[c] = 1.0
             continue

@@ -92,8 +92,11 @@ def recovery_calibration(pipe, objective: MergeObjective) -> dict:
     trained = pipe.evaluate_checkpoint(pipe.train_mixture(prior, "uniform"))
     m = pipe.cfg["model"]
     objective.ledger.train(trained_tokens(pipe.cfg["mix"]["tokens"], m["seq_len"], m["batch_size"]))
-    ratios = recovery(base, merged, trained)
-    return {"base": dict(base["capabilities"]), "ratios": ratios, "at": dict(prior),
+    from mergemix.benchmarks.suite import paired_gap
+
+    noise = paired_gap(merged, base, pipe.suite.capabilities)["capabilities_std"]  # same items: paired
+    ratios = recovery(base, merged, trained, gain_std=noise)
+    return {"base": dict(base["capabilities"]), "ratios": ratios, "at": dict(prior), "merged_gain_std": noise,
             "merged": dict(merged["capabilities"]), "trained": dict(trained["capabilities"])}
 
 
