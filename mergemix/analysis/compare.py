@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mergemix import artifacts
 from mergemix.artifacts import write_atomic
 
 
 def run_strategy(pipe) -> dict:
-    from mergemix.search.baselines import baseline_mixture
+    from mergemix.search.baselines import baseline_mixture, proxy_study_path
 
     cfg, names = pipe.cfg, pipe.domain_names
     kind = cfg["baseline"]["kind"]
@@ -26,9 +25,7 @@ def run_strategy(pipe) -> dict:
             curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
     else:
         spec = {**cfg["search"], **cfg["baseline"], "baseline": kind}
-        key = artifacts.stage_key("search", {"base": pipe.store.ref(pipe.base_dir), "baseline": spec,
-                                             "suite": pipe.suite_key, "seed": pipe.search_seed})
-        alpha, cost = baseline_mixture(pipe, spec, pipe.search_seed, pipe.study_path(key))
+        alpha, cost = baseline_mixture(pipe, spec, pipe.search_seed, proxy_study_path(pipe, spec, pipe.search_seed))
         curve = cost.pop("curve", [])
     total = sum(float(alpha[n]) for n in names)
     alpha = {n: float(alpha[n]) / total for n in names}  # rounding in files may leave the sum 1e-6 off

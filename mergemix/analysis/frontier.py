@@ -88,16 +88,16 @@ def run_job(cfg: dict, job: dict, out_dir: Path, small_model: dict | None = None
 def _point(pipe, family: str, settings: dict, alpha: dict, train: list[tuple[int, int]], evaluations: int,
            eval_params: int) -> dict:
     """Train `alpha` at mix.tokens (data order = the search seed), score it, and record the search's cost:
-    `train` lists (trained tokens, parameters) of every run the search paid for."""
+    `train` lists (trained tokens, parameters) of every run the search paid for; its `evaluations` ran on a model
+    of `eval_params` parameters."""
     total = sum(alpha.values())
     alpha = {n: float(alpha[n]) / total for n in pipe.domain_names}
     scores = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, family))
     n_eval = pipe.suite.evaluator.n_tokens()
-    n_params = _params(pipe) if eval_params is None else eval_params
     return {"family": family, "label": FAMILIES[family], "settings": settings, "seed": pipe.search_seed,
             "alpha": alpha, "U": scores["U"], "U_std": scores["U_std"], "capabilities": scores["capabilities"],
             "train_tokens": int(sum(t for t, _ in train)), "train_flops": float(sum(6.0 * t * p for t, p in train)),
-            "eval_flops": float(2.0 * n_params * n_eval * evaluations), "evaluations": int(evaluations)}
+            "eval_flops": float(2.0 * eval_params * n_eval * evaluations), "evaluations": int(evaluations)}
 
 
 def _params(pipe) -> int:
@@ -138,27 +138,26 @@ def _mergemix(pipe, job, _small) -> list[dict]:
 
 def _trials(pipe, job, kind: str, trial_tokens: int, small=None):
     """The trial runs of one proxy study (TPE) or RegMix design, at the largest count; (history, objective)."""
-    from mergemix.artifacts import stage_key
-    from mergemix.search.baselines import proxy_search, regmix
+    from mergemix.search.baselines import proxy_search, proxy_study_path, regmix
 
     spec = {**pipe.cfg["search"], **pipe.cfg["baseline"], "baseline": kind, "budget": max(job["counts"]),
             "trial_tokens": int(trial_tokens), "sampler": "tpe", "prior_concentration": 10}
     runner = small or pipe
     if kind == "proxy":
-        key = stage_key("search", {"base": runner.store.ref(runner.base_dir), "baseline": spec,
-                                   "suite": runner.suite_key, "seed": pipe.search_seed})
-        _, obj = proxy_search(runner, spec, pipe.search_seed, runner.study_path(key))
+        _, obj = proxy_search(runner, spec, pipe.search_seed, proxy_study_path(runner, spec, pipe.search_seed))
     else:
         _, obj = regmix(runner, spec, pipe.search_seed)
     return obj.history, obj, spec
 
 
 def _prefix_points(pipe, family, history, counts, run_cost, settings, fit, extra=()) -> list[dict]:
-    """One point per count n: the strategy's answer from its first n runs, charged n runs (plus `extra`)."""
+    """One point per count n: the strategy's answer from its first n runs, charged n runs (plus `extra`); each run
+    was evaluated on the model that trained it (run_cost: tokens, parameters)."""
     out = []
     for n in sorted(set(counts)):
         alpha = dict(zip(pipe.domain_names, map(float, fit(history[:n]))))
-        out.append(_point(pipe, family, {**settings, "runs": n}, alpha, [run_cost] * n + list(extra), n, None))
+        out.append(_point(pipe, family, {**settings, "runs": n}, alpha, [run_cost] * n + list(extra), n,
+                          run_cost[1]))
     return out
 
 
@@ -202,12 +201,9 @@ def _small(pipe, job, small_model) -> list[dict]:
     n_small = _params(small)
     base = (trained_tokens(small.cfg["base"]["tokens"], small_model), n_small)
     cost = (trained_tokens(job["trial_tokens"], small_model), n_small)
-    points = _prefix_points(pipe, "regmix_small", history, job["counts"], cost,
-                            {"trial_tokens": int(job["trial_tokens"]), "model": small_model.get("name")},
-                            lambda h: regmix_fit(h, spec, pipe.search_seed), extra=[base])
-    for p in points:  # small proxies are scored on the small model: evaluation FLOPs at its size
-        p["eval_flops"] *= n_small / _params(pipe)
-    return points
+    return _prefix_points(pipe, "regmix_small", history, job["counts"], cost,
+                          {"trial_tokens": int(job["trial_tokens"]), "model": small_model.get("name")},
+                          lambda h: regmix_fit(h, spec, pipe.search_seed), extra=[base])
 
 
 # ----------------------------------------------------------------------------------------- consistency ---

@@ -73,6 +73,14 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     return best_run(obj.history, obj.utility), obj
 
 
+def proxy_study_path(pipe, spec: Mapping, seed: int):
+    """The SQLite file of a proxy-training study, keyed like a search: base, baseline settings, benchmarks, seed."""
+    from mergemix.artifacts import stage_key
+
+    return pipe.study_path(stage_key("search", {"base": pipe.store.ref(pipe.base_dir), "baseline": spec,
+                                                "suite": pipe.suite_key, "seed": seed}))
+
+
 def best_run(history: list[tuple[np.ndarray, dict]], util) -> np.ndarray:
     """Proxy search's answer after these runs: the mixture of the best one."""
     lam = max(history, key=lambda h: util(h[1]))[0]

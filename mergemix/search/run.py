@@ -114,12 +114,9 @@ def choose_alpha(outcome_alpha, verified: dict, searched: list, util, objective,
     """alpha*: the back-end's proposal, unless its verified merge scores below the best evaluated merge by more
     than `sigmas` standard deviations of their difference (item bootstrap of each, combined): then the best merge.
     Returns the choice with both candidates, so a report shows them side by side."""
-    def noise(r):
-        return objective_std(r, objective)
-
     best_alpha, best = max(searched, key=lambda h: util(h[1]))
     gap = util(best) - util(verified)
-    sd = float(np.hypot(noise(best), noise(verified)))
+    sd = float(np.hypot(objective_std(best, objective), objective_std(verified, objective)))
     switched = bool(gap > sigmas * sd and sd > 0)
     return {"alpha": np.asarray(best_alpha if switched else outcome_alpha, dtype=float),
             "result": best if switched else verified, "switched": switched, "gap": float(gap), "gap_std": sd,
@@ -170,16 +167,15 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
     write_trials(out_dir / "seeds.csv", searched, names, caps)
     searched = searched or [(np.asarray(outcome.alpha), verified)]  # the gradient back-end evaluates only alpha*
     choice = choose_alpha(outcome.alpha, verified, searched, objective.utility, s["objective"])
-    u = [objective.utility(r) for _, r in searched]
-    best = int(np.argmax(u))
+    best = choice["best_merge"]
     chosen = choice.pop("result")
     alpha_star = {n: round(float(a), 6) for n, a in zip(names, choice.pop("alpha"))}
     mixture = {"domains": names, "alpha_star": alpha_star, "backend": s["backend"], "objective": s["objective"],
                "predicted": {k: round(v, 6) for k, v in (outcome.predicted or {}).items()},
                "verified": {"U": round(chosen["U"], 6), "U_std": round(chosen["U_std"], 6),
                             **{c: round(v, 6) for c, v in chosen["capabilities"].items()}},
-               "best_seed": {"alpha": {n: round(float(a), 6) for n, a in zip(names, searched[best][0])},
-                             "U": round(u[best], 6)},
+               "best_seed": {"alpha": {n: round(a, 6) for n, a in zip(names, best["alpha"])},
+                             "U": round(best["objective"], 6)},
                "alpha_choice": {"switched_to_best_merge": choice["switched"], "gap": round(choice["gap"], 6),
                                 "gap_std": round(choice["gap_std"], 6), "rule": choice["rule"]}}
     if choice["switched"]:
