@@ -74,14 +74,14 @@ def prepare(cfg: dict, small_model: dict | None) -> None:
 
 
 def run(testbeds: list[str], overrides: list[str], workers: int, home: Path) -> dict[str, list[str]]:
-    from mergemix.analysis.frontier import job_id, jobs
+    from mergemix.analysis.frontier import finished, jobs
 
     plans, failed = {}, {}
     for tb in testbeds:
         cfg, small = configs(tb, overrides, home)
         out = home / "frontier" / tb / "points"
         out.mkdir(parents=True, exist_ok=True)
-        plans[tb] = (cfg, small, out, [j for j in jobs(cfg) if not (out / f"{job_id(j)}.json").is_file()])
+        plans[tb] = (cfg, small, out, [j for j in jobs(cfg) if finished(j, out) is None])
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for tb, (cfg, small, _, todo) in plans.items():  # bases and experts first, testbeds in parallel
             print(f"[frontier] {tb}: {len(todo)} jobs to run", flush=True)

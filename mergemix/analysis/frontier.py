@@ -71,13 +71,24 @@ def job_id(job: dict) -> str:
     return "-".join(str(job[k]) for k in keys) + f"-s{job['seed']}"
 
 
+def finished(job: dict, out_dir: Path) -> list[dict] | None:
+    """The job's written points, if they hold every count it asks for (a larger count reruns it; its runs are
+    cached, so only the new ones train); else None."""
+    path = Path(out_dir) / f"{job_id(job)}.json"
+    if not path.is_file():
+        return None
+    points = json.loads(path.read_text())
+    have = {p["settings"].get("runs") for p in points}
+    return points if "counts" not in job or set(job["counts"]) <= have else None
+
+
 def run_job(cfg: dict, job: dict, out_dir: Path, small_model: dict | None = None) -> list[dict]:
     """Run one job (cached artifacts make a repeat cheap) and write its points to out_dir/<job id>.json."""
     from mergemix.pipeline import Pipeline
 
     path = Path(out_dir) / f"{job_id(job)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    if (done := finished(job, out_dir)) is not None:
+        return done
     pipe = Pipeline({**cfg, "search_seed": int(job["seed"])}, out_dir)
     points = {"fixed": _fixed, "mergemix": _mergemix, "proxy": _proxy, "regmix": _regmix, "full": _full,
               "small": _small}[job["kind"]](pipe, job, small_model)
