@@ -11,11 +11,12 @@ import numpy as np
 from mergemix.errors import MergeMixError
 
 TOL = 1e-6
+DIGITS = 12  # weights are kept to 12 decimals: one mixture reached by different float paths has one cache key
 
 
 def check_weights(weights: Sequence[float] | Mapping[str, float], names: Sequence[str],
                   what: str = "weights") -> dict[str, float]:
-    """Validate a mixture and return it as {domain: weight} in canonical (sorted) order."""
+    """Validate a mixture and return it as {domain: weight} in canonical form: sorted, rounded to DIGITS decimals."""
     names = list(names)
     if isinstance(weights, Mapping):
         unknown = sorted(set(weights) - set(names))
@@ -41,7 +42,7 @@ def check_weights(weights: Sequence[float] | Mapping[str, float], names: Sequenc
         raise MergeMixError(f"{what} must be non-negative, got {values}")
     if abs(arr.sum() - 1.0) > TOL:
         raise MergeMixError(f"{what} must sum to 1 (within {TOL:g}), got sum {arr.sum():.6g}")
-    return {n: float(v) for n, v in sorted(zip(names, arr))}
+    return {n: round(float(v), DIGITS) for n, v in sorted(zip(names, arr))}
 
 
 def grid(k: int, resolution: int) -> np.ndarray:

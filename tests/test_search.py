@@ -68,3 +68,14 @@ def test_check_weights(w, message):
     with pytest.raises(MergeMixError, match=message):
         check_weights(w, ["a", "b"])
     assert check_weights([0.5, 0.5 + 5e-7], ["a", "b"])
+
+
+def test_one_mixture_reached_by_two_float_paths_has_one_canonical_form():
+    """Normalising in another order moves a weight by an ulp; the canonical weights (and so the cache key) agree."""
+    raw = np.array([0.3557, 0.2275, 0.281, 0.1358]) * 3.7
+    a, b = raw / raw.sum(), raw[::-1] / raw[::-1].sum()
+    b = b[::-1]
+    names = ["code", "math", "prose", "sft"]
+    wa = check_weights(list(a), names)
+    assert wa == check_weights(list(b), names) == check_weights([np.nextafter(x, 1) for x in a], names)
+    assert wa == check_weights(wa, names)  # idempotent
