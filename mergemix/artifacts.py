@@ -52,7 +52,8 @@ def stage_key(stage: str, inputs: dict) -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path):
+def locked(lock_path: Path):
+    """An exclusive lock (flock) held across processes while the block runs."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -110,7 +111,7 @@ class ArtifactStore:
         final = self.path(stage, key)
         if self.is_complete(stage, key):
             return final
-        with _locked(self.root / ".locks" / f"{stage}-{key}.lock"):
+        with locked(self.root / ".locks" / f"{stage}-{key}.lock"):
             if self.is_complete(stage, key):  # built by another process while we waited
                 return final
             for stale in final.parent.glob(f".tmp-{key}-*"):  # of killed builds: the lock is ours

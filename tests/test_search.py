@@ -61,6 +61,43 @@ def test_eval_cache_evaluates_each_alpha_once(tmp_path):
     again.get_or_eval([0.2, 0.8], lambda: pytest.fail("re-evaluated"))
 
 
+def _evaluate_shared(path: str, log: str, alphas: list) -> None:
+    """One search process: evaluates `alphas` through the shared cache, logging each real evaluation."""
+    import time
+
+    cache = EvalCache(path)
+
+    def run(a):
+        time.sleep(0.02)  # long enough for the other process to ask for the same merge meanwhile
+        with open(log, "a") as fh:
+            fh.write(f"{a}\n")
+        return {"U": float(sum(a)), "capabilities": {}}
+
+    for a in alphas:
+        assert cache.get_or_eval(a, lambda a=a: run(a))["U"] == pytest.approx(sum(a))
+
+
+def test_eval_cache_is_shared_by_processes_and_sees_their_later_lines(tmp_path):
+    """Two processes asking for the same merges at once evaluate each once; a cache opened earlier reads the
+    lines another process appended later instead of evaluating again."""
+    import multiprocessing as mp
+
+    path, log = str(tmp_path / "cache.jsonl"), str(tmp_path / "evaluations.log")
+    early = EvalCache(path)
+    alphas = [[i / 10, 1 - i / 10] for i in range(10)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_evaluate_shared, args=(path, log, alphas[::step])) for step in (1, -1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    evaluated = open(log).read().splitlines()
+    assert sorted(evaluated) == sorted(map(str, alphas))  # every merge once, by one of the two
+    assert early.get_or_eval(alphas[3], lambda: pytest.fail("evaluated again")) == {"U": 1.0, "capabilities": {}}
+    assert early.hits == 1 and early.misses == 0
+
+
 @pytest.mark.parametrize("w, message", [
     ([0.5, 0.5 + 2e-6], "sum to 1"), ([1.0, 0.0, 0.0], "have 3 entries"), ({"a": 1.0}, "miss domains"),
 ])

@@ -1,16 +1,19 @@
 """Persistent evaluation cache keyed by the merge weights: no candidate is merged and evaluated twice, and a
-killed search resumes from what it already evaluated (one JSON line per evaluation, appended and flushed). Only
-finite scores are stored; a line that cannot be read (cut by a kill, damaged, non-finite) is skipped, so its
-merge is evaluated again."""
+killed search resumes from what it already evaluated (one JSON line per evaluation, appended and flushed). Search
+workers in other processes share the file: a miss first reads what they appended since, then evaluates under a
+lock on that merge, so two processes never evaluate the same merge. Only finite scores are stored; a line that
+cannot be read (cut by a kill, damaged, non-finite) is skipped, so its merge is evaluated again."""
 
 from __future__ import annotations
 
-import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
+from mergemix.artifacts import locked
 from mergemix.benchmarks.suite import check_finite, is_finite
 
 
@@ -33,27 +36,48 @@ class EvalCache:
         self.path = Path(path) if path else None
         self.entries: dict[str, dict] = {}
         self.hits = self.misses = 0
-        if self.path and self.path.is_file():
-            for line in self.path.read_text(errors="replace").splitlines():
-                if (entry := _read(line)) is not None:
-                    self.entries[entry[0]] = entry[1]
+        self._offset = 0  # bytes of the file read so far (whole lines only)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Take in the lines appended since the last read (by this or another process)."""
+        if not (self.path and self.path.is_file()):
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        whole = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+        self._offset += len(whole)
+        for line in whole.decode(errors="replace").splitlines():
+            if (entry := _read(line)) is not None:
+                self.entries[entry[0]] = entry[1]
+
+    def _lock(self, key: str):
+        if not self.path:
+            return nullcontext()
+        name = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return locked(self.path.parent / f".{self.path.name}.locks" / f"{name}.lock")
 
     def get_or_eval(self, alpha: Sequence[float], evaluate: Callable[[], dict]) -> dict:
         key = alpha_key(alpha)
-        if key in self.entries:
-            self.hits += 1
-            return self.entries[key]
+        if key not in self.entries:
+            with self._lock(key):
+                self._refresh()  # another worker may have evaluated it meanwhile
+                if key not in self.entries:
+                    return self._evaluate(key, alpha, evaluate)
+        self.hits += 1
+        return self.entries[key]
+
+    def _evaluate(self, key: str, alpha: Sequence[float], evaluate: Callable[[], dict]) -> dict:
         self.misses += 1
         result = evaluate()
         check_finite(result, f"merge alpha=({key})")
-        self.entries[key] = result
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = json.dumps({"key": key, "alpha": list(map(float, alpha)), "result": result}, allow_nan=False) + "\n"
-            with open(self.path, "a") as fh:
-                fcntl.flock(fh, fcntl.LOCK_EX)  # search workers may share the file
+            with locked(self.path.parent / f".{self.path.name}.lock"), open(self.path, "a") as fh:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        self.entries[key] = result
         return result
