@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,7 +94,7 @@ def test_eval_cache_is_shared_by_processes_and_sees_their_later_lines(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    evaluated = open(log).read().splitlines()
+    evaluated = Path(log).read_text().splitlines()
     assert sorted(evaluated) == sorted(map(str, alphas))  # every merge once, by one of the two
     assert early.get_or_eval(alphas[3], lambda: pytest.fail("evaluated again")) == {"U": 1.0, "capabilities": {}}
     assert early.hits == 1 and early.misses == 0
