@@ -55,6 +55,14 @@ def grid_size(k: int, resolution: int) -> int:
     return math.comb(resolution + k - 1, k - 1)
 
 
+def finest_resolution(k: int, max_points: int) -> int:
+    """The finest simplex grid with at most max_points points (at least resolution 1)."""
+    r = 1
+    while grid_size(k, r + 1) <= max_points:
+        r += 1
+    return r
+
+
 def dirichlet(rng: np.random.Generator, center: np.ndarray, concentration: float, n: int) -> np.ndarray:
     """Samples around `center` (RegMix-style prior); concentration -> inf collapses onto the center."""
     alpha = np.maximum(np.asarray(center, dtype=float) * concentration, 1e-3)

@@ -8,7 +8,7 @@ from conftest import assert_cli_error, micro_cfg
 from mergemix.analysis import landscape
 from mergemix.analysis.landscape_plot import plot, project, ternary
 from mergemix.errors import MergeMixError
-from mergemix.simplex import grid, grid_size
+from mergemix.simplex import finest_resolution, grid, grid_size
 
 CAPS = ["code", "instruct", "language", "math"]
 
@@ -31,7 +31,7 @@ def test_ternary_maps_vertices_to_the_triangle():
 
 @pytest.mark.parametrize("k, n", [(3, 1), (3, 10), (4, 12), (4, 10_000), (5, 200)])
 def test_finest_resolution_fits_the_point_budget(k, n):
-    r = landscape.finest_resolution(k, n)
+    r = finest_resolution(k, n)
     assert r >= 1 and (grid_size(k, r) <= n or r == 1) and grid_size(k, r + 1) > n
 
 

@@ -20,7 +20,7 @@ from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
 from mergemix.search.run import read_trials
 from mergemix.search.surrogate import Surrogate, fine_search, utility
-from mergemix.simplex import grid, grid_size
+from mergemix.simplex import finest_resolution, grid
 
 SOURCES = ("surrogate", "merge")
 MAX_SURROGATE_POINTS = 10_000  # the default fine grid: predictions are cheap, the plot stays readable
@@ -39,14 +39,6 @@ def check_config(cfg: dict) -> None:
         raise MergeMixError(f"landscape.specialists must be true or false, got {ls['specialists']!r}")
     if len(cfg["domains"]["sources"]) < 2:
         raise MergeMixError("landscape needs at least two configured domains")
-
-
-def finest_resolution(k: int, max_points: int) -> int:
-    """The finest simplex grid with at most max_points points (at least resolution 1)."""
-    r = 1
-    while grid_size(k, r + 1) <= max_points:
-        r += 1
-    return r
 
 
 def resolution(cfg: dict, k: int) -> int:

@@ -21,10 +21,17 @@ from mergemix.search.optuna_backend import optuna_search
 from mergemix.search.surrogate import Surrogate, fine_search
 from mergemix.search.surrogate import utility as surrogate_utility
 from mergemix.search.types import Evaluate, Outcome
-from mergemix.simplex import dirichlet, grid, grid_size
+from mergemix.simplex import dirichlet, finest_resolution, grid
 
 
-def _evaluate_all(evaluate: Evaluate, alphas: np.ndarray, desc: str) -> list[dict]:
+def _evaluate_all(evaluate: Evaluate, alphas: np.ndarray, desc: str, cfg: Mapping) -> list[dict]:
+    """Every merge of a batch known in advance, in order; with search.n_workers > 1 local workers evaluate it into
+    the shared cache first (fanout.py)."""
+    workers = int(cfg.get("n_workers", 1))
+    if workers > 1:
+        if not hasattr(evaluate, "prefill"):
+            raise MergeMixError("search.n_workers > 1 needs the search's shared evaluation cache")
+        evaluate.prefill(alphas, workers)
     return [evaluate(a) for a in tqdm(alphas, desc=desc, unit="merge")]
 
 
@@ -37,48 +44,65 @@ def _fit_and_search(alphas: np.ndarray, results: list[dict], cfg: Mapping, seed:
     return Outcome(alpha, predicted, {"alphas": alphas, "results": results})
 
 
+def surrogate_design(names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict]) -> np.ndarray:
+    """The N seed mixtures: a coarse grid with the vertices, then Dirichlet samples around the priors."""
+    return seed_mixtures(names, int(cfg["budget"]), int(cfg["grid_resolution"]), priors,
+                         float(cfg["prior_concentration"]), seed)
+
+
 def surrogate(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
               util: Callable[[dict], float]) -> Outcome:
-    seeds = seed_mixtures(names, int(cfg["budget"]), int(cfg["grid_resolution"]), priors,
-                          float(cfg["prior_concentration"]), seed)
-    return _fit_and_search(seeds, _evaluate_all(evaluate, seeds, "search: seed merges"), cfg, seed)
+    seeds = surrogate_design(names, cfg, seed, priors)
+    return _fit_and_search(seeds, _evaluate_all(evaluate, seeds, "search: seed merges", cfg), cfg, seed)
+
+
+def _round_sizes(budget: int) -> list[int]:
+    sizes = [budget // 2]
+    while sum(sizes) < budget:
+        sizes.append(max(1, min(sizes[-1] // 2, budget - sum(sizes))))
+    return sizes
+
+
+def first_round(names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict]) -> np.ndarray:
+    """The iterative search's first round (the later rounds depend on its results)."""
+    return surrogate_design(names, {**cfg, "budget": _round_sizes(int(cfg["budget"]))[0]}, seed, priors)
 
 
 def iterative(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
               util: Callable[[dict], float]) -> Outcome:
     """Rounds of sizes budget/2, budget/4, ... (DeMix: 64+32+16): each round samples around the optimum that the
     surrogate refitted on everything so far predicts."""
-    budget, rng = int(cfg["budget"]), np.random.default_rng(seed)
-    sizes = [budget // 2]
-    while sum(sizes) < budget:
-        sizes.append(max(1, min(sizes[-1] // 2, budget - sum(sizes))))
-    alphas = seed_mixtures(names, sizes[0], int(cfg["grid_resolution"]), priors, float(cfg["prior_concentration"]),
-                           seed)
-    results = _evaluate_all(evaluate, alphas, "search: round 1")
+    sizes, rng = _round_sizes(int(cfg["budget"])), np.random.default_rng(seed)
+    alphas = first_round(names, cfg, seed, priors)
+    results = _evaluate_all(evaluate, alphas, "search: round 1", cfg)
     for r, size in enumerate(sizes[1:], 2):
         center = _fit_and_search(alphas, results, cfg, seed + r).alpha
         new = dirichlet(rng, center, float(cfg["round_concentration"]) * len(names), size)
-        results += _evaluate_all(evaluate, new, f"search: round {r}")
+        results += _evaluate_all(evaluate, new, f"search: round {r}", cfg)
         alphas = np.vstack([alphas, new])
     out = _fit_and_search(alphas, results, cfg, seed)
     out.info["rounds"] = sizes
     return out
 
 
+def grid_design(names: Sequence[str], cfg: Mapping, seed: int = 0, priors: list[dict] | None = None) -> np.ndarray:
+    """The finest simplex grid within the budget."""
+    return grid(len(names), finest_resolution(len(names), int(cfg["budget"])))
+
+
 def grid_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
                 util: Callable[[dict], float]) -> Outcome:
     """The finest grid within the budget; alpha* is its best point."""
-    k, r = len(names), 1
-    while grid_size(k, r + 1) <= int(cfg["budget"]):
-        r += 1
-    points = grid(k, r)
-    results = _evaluate_all(evaluate, points, f"search: grid r={r}")
+    points, r = grid_design(names, cfg), finest_resolution(len(names), int(cfg["budget"]))
+    results = _evaluate_all(evaluate, points, f"search: grid r={r}", cfg)
     best = int(np.argmax([util(x) for x in results]))
     return Outcome(points[best], None, {"alphas": points, "results": results, "resolution": r})
 
 
 BACKENDS = {"surrogate": surrogate, "iterative": iterative, "grid": grid_search, "optuna": optuna_search,
             "gradient": gradient_search}
+# the merges a back-end evaluates before it looks at any result: what a joined worker can evaluate (join.py)
+DESIGNS = {"surrogate": surrogate_design, "iterative": first_round, "grid": grid_design}
 
 
 def get_backend(name: str):

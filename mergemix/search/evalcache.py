@@ -6,6 +6,7 @@ cannot be read (cut by a kill, damaged, non-finite) is skipped, so its merge is 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +39,12 @@ class EvalCache:
         self.hits = self.misses = 0
         self._offset = 0  # bytes of the file read so far (whole lines only)
         self._refresh()
+        self._known = set(self.entries)  # cached before this search: hits; evaluated here: misses
+        self._joined: set[str] = set()  # asked for, and evaluated meanwhile by another process (a worker)
+
+    @property
+    def joined(self) -> int:
+        return len(self._joined)
 
     def _refresh(self) -> None:
         """Take in the lines appended since the last read (by this or another process)."""
@@ -52,24 +59,47 @@ class EvalCache:
             if (entry := _read(line)) is not None:
                 self.entries[entry[0]] = entry[1]
 
-    def _lock(self, key: str):
-        if not self.path:
-            return nullcontext()
-        name = hashlib.sha256(key.encode()).hexdigest()[:16]
-        return locked(self.path.parent / f".{self.path.name}.locks" / f"{name}.lock")
+    def _lock_path(self, key: str) -> Path:
+        return self.path.parent / f".{self.path.name}.locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
 
     def get_or_eval(self, alpha: Sequence[float], evaluate: Callable[[], dict]) -> dict:
         key = alpha_key(alpha)
         if key not in self.entries:
-            with self._lock(key):
+            with locked(self._lock_path(key)) if self.path else nullcontext():
                 self._refresh()  # another worker may have evaluated it meanwhile
                 if key not in self.entries:
                     return self._evaluate(key, alpha, evaluate)
-        self.hits += 1
+        if key in self._known:
+            self.hits += 1
+        else:
+            self._joined.add(key)
         return self.entries[key]
+
+    def try_eval(self, alpha: Sequence[float], evaluate: Callable[[], dict]) -> bool:
+        """Evaluate `alpha` unless it is cached or another process is evaluating it right now (then skip: the
+        caller goes on to the next merge). True when it is in the cache afterwards."""
+        key = alpha_key(alpha)
+        self._refresh()
+        if key in self.entries or not self.path:
+            return key in self.entries
+        lock = self._lock_path(key)
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                self._refresh()
+                if key not in self.entries:
+                    self._evaluate(key, alpha, evaluate)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return True
 
     def _evaluate(self, key: str, alpha: Sequence[float], evaluate: Callable[[], dict]) -> dict:
         self.misses += 1
+        self._known.add(key)
         result = evaluate()
         check_finite(result, f"merge alpha=({key})")
         if self.path:

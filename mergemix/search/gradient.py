@@ -58,6 +58,8 @@ class MergeNLL:
 def gradient_search(evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
                     util: Callable[[dict], float]) -> Outcome:
     """`evaluate` must be a MergeObjective (it carries the experts, the model and the benchmarks)."""
+    if int(cfg.get("n_workers", 1)) > 1:
+        raise MergeMixError("search=gradient takes one step after another: set search.n_workers=1")
     suite = evaluate.pipe.suite
     requests = dev_requests(suite.evaluator.tok, suite.evaluator.tasks, int(cfg.get("dev_every", 5)),
                             suite.evaluator.max_length)  # native tasks: lm-eval members are scored by lm-eval only

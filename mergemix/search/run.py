@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from mergemix.search.backends import get_backend
 from mergemix.search.calibration import calibrate, recovery
 from mergemix.search.cost import Ledger, trained_tokens
 from mergemix.search.evalcache import EvalCache
+from mergemix.search.fanout import fan_out
 from mergemix.search.surrogate import Surrogate, objective_std, result_utility
 
 
@@ -60,16 +62,28 @@ class MergeObjective:
     def utility(self, result: dict) -> float:
         return result_utility(result, self.objective)
 
-    def raw(self, alpha) -> dict:
-        """The merge's scores as evaluated (cached by alpha), neither calibrated nor recorded."""
-        alpha = np.asarray(alpha, dtype=float)
-
+    def _run(self, alpha: np.ndarray) -> Callable[[], dict]:
         def run() -> dict:
             self.bank.merge_into(self.target, dict(zip(self.names, map(float, alpha))), self.scale)
             with self.pipe.autocast():
                 return self.pipe.suite.evaluate(self.target)
 
-        return self.cache.get_or_eval(alpha, run)
+        return run
+
+    def raw(self, alpha) -> dict:
+        """The merge's scores as evaluated (cached by alpha), neither calibrated nor recorded."""
+        alpha = np.asarray(alpha, dtype=float)
+        return self.cache.get_or_eval(alpha, self._run(alpha))
+
+    def fill(self, alphas) -> int:
+        """Evaluate into the shared cache each merge of `alphas` that is neither cached nor being evaluated by
+        another worker; how many are cached afterwards."""
+        alphas = [np.asarray(a, dtype=float) for a in alphas]
+        return sum(self.cache.try_eval(a, self._run(a)) for a in alphas)
+
+    def prefill(self, alphas, workers: int) -> None:
+        """A batch known in advance, evaluated on `workers` local processes (fanout.py) before it is read."""
+        fan_out(self.fill, list(alphas), workers)
 
     def __call__(self, alpha) -> dict:
         alpha = np.asarray(alpha, dtype=float)
@@ -196,7 +210,8 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
         w.writerows(objective.ledger.curve)
     (out_dir / "search.json").write_text(json.dumps({
         **mixture, "surrogate_cv_spearman": cv, "cache_hits": objective.cache.hits, "cost": ledger,
-        "evaluations": objective.cache.misses, "verified_result": chosen, "wall_s": round(time.time() - t0, 1),
+        "evaluations": objective.cache.misses + objective.cache.joined,
+        "evaluations_by_workers": objective.cache.joined, "verified_result": chosen, "wall_s": round(time.time() - t0, 1),
         "calibration": objective.calibration, "merge_scale": objective.scale,
         "info": {k: v for k, v in outcome.info.items() if k not in ("alphas", "results")}}, indent=2, default=float))
     return {"alpha_star": alpha_star, "predicted": mixture["predicted"], "verified": mixture["verified"],
