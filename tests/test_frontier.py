@@ -151,6 +151,27 @@ def test_jobs_cover_every_point_seed_by_seed():
     assert seed1 == {(300, 40, None), (300, 40, "recovery")}
 
 
+def test_variants_patch_the_config_sections_they_name():
+    cfg = {"experts": {"kind": "full", "tokens": 3}, "search": {"budget": 4, "merge_scale": 1.0}}
+    assert frontier.variant(cfg, "lora")["experts"] == {"kind": "lora", "tokens": 3}
+    assert frontier.variant(cfg, "scale2.5")["search"] == {"budget": 4, "merge_scale": 2.5}
+    assert frontier.variant(cfg, "recovery")["search"]["calibration"] == "recovery"
+    assert frontier.variant(cfg, None) == frontier.variant(cfg, "merge") == cfg
+    assert cfg["experts"]["kind"] == "full"  # the run's own config is left as it was
+    with pytest.raises(MergeMixError, match="unknown frontier variant 'bogus'"):
+        frontier.variant(cfg, "bogus")
+
+
+def test_points_with_all_their_counts_are_finished(tmp_path):
+    job = {"kind": "full", "seed": 0, "counts": [4, 15]}
+    path = tmp_path / f"{frontier.job_id(job)}.json"
+    path.write_text(json.dumps([{"settings": {"runs": 4}}]))
+    assert frontier.finished(job, tmp_path) is None  # 15 runs asked for: rerun over the cached 4
+    path.write_text(json.dumps([{"settings": {"runs": 4}}, {"settings": {"runs": 15}}]))
+    assert len(frontier.finished(job, tmp_path)) == 2
+    assert frontier.finished({"kind": "fixed", "seed": 1}, tmp_path) is None
+
+
 def _pt(family, settings, seed, u, flops):
     return {"family": family, "label": frontier.FAMILIES[family], "settings": settings, "seed": seed, "U": u,
             "U_std": 0.01, "train_tokens": flops / 6, "train_flops": flops, "eval_flops": 0.0, "evaluations": 1}
@@ -189,7 +210,7 @@ def test_frontier_driver_end_to_end_on_micro(tmp_path):
     rerun finds nothing left to do."""
     args = [sys.executable, str(ROOT / "experiments" / "frontier.py"), "--testbeds", "embedded", "--workers", "2",
             "--out", str(tmp_path / "report"), "experiment=micro", "model=micro", "frontier.seeds=[0,1]",
-            "frontier.expert_tokens=[8000]", "frontier.budgets=[6]", "frontier.corrections=[recovery,scale2]",
+            "frontier.expert_tokens=[8000]", "frontier.budgets=[6]", "frontier.corrections=[recovery,scale2,lora]",
             "frontier.trial_tokens=[4096]", "frontier.trial_counts=[2]", "frontier.full_counts=[2]",
             "frontier.small_trial_tokens=4096", "frontier.small_counts=[2]", "experts.tokens=8000",
             "search.budget=6"]

@@ -126,18 +126,31 @@ def _fixed(pipe, job, _small) -> list[dict]:
             _point(pipe, "manual", {"prior": prior}, manual_prior(prior, pipe.domain_names), [], 0, 0)]
 
 
+# the merge variants a MergeMix point or the consistency table can use: config sections patched over the run's
+VARIANTS = {"merge": {}, "recovery": {"search": {"calibration": "recovery"}}, "lora": {"experts": {"kind": "lora"}}}
+
+
+def variant(cfg: dict, name: str | None) -> dict:
+    """The config with variant `name` applied: one of VARIANTS, or scale<s> (extrapolated merges, s = float)."""
+    if name and name.startswith("scale"):
+        patch = {"search": {"merge_scale": float(name[len("scale"):])}}
+    elif (name or "merge") in VARIANTS:
+        patch = VARIANTS[name or "merge"]
+    else:
+        from mergemix.errors import MergeMixError
+
+        raise MergeMixError(f"unknown frontier variant '{name}' (choose from {sorted(VARIANTS)} or scale<s>)")
+    return {**cfg, **{k: {**cfg[k], **v} for k, v in patch.items()}}
+
+
 def _mergemix(pipe, job, _small) -> list[dict]:
-    cfg = pipe.cfg
-    search = {**cfg["search"], "budget": int(job["budget"])}
     corr = job.get("correction")
-    if corr == "recovery":
-        search["calibration"] = "recovery"
-    elif corr and corr.startswith("scale"):
-        search["merge_scale"] = float(corr[len("scale"):])
-    p = pipe.derive(experts={**cfg["experts"], "tokens": int(job["experts"])}, search=search)
+    cfg = variant(pipe.cfg, corr)
+    p = pipe.derive(experts={**cfg["experts"], "tokens": int(job["experts"])},
+                    search={**cfg["search"], "budget": int(job["budget"])})
     result = p.search_result
     n, m = _params(p), cfg["model"]
-    train = [(trained_tokens(job["experts"], m), n)] * len(p.domain_names)
+    train = [(trained_tokens(job["experts"], m), n)] * len(p.domain_names)  # LoRA experts: the same tokens
     if corr == "recovery":
         train.append((trained_tokens(cfg["mix"]["tokens"], m), n))  # the token-proportional run it calibrates on
     settings = {"expert_tokens": int(job["experts"]), "budget": int(job["budget"]), "correction": corr or "none"}
@@ -218,13 +231,10 @@ def _small(pipe, job, small_model) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------------- consistency ---
-CORRECTIONS = {"merge": {}, "recovery": {"calibration": "recovery"}, "scale2": {"merge_scale": 2.0}}
-
-
 def consistency(cfg: dict, points: list[dict], n_boot: int = 1000) -> dict:
-    """Do merges (plain, recovery-calibrated, extrapolated) rank the mixtures the strategies really trained?
-    Spearman rho of merged against trained U over every trained point (mixture x training seed) of the frontier,
-    with a bootstrap interval over points; merges at the reference experts, cached by alpha."""
+    """Do merges (plain, and each of `frontier.consistency`'s variants) rank the mixtures the strategies really
+    trained? Spearman rho of merged against trained U over every trained point (mixture x training seed) of the
+    frontier, with a bootstrap interval over points; merges at the reference experts, cached by alpha."""
     from mergemix.analysis import rank
     from mergemix.pipeline import Pipeline
     from mergemix.search.run import objective_for
@@ -233,8 +243,8 @@ def consistency(cfg: dict, points: list[dict], n_boot: int = 1000) -> dict:
     trained = {"overall": [p["U"] for p in points],
                **{c: [p["capabilities"][c] for p in points] for c in points[0]["capabilities"]}}
     out = {"n_points": len(points), "n_mixtures": len({tuple(np.round(a, 6)) for a in alphas})}
-    for name, extra in CORRECTIONS.items():
-        pipe = Pipeline({**cfg, "search": {**cfg["search"], **extra}, "search_seed": 0}, ".")
+    for name in cfg["frontier"]["consistency"]:
+        pipe = Pipeline({**variant(cfg, name), "search_seed": 0}, ".")
         objective = objective_for(pipe)
         merged = [objective(a) for a in alphas]
         pred = {"overall": [r["U"] for r in merged],
@@ -331,13 +341,13 @@ def markdown(summary: dict, title: str) -> str:
                      f"{100 * r['U_mean']:.2f} ± {100 * r['U_std']:.2f} | {diff} | {r['train_tokens']:.3g} | "
                      f"{r['train_flops']:.3g} | {mult_r} | {r['evaluations']:.0f} |")
     cons = summary.get("consistency")
-    if cons:
+    rows = {k: v for k, v in (cons or {}).items() if isinstance(v, dict) and "rho_U" in v}
+    if rows:
+        caps = list(next(iter(rows.values()))["rho"])
         lines += ["", (f"Merged vs trained U over the {cons['n_points']} trained points ({cons['n_mixtures']} "
                   "distinct mixtures) above: Spearman ρ [95% bootstrap interval over points]:"), "",
-                  "| merge | ρ(U) | " + " | ".join(f"ρ {c}" for c in cons["merge"]["rho"]) + " |",
-                  "|" + "---|" * (2 + len(cons["merge"]["rho"]))]
-        for name in CORRECTIONS:
-            c = cons[name]
+                  "| merge | ρ(U) | " + " | ".join(f"ρ {c}" for c in caps) + " |", "|" + "---|" * (2 + len(caps))]
+        for name, c in rows.items():
             lo, hi = c["ci_U"]
             lines.append(f"| {name} | {_f2(c['rho_U'])} [{_f2(lo)}, {_f2(hi)}] | "
                          + " | ".join(_f2(v) for v in c["rho"].values()) + " |")
@@ -369,6 +379,12 @@ def plot(summaries: dict[str, dict], path: Path) -> None:
                             yerr=[100 * r["U_std"] for r in rs], color=color, marker=marker, capsize=3,
                             linestyle="none" if fam == "mergemix" else "-", label=FAMILIES[fam],
                             markersize=11 if fam == "mergemix" else 6)
+        for r in (r for r in s["points"] if r["family"] == "mergemix"):
+            st = r["settings"]
+            tag = st["correction"] if st.get("correction", "none") != "none" else \
+                f"{st['expert_tokens'] / 1000:g}k, N={st['budget']}"
+            ax.annotate(tag, (r["multiple"], 100 * r["U_mean"]), textcoords="offset points", xytext=(6, 4),
+                        fontsize=7, color="C3")
         for fam, ls in (("token", ":"), ("manual", "--")):
             for r in (r for r in s["points"] if r["family"] == fam):
                 ax.axhline(100 * r["U_mean"], color="gray", linestyle=ls, label=f"{FAMILIES[fam]} (no search)")
@@ -379,7 +395,8 @@ def plot(summaries: dict[str, dict], path: Path) -> None:
         ax.set_ylabel("trained U of the found mixture (×100 above chance)")
         ax.set_title(f"{name}: trained U vs search cost (mean ± std over seeds)", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)  # below the axes: it hides no point
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
