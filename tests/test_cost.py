@@ -13,7 +13,7 @@ from mergemix.training import MixtureDataModule
 def test_trained_tokens_are_the_windows_training_draws(tokens, seq_len, batch, want):
     arrays = {"a": np.zeros(50_000, np.uint16), "b": np.ones(50_000, np.uint16)}
     plan = MixtureDataModule(arrays, {"a": 0.3, "b": 0.7}, tokens, seq_len, batch, seed=0).plan
-    assert trained_tokens(tokens, seq_len, batch) == sum(plan.realised_tokens().values()) == want
+    assert trained_tokens(tokens, {"seq_len": seq_len, "batch_size": batch}) == sum(plan.realised_tokens().values()) == want
 
 
 def test_moe_flops_use_active_parameters(tmp_path):
@@ -23,7 +23,7 @@ def test_moe_flops_use_active_parameters(tmp_path):
     model = build_model(cfg, 256, 0)
     ledger = Ledger.for_model(model)
     assert ledger.n_params == describe(cfg, 256)["active_params"] < count_params(model)
-    ledger.train(trained_tokens(60_000, 128, 16))
+    ledger.train(trained_tokens(60_000, {"seq_len": 128, "batch_size": 16}))
     ledger.evaluation(1_000, 0.5)
     assert ledger.summary()["flops"] == 6.0 * ledger.n_params * 59_392 + 2.0 * ledger.n_params * 1_000
     dense = build_model(micro_cfg(tmp_path)["model"], 256, 0)

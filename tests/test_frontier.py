@@ -18,6 +18,7 @@ from mergemix.merging import ExpertBank
 from mergemix.models import build_model
 from mergemix.search.baselines import manual_prior
 from mergemix.search.calibration import calibrate, recovery
+from mergemix.search.cost import trained_tokens
 from mergemix.search.run import choose_alpha
 from mergemix.search.surrogate import objective_std, result_utility, utility
 
@@ -131,7 +132,7 @@ def test_verdict_names_each_failed_check_with_a_fix():
 
 # ------------------------------------------------------------------------------------------------ frontier ---
 def test_trained_tokens_are_whole_batches():
-    assert frontier.trained_tokens(60_000, {"seq_len": 256, "batch_size": 16}) == 57_344
+    assert trained_tokens(60_000, {"seq_len": 256, "batch_size": 16}) == 57_344
 
 
 def test_jobs_cover_every_point_seed_by_seed():

@@ -25,18 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from mergemix.artifacts import write_atomic
+from mergemix.search.cost import trained_tokens
 
 FAMILIES = {"mergemix": "MergeMix", "proxy": "proxy search", "regmix": "RegMix", "proxy_full": "proxy search, full",
             "regmix_full": "RegMix, full", "regmix_small": "RegMix, small proxies", "token": "token-proportional",
             "manual": "manual prior"}
 TRIAL_FAMILIES = ("proxy", "regmix", "proxy_full", "regmix_full", "regmix_small")
-
-
-def trained_tokens(tokens: int, model: dict) -> int:
-    """Tokens a run of `tokens` really trains (whole global batches), for a model config."""
-    from mergemix.search.cost import trained_tokens as trained
-
-    return trained(tokens, model["seq_len"], model["batch_size"])
 
 
 # -------------------------------------------------------------------------------------------------- jobs ---

@@ -30,7 +30,7 @@ class ProxyObjective:
         self.spec = {**pipe.cfg["mix"], "tokens": int(cfg["trial_tokens"])}
         self.ledger = Ledger.for_model(load_checkpoint(pipe.base_dir))
         m = pipe.cfg["model"]
-        self.run_tokens = trained_tokens(self.spec["tokens"], m["seq_len"], m["batch_size"])
+        self.run_tokens = trained_tokens(self.spec["tokens"], m)
         self.history: list[tuple[np.ndarray, dict]] = []
 
     def utility(self, result: dict) -> float:

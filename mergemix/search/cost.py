@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field
 from mergemix.data.sampler import trained_windows
 
 
-def trained_tokens(tokens: int, seq_len: int, batch_size: int) -> int:
-    """Tokens a training run of `tokens` configured tokens trains: whole global batches of `batch_size` windows of
-    `seq_len` (training.py), e.g. 60,000 at 16 x 256 -> 57,344."""
-    return trained_windows(int(tokens), int(seq_len), int(batch_size)) * int(seq_len)
+def trained_tokens(tokens: int, model: Mapping) -> int:
+    """Tokens a training run of `tokens` configured tokens trains on a model config: whole global batches of
+    `batch_size` windows of `seq_len` (training.py), e.g. 60,000 at 16 x 256 -> 57,344."""
+    seq_len = int(model["seq_len"])
+    return trained_windows(int(tokens), seq_len, int(model["batch_size"])) * seq_len
 
 
 @dataclass

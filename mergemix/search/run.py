@@ -55,8 +55,7 @@ class MergeObjective:
         self.target = load_checkpoint(pipe.base_dir)
         self.ledger = Ledger.for_model(self.target)
         m = pipe.cfg["model"]  # the experts are MergeMix's cost: the tokens they trained
-        self.ledger.train(len(self.names) * trained_tokens(pipe.cfg["experts"]["tokens"], m["seq_len"],
-                                                           m["batch_size"]))
+        self.ledger.train(len(self.names) * trained_tokens(pipe.cfg["experts"]["tokens"], m))
         self.history: list[tuple[np.ndarray, dict]] = []
 
     def utility(self, result: dict) -> float:
@@ -105,7 +104,7 @@ def recovery_calibration(pipe, objective: MergeObjective) -> dict:
     merged = objective.raw([prior[n] for n in objective.names])
     trained = pipe.evaluate_checkpoint(pipe.train_mixture(prior, "uniform"))
     m = pipe.cfg["model"]
-    objective.ledger.train(trained_tokens(pipe.cfg["mix"]["tokens"], m["seq_len"], m["batch_size"]))
+    objective.ledger.train(trained_tokens(pipe.cfg["mix"]["tokens"], m))
     from mergemix.benchmarks.suite import paired_gap
 
     noise = paired_gap(merged, base, pipe.suite.capabilities)["capabilities_std"]  # same items: paired
