@@ -2,8 +2,10 @@
 
 A stage run carries the values that determine the stage as its config and the stage as its job type; what the
 stage reports (metrics per step, a summary, tables, images, files as artifacts) goes through `StageRun`. Kinds:
-csv (Lightning's CSVLogger per stage: config as hparams.yaml, metrics and summary as rows), wandb (one W&B run per
-stage, grouped per pipeline run; offline unless WANDB_API_KEY is set), none."""
+wandb (one W&B run per stage, grouped per pipeline run; offline unless WANDB_API_KEY is set: tables, images and
+artifacts too), none, or any Lightning logger named by `_target_` and its arguments (conf/logger/csv.yaml,
+tensorboard.yaml, mlflow.yaml: a new logger is a YAML file), one per stage: config as hyperparameters, metrics and
+summary as rows."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from mergemix.errors import MergeMixError
 
-KINDS = ("csv", "wandb", "none")
+KINDS = ("wandb", "none")  # and "lightning": a logger config with `_target_`
 
 
 class StageRun:
@@ -78,9 +80,10 @@ class Tracker:
 
     def __init__(self, logger_cfg: dict | None, run_dir: str | Path, group: str):
         self.cfg, self.run_dir, self.group = dict(logger_cfg or {"kind": "none"}), Path(run_dir), group
-        self.kind = self.cfg.get("kind", "csv")
-        if self.kind not in KINDS:
-            raise MergeMixError(f"unknown logger kind '{self.kind}' (csv, wandb, none)")
+        self.kind = "lightning" if "_target_" in self.cfg else self.cfg.get("kind", "none")
+        if self.kind not in (*KINDS, "lightning"):
+            raise MergeMixError(f"unknown logger kind '{self.kind}' (wandb, none, or a Lightning logger's _target_ "
+                                f"as in conf/logger/csv.yaml)")
         if self.kind == "wandb":
             self.mode = self.cfg.get("mode") or os.environ.get("WANDB_MODE") or (
                 "online" if os.environ.get("WANDB_API_KEY") else "offline")
@@ -98,10 +101,8 @@ class Tracker:
     def _open(self, name: str, job_type: str, config: dict) -> StageRun:
         if self.kind == "none":
             return StageRun()
-        if self.kind == "csv":
-            from pytorch_lightning.loggers import CSVLogger
-
-            logger = CSVLogger(save_dir=str(self.run_dir / "logs"), name=name.replace(":", "-"))
+        if self.kind == "lightning":
+            logger = self._lightning_logger(name.replace(":", "-"))
             logger.log_hyperparams({"job_type": job_type, **config})
             return StageRun(lightning=logger)
         import wandb
@@ -112,6 +113,22 @@ class Tracker:
                          group=self.group, job_type=job_type, config=config, dir=str(self.run_dir), mode=self.mode,
                          reinit="create_new")
         return StageRun(run, WandbLogger(experiment=run))
+
+    def _lightning_logger(self, name: str):
+        """The configured Lightning logger for one stage: `_target_` and its arguments, the stage's name in
+        `stage_name_arg` (default `name`), `save_dir` <run dir>/logs unless given."""
+        from hydra.errors import InstantiationException
+        from hydra.utils import instantiate
+
+        spec = {k: v for k, v in self.cfg.items() if k != "stage_name_arg"}
+        spec.setdefault("save_dir", str(self.run_dir / "logs"))
+        spec[self.cfg.get("stage_name_arg", "name")] = name
+        try:
+            return instantiate(spec)
+        except InstantiationException as exc:
+            cause = exc.__cause__ or exc
+            raise MergeMixError(f"cannot create the logger {self.cfg['_target_']}: "
+                                f"{str(cause).strip().splitlines()[0]}") from exc
 
     @staticmethod
     def _finish(run: StageRun, failed: bool) -> None:

@@ -361,3 +361,31 @@ def test_tpe_search_shows_progress_and_records_trials(tmp_path, capsys):
         assert t.user_attrs["score/x"] == t.value == t.user_attrs["U"]
         assert t.user_attrs["alpha"]["a"] == pytest.approx(t.value, abs=1e-6)
         assert sum(t.user_attrs["alpha"].values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_a_lightning_logger_is_a_yaml_file(tmp_path):
+    """logger=csv is Lightning's CSVLogger by `_target_`: one per stage, config as hyperparameters, metrics and
+    summary as rows; a logger whose package is missing, or an unknown target, is one error line."""
+    import importlib.util
+
+    import yaml
+
+    from mergemix.cli import compose, to_plain
+    from mergemix.errors import MergeMixError
+    from mergemix.loggers import Tracker
+
+    cfg = to_plain(compose(["experiment=micro", "logger=csv"]))["logger"]
+    tracker = Tracker(cfg, tmp_path, "g")
+    with tracker.stage("mix:uniform", "mixture", {"tokens": 123}) as run:
+        run.log({"train/loss": 2.5}, step=0)
+        run.summary({"U": 0.25, "note": "text is not a metric"})
+    stage = tmp_path / "logs" / "mix-uniform" / "version_0"
+    assert yaml.safe_load((stage / "hparams.yaml").read_text()) == {"job_type": "mixture", "tokens": 123}
+    metrics = (stage / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "2.5" in metrics and "0.25" in metrics
+    tb = to_plain(compose(["experiment=micro", "logger=tensorboard"]))["logger"]
+    if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+        with pytest.raises(MergeMixError, match=r"^cannot create the logger pytorch_lightning.loggers.TensorBoard"):
+            Tracker(tb, tmp_path, "g")._open("base", "base", {})
+    with pytest.raises(MergeMixError, match="cannot create the logger no.such.Logger"):
+        Tracker({"_target_": "no.such.Logger"}, tmp_path, "g")._open("base", "base", {})

@@ -34,7 +34,7 @@ def run_strategy(pipe) -> dict:
     result = {"strategy": label, "seed": pipe.search_seed, "alpha": alpha, "U": trained["U"],
               "U_std": trained["U_std"], "capabilities": trained["capabilities"], "cost": cost, "curve": curve}
     write_atomic(pipe.run_dir / "result.json", json.dumps(result, indent=2, default=float))
-    if cfg["logger"]["kind"] == "wandb":
+    if cfg["logger"].get("kind") == "wandb":
         log_to_wandb(cfg["logger"], result, group=f"compare-{pipe.run_dir.parent.name}", out_dir=pipe.run_dir)
     return result
 
