@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mergemix.errors import MergeMixError
+from mergemix.registry import Registry
 
 
 def llama_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
@@ -44,18 +45,17 @@ def moe_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: in
                          bos_token_id=None, eos_token_id=None, pad_token_id=None)
 
 
-ARCHS = {"llama": llama_config, "glm4_moe": moe_config}
+ARCHS = Registry("model arch", {"llama": llama_config, "glm4_moe": moe_config})
 
 
 def hf_config(model_cfg: dict, vocab_size: int):
     """The transformers config of a size spec; the spec's own `vocab_size` (a paper model's) wins if given."""
     arch = model_cfg.get("arch", "llama")
-    if arch not in ARCHS:
-        raise MergeMixError(f"unknown model arch '{arch}'; choose one of {sorted(ARCHS)}")
+    build = ARCHS.get(arch)
     spec = {"max_position_embeddings": model_cfg.get("seq_len"), **model_cfg}
     spec["vocab_size"] = int(model_cfg.get("vocab_size") or vocab_size)
     try:
-        return ARCHS[arch](**spec)
+        return build(**spec)
     except TypeError as exc:
         raise MergeMixError(f"model '{model_cfg.get('name')}' ({arch}): {exc}") from exc
 

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from mergemix.errors import MergeMixError
-
-STRATEGIES = ("auto", "ddp", "fsdp")
+from mergemix.registry import Registry
 
 
 def is_secondary_rank() -> bool:
@@ -71,8 +70,7 @@ def check_strategy(spec: dict | str | None) -> tuple[str, dict]:
         spec = {"name": spec or "auto"}
     name = spec.get("name") or "auto"
     options = {k: v for k, v in spec.items() if k != "name" and v is not None}
-    if name not in STRATEGIES:
-        raise MergeMixError(f"unknown trainer.strategy.name '{name}' (choose from {', '.join(STRATEGIES)})")
+    STRATEGIES.get(name)
     unknown = sorted(set(options) - _options(name)) if name != "auto" else sorted(options)
     if unknown:
         raise MergeMixError(f"bad trainer.strategy for {name}: unknown option(s) {unknown}")
@@ -82,12 +80,16 @@ def check_strategy(spec: dict | str | None) -> tuple[str, dict]:
 def build_strategy(spec: dict | str | None, model):
     """A Lightning strategy object (or "auto") from `{name: ..., **options}`."""
     name, kwargs = check_strategy(spec)
-    if name == "auto":
-        return "auto"
-    if name == "ddp":
-        from pytorch_lightning.strategies import DDPStrategy
+    return STRATEGIES[name](kwargs, model)
 
-        return DDPStrategy(**kwargs)
+
+def _ddp(kwargs: dict, model):
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(**kwargs)
+
+
+def _fsdp(kwargs: dict, model):
     from pytorch_lightning.strategies import FSDPStrategy
 
     layers = decoder_layer_classes(model) if kwargs.pop("auto_wrap", True) else None
@@ -96,6 +98,9 @@ def build_strategy(spec: dict | str | None, model):
     if kwargs.pop("activation_checkpointing", False):
         kwargs["activation_checkpointing_policy"] = layers or decoder_layer_classes(model)
     return FSDPStrategy(**kwargs)
+
+
+STRATEGIES = Registry("trainer.strategy.name", {"auto": lambda kwargs, model: "auto", "ddp": _ddp, "fsdp": _fsdp})
 
 
 def full_state_dict(trainer) -> dict[str, torch.Tensor]:

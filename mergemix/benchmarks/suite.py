@@ -13,46 +13,57 @@ from mergemix.benchmarks import embedded
 from mergemix.benchmarks.evaluator import Evaluator
 from mergemix.benchmarks.tasks import Task, load_jsonl_task
 from mergemix.errors import MergeMixError
+from mergemix.registry import Registry
 
 MC_METRICS = ("acc", "acc_norm", "prob")
-SOURCES = ("embedded", "jsonl", "lmeval")
-BUILDERS = ("cloze", "synthetic_mc", "synthetic_gen")  # of embedded tasks
 
 
 def check_task_spec(name: str, spec: Mapping) -> str:
     """The task's source, once the spec names a known source and what that source needs (checked before work)."""
     source = spec.get("source", "embedded")
-    if source not in SOURCES:
-        raise MergeMixError(f"benchmark '{name}': unknown source '{source}' ({', '.join(SOURCES)})")
-    if source == "embedded" and spec.get("builder") not in BUILDERS:
-        raise MergeMixError(f"benchmark '{name}': unknown builder '{spec.get('builder')}' ({', '.join(BUILDERS)})")
+    SOURCES.get(source, f"benchmark '{name}': ")
+    if source == "embedded":
+        BUILDERS.get(spec.get("builder"), f"benchmark '{name}': ")
     if source == "jsonl" and not spec.get("path"):
         raise MergeMixError(f"benchmark '{name}': a jsonl task needs `path: FILE`")
     return source
 
 
 def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], seed: int, tokenizer=None) -> Task:
-    source = check_task_spec(name, spec)
-    if source == "jsonl":
-        return load_jsonl_task(name, spec["path"], spec.get("kind"), spec.get("limit"),
-                               spec.get("max_new_tokens", 8))
-    if source == "lmeval":
-        from mergemix.benchmarks import lmeval
+    return SOURCES[check_task_spec(name, spec)](name, spec, heldout_docs, seed, tokenizer)
 
-        return lmeval.resolve({name: spec})[name]
-    builder, n = spec["builder"], int(spec.get("n", 500))
-    if builder == "cloze":
-        docs = heldout_docs.get(spec["domain"])
-        if not docs:
-            raise MergeMixError(f"benchmark '{name}': domain '{spec['domain']}' has no held-out documents")
-        single = None
-        if tokenizer is not None and spec.get("single_token", True):
-            def single(word: str) -> bool:
-                return len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
-        return embedded.cloze(name, docs, n, seed, spec.get("vocab", 400), spec.get("context_chars", 240), single)
-    if builder == "synthetic_mc":
-        return embedded.synthetic_mc(name, spec["generator"], n, seed)
-    return embedded.synthetic_gen(name, spec["generator"], n, seed, spec.get("max_new_tokens", 6))
+
+def _jsonl(name, spec, heldout_docs, seed, tokenizer) -> Task:
+    return load_jsonl_task(name, spec["path"], spec.get("kind"), spec.get("limit"), spec.get("max_new_tokens", 8))
+
+
+def _lmeval(name, spec, heldout_docs, seed, tokenizer) -> Task:
+    from mergemix.benchmarks import lmeval
+
+    return lmeval.resolve({name: spec})[name]
+
+
+def _embedded(name, spec, heldout_docs, seed, tokenizer) -> Task:
+    return BUILDERS[spec["builder"]](name, spec, heldout_docs, seed, tokenizer, int(spec.get("n", 500)))
+
+
+def _cloze(name, spec, heldout_docs, seed, tokenizer, n) -> Task:
+    docs = heldout_docs.get(spec["domain"])
+    if not docs:
+        raise MergeMixError(f"benchmark '{name}': domain '{spec['domain']}' has no held-out documents")
+    single = None
+    if tokenizer is not None and spec.get("single_token", True):
+        def single(word: str) -> bool:
+            return len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+    return embedded.cloze(name, docs, n, seed, spec.get("vocab", 400), spec.get("context_chars", 240), single)
+
+
+SOURCES = Registry("source", {"embedded": _embedded, "jsonl": _jsonl, "lmeval": _lmeval})
+BUILDERS = Registry("builder", {  # of embedded tasks
+    "cloze": _cloze,
+    "synthetic_mc": lambda name, spec, docs, seed, tok, n: embedded.synthetic_mc(name, spec["generator"], n, seed),
+    "synthetic_gen": lambda name, spec, docs, seed, tok, n: embedded.synthetic_gen(
+        name, spec["generator"], n, seed, spec.get("max_new_tokens", 6))})
 
 
 def normalised(task: Task, scores: Mapping[str, np.ndarray], metric: str) -> np.ndarray:

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mergemix.errors import MergeMixError
+from mergemix.registry import Registry
 from mergemix.search.design import seed_mixtures
 from mergemix.search.gradient import gradient_search
 from mergemix.search.optuna_backend import optuna_search
@@ -99,13 +100,11 @@ def grid_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: in
     return Outcome(points[best], None, {"alphas": points, "results": results, "resolution": r})
 
 
-BACKENDS = {"surrogate": surrogate, "iterative": iterative, "grid": grid_search, "optuna": optuna_search,
-            "gradient": gradient_search}
+BACKENDS = Registry("search back-end", {"surrogate": surrogate, "iterative": iterative, "grid": grid_search,
+                                        "optuna": optuna_search, "gradient": gradient_search})
 # the merges a back-end evaluates before it looks at any result: what a joined worker can evaluate (join.py)
 DESIGNS = {"surrogate": surrogate_design, "iterative": first_round, "grid": grid_design}
 
 
 def get_backend(name: str):
-    if name not in BACKENDS:
-        raise MergeMixError(f"unknown search back-end '{name}' (choose from {', '.join(sorted(BACKENDS))})")
-    return BACKENDS[name]
+    return BACKENDS.get(name)

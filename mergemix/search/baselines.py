@@ -13,13 +13,11 @@ from collections.abc import Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
-from mergemix.errors import MergeMixError
 from mergemix.models import load_checkpoint
+from mergemix.registry import Registry
 from mergemix.search.cost import Ledger, trained_tokens
 from mergemix.search.surrogate import Surrogate, fine_search, result_utility
 from mergemix.simplex import check_weights, dirichlet
-
-BASELINES = ("uniform", "manual", "proxy", "regmix")
 
 
 class ProxyObjective:
@@ -115,18 +113,19 @@ def manual_prior(prior, names: list[str]) -> dict[str, float]:
     return check_weights(prior, names, "baseline prior")
 
 
+def _searched(alpha, obj: ProxyObjective) -> tuple[dict[str, float], dict]:
+    return dict(zip(obj.names, map(float, alpha))), {**obj.ledger.summary(), "curve": obj.ledger.curve}
+
+
+# each: (pipe, baseline cfg, seed, study path) -> (mixture, cost ledger summary)
+BASELINES = Registry("baseline", {
+    "uniform": lambda pipe, cfg, seed, path: (dict(pipe.uniform_mixture), Ledger(0).summary()),
+    "manual": lambda pipe, cfg, seed, path: (manual_prior(cfg["prior"], pipe.domain_names), Ledger(0).summary()),
+    "proxy": lambda pipe, cfg, seed, path: _searched(*proxy_search(pipe, cfg, seed, path)),
+    "regmix": lambda pipe, cfg, seed, path: _searched(*regmix(pipe, cfg, seed)),
+})
+
+
 def baseline_mixture(pipe, cfg: Mapping, seed: int, study_path) -> tuple[dict[str, float], dict]:
     """The baseline's mixture and its cost ledger summary."""
-    kind = cfg["baseline"]
-    names = pipe.domain_names
-    if kind == "uniform":
-        return dict(pipe.uniform_mixture), Ledger(0).summary()
-    if kind == "manual":
-        return manual_prior(cfg["prior"], names), Ledger(0).summary()
-    if kind == "proxy":
-        alpha, obj = proxy_search(pipe, cfg, seed, study_path)
-    elif kind == "regmix":
-        alpha, obj = regmix(pipe, cfg, seed)
-    else:
-        raise MergeMixError(f"unknown baseline '{kind}' (choose from {', '.join(BASELINES)})")
-    return dict(zip(names, map(float, alpha))), {**obj.ledger.summary(), "curve": obj.ledger.curve}
+    return BASELINES.get(cfg["baseline"])(pipe, cfg, seed, study_path)

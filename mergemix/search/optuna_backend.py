@@ -11,23 +11,28 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from mergemix.errors import MergeMixError
+from mergemix.registry import Registry
 from mergemix.search.space import alpha_of_trial, params_from_alpha, suggest_alpha
 from mergemix.search.types import Evaluate, Outcome
 
 
-def make_sampler(name: str, seed: int):
-    import optuna
+def _sampler(cls: str, **options):
+    def make(seed: int):
+        import optuna
 
-    samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
-        "qmc": lambda: optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-    }
-    if name not in samplers:
-        raise MergeMixError(f"unknown Optuna sampler '{name}' (choose from {', '.join(samplers)})")
-    return samplers[name]()
+        return getattr(optuna.samplers, cls)(seed=seed, **options)
+
+    return make
+
+
+SAMPLERS = Registry("Optuna sampler", {
+    "tpe": _sampler("TPESampler", multivariate=True, constant_liar=True), "cmaes": _sampler("CmaEsSampler"),
+    "gp": _sampler("GPSampler"), "qmc": _sampler("QMCSampler", qmc_type="sobol", scramble=True),
+    "random": _sampler("RandomSampler")})
+
+
+def make_sampler(name: str, seed: int):
+    return SAMPLERS.get(name)(seed)
 
 
 def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler):
