@@ -175,6 +175,8 @@ def stamp_special_tokens(path: str | Path, tok=None) -> None:
             return
     if getattr(tok, "eos_token_id", None) is None:  # not an HF tokenizer with an EOS: nothing to stamp
         return
+    if not (path / "config.json").is_file():  # a LoRA adapter directory: no model config to stamp
+        return
     cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
     ids = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}

@@ -86,6 +86,18 @@ def test_mixed_expert_kinds_and_bad_kind_are_clear_errors(tmp_path, monkeypatch,
                      capsys)
 
 
+def test_an_adapter_directory_has_no_model_config_to_stamp(tmp_path):
+    """Training saves the tokenizer and stamps its special tokens into the checkpoint's config: an adapter has no
+    config.json, so nothing is stamped (and nothing fails)."""
+    from types import SimpleNamespace
+
+    from mergemix.models import stamp_special_tokens
+
+    _, paths = _adapters(tmp_path, k=1)
+    stamp_special_tokens(paths["e0"], SimpleNamespace(eos_token_id=2, bos_token_id=1, pad_token_id=None))
+    assert (paths["e0"] / "adapter_config.json").is_file() and not (paths["e0"] / "config.json").exists()
+
+
 @pytest.mark.slow
 def test_lora_experts_train_as_adapters_and_merge_like_their_models(tmp_path):
     """experts.kind=lora on micro (rank 4): each expert directory holds an adapter (under a quarter of the base
