@@ -143,8 +143,9 @@ class LoraBank(ExpertBank):
         return alpha[owner] * scale
 
     @torch.no_grad()
-    def merge_into(self, model, weights) -> None:
-        alpha = self.alpha_vector(weights)
+    def merge_into(self, model, weights, scale: float = 1.0) -> None:
+        """base + scale * sum_k alpha_k s_k B_k A_k per adapted tensor (the dense bank's contract)."""
+        alpha = self.alpha_vector(weights) * float(scale)
         for pname, p in mergeable(model).items():
             if pname in self.factors:
                 b, a, _, _ = self.factors[pname]

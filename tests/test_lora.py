@@ -86,6 +86,17 @@ def test_mixed_expert_kinds_and_bad_kind_are_clear_errors(tmp_path, monkeypatch,
                      capsys)
 
 
+def test_extrapolated_lora_merge_scales_every_adapted_delta(tmp_path):
+    """merge_into(..., scale=s) = base + s * (merge(alpha) - base), as for full experts (search.merge_scale)."""
+    base_path, paths = _adapters(tmp_path, k=2)
+    bank = ExpertBank.from_paths(base_path, paths)
+    one, two = load_checkpoint(base_path), load_checkpoint(base_path)
+    bank.merge_into(one, [0.3, 0.7])
+    bank.merge_into(two, [0.3, 0.7], scale=2.0)
+    for name, p0 in mergeable(load_checkpoint(base_path)).items():
+        torch.testing.assert_close(mergeable(two)[name], p0 + 2 * (mergeable(one)[name] - p0), rtol=0, atol=1e-6)
+
+
 def test_an_adapter_directory_has_no_model_config_to_stamp(tmp_path):
     """Training saves the tokenizer and stamps its special tokens into the checkpoint's config: an adapter has no
     config.json, so nothing is stamped (and nothing fails)."""
