@@ -102,26 +102,30 @@ def run(testbeds: list[str], overrides: list[str], workers: int, home: Path) -> 
     return failed
 
 
-def report(testbeds: list[str], overrides: list[str], home: Path, out: Path, wall_s: float | None) -> dict:
+def report(testbeds: list[str], overrides: list[str], home: Path, out: Path, wall_s: float | None,
+           workers: int = 1) -> dict:
     from mergemix.analysis.frontier import consistency, markdown, plot, summarise
     from mergemix.cli import _quiet
 
     _quiet()
     from mergemix.artifacts import write_atomic
 
-    summaries, md = {}, []
+    summaries, md, inputs = {}, [], {}
     for tb in testbeds:
         cfg, _ = configs(tb, overrides, home)
         points = [p for f in sorted((home / "frontier" / tb / "points").glob("*.json"))
                   for p in json.loads(f.read_text()) if p["seed"] in cfg["frontier"]["seeds"]]
-        if not points:
-            continue
-        reference = {"expert_tokens": int(cfg["experts"]["tokens"]), "budget": int(cfg["search"]["budget"]),
-                     "correction": "none"}
-        summaries[tb] = {**summarise(points, reference), "model": cfg["model"]["name"],
-                         "mix_tokens": int(cfg["mix"]["tokens"]), "frontier": cfg["frontier"],
-                         "consistency": consistency(cfg, points)}
-        md.append(markdown(summaries[tb], TITLES.get(tb, tb)))
+        if points:
+            inputs[tb] = (cfg, points)
+    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(inputs)))) as pool:  # merges of both testbeds
+        ranked = {tb: pool.submit(consistency, cfg, points) for tb, (cfg, points) in inputs.items()}
+        for tb, (cfg, points) in inputs.items():
+            reference = {"expert_tokens": int(cfg["experts"]["tokens"]), "budget": int(cfg["search"]["budget"]),
+                         "correction": "none"}
+            summaries[tb] = {**summarise(points, reference), "model": cfg["model"]["name"],
+                             "mix_tokens": int(cfg["mix"]["tokens"]), "frontier": cfg["frontier"],
+                             "consistency": ranked[tb].result()}
+            md.append(markdown(summaries[tb], TITLES.get(tb, tb)))
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python experiments/frontier.py " + " ".join(["--testbeds", *testbeds, *overrides])
     head = (f"# Cost-quality frontier\n\nProduced by `make frontier` (`{cmd}`)"
@@ -152,7 +156,8 @@ def main() -> None:
     t0, failed = time.time(), {}
     if not args.report_only:
         failed = run(args.testbeds, args.overrides, args.workers, home)
-    report(args.testbeds, args.overrides, home, args.out, None if args.report_only else time.time() - t0)
+    report(args.testbeds, args.overrides, home, args.out, None if args.report_only else time.time() - t0,
+           args.workers)
     if failed:
         print(f"[frontier] failed jobs (rerun to retry): {failed}", flush=True)
         raise SystemExit(1)
