@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -50,24 +51,29 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     """An Optuna study over lambda (the token-proportional mixture first); alpha* = the best proxy run."""
     from optuna.trial import TrialState
 
-    from mergemix.search.optuna_backend import make_sampler, open_study, record_trial
-    from mergemix.search.space import alpha_of_trial, params_from_alpha, suggest_alpha
+    from mergemix.search.optuna_backend import (
+        ask_tell,
+        fail_orphans,
+        make_sampler,
+        open_study,
+        resumable_sampler,
+    )
+    from mergemix.search.space import alpha_of_trial, params_from_alpha
 
     obj = ProxyObjective(pipe, cfg, cfg["objective"])
-    study = open_study(cfg.get("storage") or f"sqlite:///{study_path}", f"proxy-{seed}", obj.names,
-                       make_sampler(cfg.get("sampler") or "tpe", seed))
+    name = cfg.get("sampler") or "tpe"
+    local = None if cfg.get("storage") else Path(f"{study_path}.sampler.pkl")  # this process owns the study
+    sampler = resumable_sampler(local, name, seed) if local else make_sampler(name, seed)
+    study = open_study(cfg.get("storage") or f"sqlite:///{study_path}", f"proxy-{seed}", obj.names, sampler)
+    if local:
+        fail_orphans(study)
     if not study.trials:
         study.enqueue_trial(params_from_alpha([pipe.uniform_mixture[n] for n in obj.names], obj.names))
     # trials of an earlier (killed) run: their proxies are cached artifacts; replaying them charges the ledger
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[:int(cfg["budget"])]:
         obj(alpha_of_trial(t.params, obj.names))
     remaining = int(cfg["budget"]) - len(obj.history)  # an enqueued (waiting) trial is taken by the first ask
-    for _ in tqdm(range(max(0, remaining)), desc="proxy-training search", unit="run"):
-        trial = study.ask()
-        alpha = suggest_alpha(trial, obj.names)
-        result = obj(alpha)
-        record_trial(trial, obj.names, alpha, result)  # alpha and scores for optuna-dashboard
-        study.tell(trial, obj.utility(result))
+    ask_tell(study, obj.names, remaining, obj, obj.utility, local, "proxy-training search")
     return best_run(obj.history, obj.utility), obj
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,51 @@ SAMPLERS = Registry("Optuna sampler", {
 
 def make_sampler(name: str, seed: int):
     return SAMPLERS.get(name)(seed)
+
+
+def resumable_sampler(path: Path, name: str, seed: int):
+    """The sampler of a study that one process runs by ask/tell: restored from `path` (pickled after every tell,
+    `save_sampler`), so that a killed and resumed study proposes what the uninterrupted one would have (a fresh
+    seeded sampler would replay its first random draws as duplicate trials); fresh when absent or unreadable."""
+    import pickle
+
+    try:
+        return pickle.loads(path.read_bytes())
+    except Exception:  # noqa: BLE001 - absent, cut by a kill or from another Optuna version: start fresh
+        return make_sampler(name, seed)
+
+
+def save_sampler(study, path: Path) -> None:
+    import pickle
+
+    from mergemix.artifacts import write_atomic
+
+    write_atomic(path, pickle.dumps(study.sampler))
+
+
+def ask_tell(study, names: Sequence[str], n: int, run: Evaluate, util: Callable[[dict], float],
+             sampler_path: Path | None = None, desc: str = "search") -> None:
+    """`n` more trials of a study that this process runs alone: ask, evaluate, record alpha and scores, tell; the
+    sampler is saved after every tell when `sampler_path` is given (resumable_sampler)."""
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(max(0, n)), desc=desc, unit="run"):
+        trial = study.ask()
+        alpha = suggest_alpha(trial, names)
+        result = run(alpha)
+        record_trial(trial, names, alpha, result)  # alpha and scores for optuna-dashboard
+        study.tell(trial, util(result))
+        if sampler_path:
+            save_sampler(study, sampler_path)
+
+
+def fail_orphans(study) -> None:
+    """Trials left running by a killed process of this (one-process) study: failed, so they are not counted; the
+    restored sampler proposes the interrupted one again."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
 
 
 def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler):
