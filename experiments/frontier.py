@@ -1,6 +1,7 @@
 """`make frontier`: the cost-quality frontier of mixture searches on two testbeds -> reports/frontier/.
 
-    python experiments/frontier.py [--testbeds embedded files] [--workers N] [--report-only] [overrides...]
+    python experiments/frontier.py [--testbeds embedded files] [--workers N] [--kinds K...] [--report-only]
+                                   [overrides...]
 
 Testbeds: `embedded` (the built-in domains and benchmarks) and `files` (four domains of text files that ship with
 the machine and four JSONL cloze benchmarks, declared through --config-dir as a user would:
@@ -73,7 +74,8 @@ def prepare(cfg: dict, small_model: dict | None) -> None:
         _ = pipe.derive(model=small_model).base_dir
 
 
-def run(testbeds: list[str], overrides: list[str], workers: int, home: Path) -> dict[str, list[str]]:
+def run(testbeds: list[str], overrides: list[str], workers: int, home: Path,
+        kinds: list[str] | None = None) -> dict[str, list[str]]:
     from mergemix.analysis.frontier import finished, jobs
 
     plans, failed = {}, {}
@@ -81,7 +83,8 @@ def run(testbeds: list[str], overrides: list[str], workers: int, home: Path) -> 
         cfg, small = configs(tb, overrides, home)
         out = home / "frontier" / tb / "points"
         out.mkdir(parents=True, exist_ok=True)
-        plans[tb] = (cfg, small, out, [j for j in jobs(cfg) if finished(j, out) is None])
+        plans[tb] = (cfg, small, out, [j for j in jobs(cfg) if finished(j, out) is None
+                                       and (not kinds or j["kind"] in kinds)])
     with ProcessPoolExecutor(max_workers=workers) as pool:
         for tb, (cfg, small, _, todo) in plans.items():  # bases and experts first, testbeds in parallel
             print(f"[frontier] {tb}: {len(todo)} jobs to run", flush=True)
@@ -145,6 +148,8 @@ def main() -> None:
     ap.add_argument("--testbeds", nargs="+", default=["embedded", "files"], choices=["embedded", "files"])
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--kinds", nargs="+", choices=["fixed", "mergemix", "proxy", "regmix", "full", "small"],
+                    help="run only these kinds of job (default: all); the report covers every point written")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "frontier")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -155,7 +160,7 @@ def main() -> None:
     home = Path(os.environ.get("MERGEMIX_HOME", "outputs")).resolve()
     t0, failed = time.time(), {}
     if not args.report_only:
-        failed = run(args.testbeds, args.overrides, args.workers, home)
+        failed = run(args.testbeds, args.overrides, args.workers, home, args.kinds)
     report(args.testbeds, args.overrides, home, args.out, None if args.report_only else time.time() - t0,
            args.workers)
     if failed:
