@@ -43,7 +43,7 @@ def _run(pipe, _args) -> None:
 
 
 def _experts(pipe, _args) -> None:
-    from mergemix.analysis.report import print_gains
+    from mergemix.stages.report import print_gains
 
     names = [pipe.cfg["expert_domain"]] if pipe.cfg.get("expert_domain") else pipe.domain_names
     out = {n: str(pipe.expert_dir(n)) for n in names}

@@ -7,10 +7,11 @@ the rest of mix.tokens on α*_mid and on α*, and both are scored. Writes dynami
 
 from __future__ import annotations
 
-from mergemix.analysis import mixtures, report
+from mergemix.analysis import mixtures
 from mergemix.errors import MergeMixError
 from mergemix.exports import normalised
 from mergemix.simplex import check_weights
+from mergemix.stages import report
 
 STATIC, REOPTIMISED = "static (alpha* -> alpha*)", "re-optimised (alpha* -> alpha*_mid)"
 SECOND_HALF_SEED = 1  # offset to search_seed: the second half draws other windows than the first half

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mergemix.analysis import mixtures, report
+from mergemix.analysis import mixtures
 from mergemix.errors import MergeMixError
 from mergemix.exports import normalised
 from mergemix.simplex import check_weights, token_proportional
+from mergemix.stages import report
 
 TOKEN, FLAT, HIER = "token-proportional", "flat alpha*", "hierarchical"
 RUNS = {TOKEN: "uniform", FLAT: "mergemix", HIER: "hierarchical"}  # labels of the trained runs

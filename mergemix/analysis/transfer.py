@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from mergemix.analysis import mixtures, report
+from mergemix.analysis import mixtures
 from mergemix.errors import MergeMixError
 from mergemix.simplex import check_weights
+from mergemix.stages import report
 
 # row label -> label of the trained run (the same runs as `mergemix run` on the target for uniform and mergemix)
 RUNS = {"token-proportional": "uniform", "transferred alpha*": "transfer", "own alpha*": "mergemix"}
