@@ -43,13 +43,13 @@ def _run(pipe, _args) -> None:
 
 
 def _experts(pipe, _args) -> None:
-    from mergemix.stages.report import print_gains
+    from mergemix.stages.report import log_gains
 
     names = [pipe.cfg["expert_domain"]] if pipe.cfg.get("expert_domain") else pipe.domain_names
     out = {n: str(pipe.expert_dir(n)) for n in names}
     print(json.dumps({"base": str(pipe.base_dir), "experts": out}, indent=2))
     print("expert gains on their own capability:")
-    print_gains(pipe.expert_report())
+    log_gains(pipe.expert_report())
 
 
 def _search(pipe, _args) -> None:

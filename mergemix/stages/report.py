@@ -102,7 +102,7 @@ def verdict(calib: dict, cv_spearman: dict, choice: dict | None, min_cv: float =
 log = logging.getLogger("mergemix")
 
 
-def print_gains(gains: dict) -> None:
+def log_gains(gains: dict) -> None:
     for cap, g in gains.items():
         log.info(f"  expert:{g['domain']:<6} lifts {cap:<9} {100 * g['base']:6.1f} -> {100 * g['expert']:6.1f}"
               f"  ({g['sigmas']:+.1f} sigma){'' if g['clear'] else '  NOT CLEAR'}")
@@ -215,7 +215,7 @@ def log_summary(table: str, s: dict) -> None:
     uni = ", ".join(f"{d}={w:.3f}" for d, w in s["uniform_mixture"].items())
     log.info(f"\nalpha* (MergeMix): {fmt}\nuniform (token-proportional): {uni}\n\n{table}\n")
     log.info("calibration:")
-    print_gains(s["calibration"]["expert_gains"])
+    log_gains(s["calibration"]["expert_gains"])
     t = s["calibration"]["tradeoff"]
     log.info(f"  best merge interior: {t['best_is_interior']} (interior U {100 * t['best_interior_U']:.1f}"
              f" vs best vertex U {100 * (t['best_vertex_U'] or float('nan')):.1f}; seed U spread std"
