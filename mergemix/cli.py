@@ -9,6 +9,7 @@ each job's config is composed once so that bad input stops with one `error: ...`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 
@@ -19,6 +20,27 @@ from mergemix.compose import CONF_DIR, compose, label_strategy, sweep_jobs, to_p
 from mergemix.errors import MergeMixError
 
 __all__ = ["CONF_DIR", "_quiet", "compose", "execute", "main", "to_plain"]
+
+
+class _Stdout(logging.Handler):
+    """A record's message alone, on the current stdout (as print writes it; also when stdout is swapped)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stdout.write(self.format(record) + "\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+
+
+def console_logging() -> None:
+    """The package's messages (logger "mergemix": stages, pipeline) as plain lines on stdout, not through the
+    handlers Hydra gives the root logger; idempotent."""
+    log = logging.getLogger("mergemix")
+    if not any(isinstance(h, _Stdout) for h in log.handlers):
+        log.addHandler(_Stdout())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _fail(msg: str) -> None:
@@ -120,6 +142,7 @@ def _hydra_entry(command: str, mix_weights) -> None:
     def _main(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
+        console_logging()  # after Hydra has configured logging for the job
         try:
             label_strategy(cfg, HydraConfig.get().runtime.choices)
             execute(command, to_plain(cfg), mix_weights)

@@ -11,7 +11,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 STUDIES = {
     "validate": "merged vs really trained mixtures: rank consistency (validate.*)",
@@ -38,33 +41,33 @@ def _info(cfg: dict, _args) -> None:
     print(json.dumps(describe(cfg["model"], cfg["tokenizer"]["vocab_size"]), indent=2))
 
 
-def _run(pipe, _args) -> None:
+def _run(pipe: Pipeline, _args) -> None:
     pipe.run()
 
 
-def _experts(pipe, _args) -> None:
-    from mergemix.analysis.report import print_gains
+def _experts(pipe: Pipeline, _args) -> None:
+    from mergemix.stages.report import log_gains
 
     names = [pipe.cfg["expert_domain"]] if pipe.cfg.get("expert_domain") else pipe.domain_names
     out = {n: str(pipe.expert_dir(n)) for n in names}
     print(json.dumps({"base": str(pipe.base_dir), "experts": out}, indent=2))
     print("expert gains on their own capability:")
-    print_gains(pipe.expert_report())
+    log_gains(pipe.expert_report())
 
 
-def _search(pipe, _args) -> None:
+def _search(pipe: Pipeline, _args) -> None:
     print((pipe.search_dir / "mixture.yaml").read_text())
     print(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")
     print(f"exports: {', '.join(str(p) for p in pipe.write_exports().values())}")
 
 
-def _search_worker(pipe, _args) -> None:
+def _search_worker(pipe: Pipeline, _args) -> None:
     from mergemix.search.join import join_search
 
     print(json.dumps(join_search(pipe), indent=2))
 
 
-def _mix(pipe, weights) -> None:
+def _mix(pipe: Pipeline, weights) -> None:
     from mergemix.simplex import check_weights
 
     path = pipe.train_mixture(check_weights(weights, pipe.domain_names, "mix weights"), "custom")
@@ -72,7 +75,7 @@ def _mix(pipe, weights) -> None:
     print(json.dumps({"checkpoint": str(path), "U": result["U"], "capabilities": result["capabilities"]}, indent=2))
 
 
-def _compare(pipe, _args) -> None:
+def _compare(pipe: Pipeline, _args) -> None:
     from mergemix.analysis.compare import aggregate, run_strategy
 
     result = run_strategy(pipe)
@@ -87,7 +90,7 @@ REPORTS = {"validate": "validation"}  # a study's report files when not <name>.{
 def _study(name: str, summary: str) -> Command:
     module = f"mergemix.analysis.{name}"
 
-    def run(pipe, _args) -> None:
+    def run(pipe: Pipeline, _args) -> None:
         importlib.import_module(module).run(pipe)
         print(f"\n{(pipe.run_dir / f'{REPORTS.get(name, name)}.md').read_text()}")
 

@@ -177,9 +177,9 @@ class KeyStore(ArtifactStore):
         return self.path(stage, stage_key(stage, inputs))
 
 
-def keys_of(cfg: dict, monkeypatch) -> dict[str, str]:
-    """Every stage's key for `cfg`, from the config alone: token counts (which set the uniform mixture) stand in
-    as a function of the token keys, and no check runs (a changed value need not be a valid one)."""
+def key_pipeline(cfg: dict, monkeypatch) -> Pipeline:
+    """A pipeline whose artifacts are only keyed, from the config alone: token counts (which set the uniform
+    mixture) stand in as a function of the token keys, and no check runs (a changed value need not be a valid one)."""
     from mergemix import pipeline
 
     monkeypatch.setattr(pipeline, "check_config", lambda cfg: None)
@@ -189,6 +189,12 @@ def keys_of(cfg: dict, monkeypatch) -> dict[str, str]:
         lambda self: {n: 10**6 + int(p.name[:6], 16) for n, p in self.token_dirs.items()}))
     pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
     pipe.store = KeyStore(pipe.store.root)
+    return pipe
+
+
+def keys_of(cfg: dict, monkeypatch) -> dict[str, str]:
+    """Every stage's key for `cfg` (key_pipeline)."""
+    pipe = key_pipeline(cfg, monkeypatch)
     paths = {"tokenizer": pipe.tokenizer_dir, "base": pipe.base_dir, "benchmarks": pipe.task_dir,
              "eval:base": pipe.eval_dir(pipe.base_dir), "search": pipe.search_dir,
              "mixture:uniform": pipe.train_mixture(pipe.uniform_mixture, "uniform")}
@@ -291,3 +297,50 @@ def test_every_config_leaf_changes_exactly_the_keys_of_the_stages_reading_it(mic
     assert all(len({p.rsplit(".", 1)[-1] for p in paths}) == len(paths) for paths in READS.values())  # names
     assert not wrong, wrong
     assert n >= 100  # the composed micro config's leaves
+
+
+# ----------------------------------------------------------------------------------------- pinned keys ---
+# The keys of the micro experiment's artifacts (key_pipeline: token counts stand in), plain and with the optional key
+# inputs set, as the code that built today's caches computes them. Moving the stages' code must leave them as they
+# are; a deliberate change of what a stage produces bumps artifacts.CODE_VERSIONS (and these values) instead.
+OPTIONAL = ("experts.kind=lora", "search.calibration=recovery", "search.merge_scale=0.5",
+            "+domains.sources.code.max_tokens=50000")
+PINNED = {
+    (): {
+        "tokenizer": "tokenizer/168d87c26395e2f1", "base": "base/b40621fd190e7906",
+        "benchmarks": "benchmarks/288fef80caa89b99", "eval:base": "eval/b1f101417fbbd45c",
+        "search": "search/6bd43e0b227a4282", "mixture:uniform": "mixture/eabc4d0b11cbbab9",
+        "corpus:code": "corpus/23afc4cea16425b7", "tokens:code": "tokens/71c193ed29b957e0",
+        "expert:code": "expert/926f50594cb2c492", "corpus:math": "corpus/4723a6e548f143d9",
+        "tokens:math": "tokens/5f4b2ba50d24b9c7", "expert:math": "expert/14e7026d4f97eff1",
+        "corpus:prose": "corpus/73af3a293a5d34b5", "tokens:prose": "tokens/eee6466eed6fc394",
+        "expert:prose": "expert/a02b140c5cb03ec7", "corpus:sft": "corpus/da0a401f2a256421",
+        "tokens:sft": "tokens/e64677a55349a6ed", "expert:sft": "expert/7d40b9e8a564d692",
+        "merge-cache": "fc6cf015f3034163.jsonl", "expert:mixed": "5999c731c7316332",
+        "mixture:seed7": "803b69f587dbfeb5",
+    },
+    OPTIONAL: {
+        "tokenizer": "tokenizer/168d87c26395e2f1", "base": "base/2591dd136eff2df1",
+        "benchmarks": "benchmarks/288fef80caa89b99", "eval:base": "eval/e76bb3765a0af97c",
+        "search": "search/4417d685ced4dde2", "mixture:uniform": "mixture/84daddffe4004667",
+        "corpus:code": "corpus/23afc4cea16425b7", "tokens:code": "tokens/c417720cce999120",
+        "expert:code": "expert/3f91ea9a4baa4ef8", "corpus:math": "corpus/4723a6e548f143d9",
+        "tokens:math": "tokens/5f4b2ba50d24b9c7", "expert:math": "expert/7759978303dc189f",
+        "corpus:prose": "corpus/73af3a293a5d34b5", "tokens:prose": "tokens/eee6466eed6fc394",
+        "expert:prose": "expert/5a8f710d446e957c", "corpus:sft": "corpus/da0a401f2a256421",
+        "tokens:sft": "tokens/e64677a55349a6ed", "expert:sft": "expert/4270090cfa0b4c27",
+        "merge-cache": "f0e390d683d9246a.jsonl", "expert:mixed": "c2ac9cd16030062d",
+        "mixture:seed7": "7769f3f1fff59e14",
+    },
+}
+
+
+@pytest.mark.parametrize("overrides", list(PINNED), ids=["plain", "optional-inputs"])
+def test_stage_keys_of_the_micro_experiment_are_pinned(overrides, micro_root, tmp_path, monkeypatch):
+    cfg = micro_cfg(micro_root, *overrides, f"paths.run_dir={tmp_path}/run")
+    keys = keys_of(cfg, monkeypatch)
+    pipe = key_pipeline(cfg, monkeypatch)
+    keys.update({"merge-cache": pipe.merge_cache_path.name, "expert:mixed": pipe.expert_dir(
+        "mixed", {"code": 0.5, "math": 0.5}).name, "mixture:seed7": pipe.train_mixture(
+        {"code": 0.25, "math": 0.25, "prose": 0.25, "sft": 0.25}, "x", seed=7).name})
+    assert keys == PINNED[overrides]

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from mergemix.analysis.report import calibration
+from mergemix.stages.report import calibration
 
 CAPS = {"a": ["ta"], "b": ["tb"]}
 
@@ -59,8 +59,8 @@ def test_demo_testbed_is_calibrated(tmp_path):
 
 
 def test_tradeoff_reads_weights_when_a_capability_shares_a_domains_name(tmp_path):
-    from mergemix.analysis.report import tradeoff
     from mergemix.search.run import write_trials
+    from mergemix.stages.report import tradeoff
 
     def res(code, math, u):
         return {"capabilities": {"code": code, "math": math}, "U": u, "U_std": 0.0}

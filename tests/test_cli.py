@@ -109,3 +109,17 @@ def test_conflicting_strategy_and_search_are_refused(tmp_path, capsys, monkeypat
 def test_gpu_trainer_inherits_cpu():
     cpu, gpu = compose(["trainer=cpu"]).trainer, compose(["trainer=gpu"]).trainer
     assert gpu.accelerator == "gpu" and {**cpu, "accelerator": "gpu"} == dict(gpu)
+
+
+def test_run_prints_its_report_as_plain_lines_on_stdout(micro_run, micro_root, tmp_path, capsys, monkeypatch):
+    """The stages log through the "mergemix" logger; the CLI shows each message alone on stdout, as print did,
+    and not again through the handlers Hydra gives the root logger."""
+    _, summary = micro_run
+    code, out, _ = run_cli(["run", *MICRO, f"paths.root={micro_root}", f"paths.run_dir={tmp_path}/run"], capsys,
+                           monkeypatch)
+    assert code == 0
+    alpha = ", ".join(f"{d}={w:.3f}" for d, w in summary["alpha_star"].items())
+    lines = out.splitlines()
+    assert f"alpha* (MergeMix): {alpha}" in lines and "calibration:" in lines
+    assert sum(ln.startswith("alpha* (MergeMix)") for ln in lines) == 1 and "[mergemix]" not in out
+    assert any(ln.startswith("verdict: ") for ln in lines) and lines[-1] == f"run directory: {tmp_path}/run"

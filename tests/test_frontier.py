@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from mergemix.analysis import frontier
-from mergemix.analysis.report import verdict
 from mergemix.errors import MergeMixError
 from mergemix.merging import ExpertBank
 from mergemix.models import build_model
@@ -21,6 +20,7 @@ from mergemix.search.calibration import calibrate, recovery
 from mergemix.search.cost import trained_tokens
 from mergemix.search.run import choose_alpha
 from mergemix.search.surrogate import objective_std, result_utility, utility
+from mergemix.stages.report import verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -115,6 +115,7 @@ def test_same_seed_same_expert_across_fresh_caches(micro_run, micro_root, tmp_pa
     tokenizer, tokens, base and expert bit for bit, on the same data order; another seed gives the expert another
     data order and other weights."""
     from mergemix.pipeline import Pipeline
+    from mergemix.stages.experts import expert_job
     from mergemix.training import MixtureDataModule
 
     pipe, _ = micro_run
@@ -132,8 +133,7 @@ def test_same_seed_same_expert_across_fresh_caches(micro_run, micro_root, tmp_pa
     assert fresh.tokenizer_dir != pipe.tokenizer_dir and fresh.tokenizer_dir.name == pipe.tokenizer_dir.name
     assert _weights_bytes(fresh.base_dir) == _weights_bytes(pipe.base_dir)
     assert _weights_bytes(expert) == _weights_bytes(pipe.expert_dirs["code"])
-    other = fresh._train("expert", {"domain": "code"}, fresh.base_dir, {"code": 1.0}, fresh.cfg["experts"],
-                         "expert:code", seed=1)
+    other = fresh._train(expert_job("code", fresh.cfg["experts"], fresh.base_dir, seed=1))
     assert other != expert and _weights_bytes(other) != _weights_bytes(expert)
 
 

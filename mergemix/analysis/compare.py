@@ -7,13 +7,17 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mergemix.artifacts import write_atomic
 
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
-def run_strategy(pipe) -> dict:
+
+def run_strategy(pipe: Pipeline) -> dict:
     from mergemix.search.baselines import baseline_mixture, proxy_study_path
 
     cfg, names = pipe.cfg, pipe.domain_names

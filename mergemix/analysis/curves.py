@@ -8,12 +8,16 @@ curves.png (one panel per capability and U) into the run directory."""
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mergemix.analysis import rank
 from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 
 def curve_domains(cfg: dict) -> list[str]:
@@ -64,7 +68,7 @@ def _columns(rows: list[dict]) -> dict[str, list[float]]:
     return {s: [r[s] for r in rows] for s in rows[0]}
 
 
-def run(pipe) -> dict:
+def run(pipe: Pipeline) -> dict:
     from mergemix.search.evalcache import EvalCache
     from mergemix.search.run import MergeObjective
 

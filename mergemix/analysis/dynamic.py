@@ -7,10 +7,16 @@ the rest of mix.tokens on α*_mid and on α*, and both are scored. Writes dynami
 
 from __future__ import annotations
 
-from mergemix.analysis import mixtures, report
+from typing import TYPE_CHECKING
+
+from mergemix.analysis import mixtures
 from mergemix.errors import MergeMixError
 from mergemix.exports import normalised
 from mergemix.simplex import check_weights
+from mergemix.stages import report
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 STATIC, REOPTIMISED = "static (alpha* -> alpha*)", "re-optimised (alpha* -> alpha*_mid)"
 SECOND_HALF_SEED = 1  # offset to search_seed: the second half draws other windows than the first half
@@ -40,7 +46,7 @@ def check_config(cfg: dict) -> None:
                                 f"at least one batch ({batch:,} tokens); raise mix.tokens or move dynamic.fraction")
 
 
-def run(pipe) -> dict:
+def run(pipe: Pipeline) -> dict:
     cfg, names = pipe.cfg, pipe.domain_names
     first, second = split_tokens(cfg)
     alpha = check_weights(normalised(pipe.alpha_star), names, "alpha*")

@@ -10,13 +10,18 @@ token-proportional one. Writes hierarchical.{json,md,png}."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mergemix.analysis import mixtures, report
+from mergemix.analysis import mixtures
 from mergemix.errors import MergeMixError
 from mergemix.exports import normalised
 from mergemix.simplex import check_weights, token_proportional
+from mergemix.stages import report
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 TOKEN, FLAT, HIER = "token-proportional", "flat alpha*", "hierarchical"
 RUNS = {TOKEN: "uniform", FLAT: "mergemix", HIER: "hierarchical"}  # labels of the trained runs
@@ -54,7 +59,7 @@ def combine(coarse: dict[str, float], within: dict[str, dict[str, float]]) -> di
     return dict(sorted((d, coarse[g] * b) for g, beta in within.items() for d, b in beta.items()))
 
 
-def searched(pipe, expert_dirs: dict[str, Path], prior: dict[str, float]) -> tuple[dict[str, float], dict | None]:
+def searched(pipe: Pipeline, expert_dirs: dict[str, Path], prior: dict[str, float]) -> tuple[dict[str, float], dict | None]:
     """α* of a merge search over these experts of the base, and where it came from (one expert: weight 1)."""
     from mergemix.pipeline import ExpertSpace
 
@@ -66,7 +71,7 @@ def searched(pipe, expert_dirs: dict[str, Path], prior: dict[str, float]) -> tup
     return alpha, {"search": str(space.search_dir), "verified": r["verified"], "evaluations": r["cost"]["evaluations"]}
 
 
-def run(pipe) -> dict:
+def run(pipe: Pipeline) -> dict:
     from mergemix.search.evalcache import EvalCache
     from mergemix.search.run import MergeObjective
 

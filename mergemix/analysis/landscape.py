@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from mergemix.errors import MergeMixError
 from mergemix.search.run import read_trials
 from mergemix.search.surrogate import Surrogate, fine_search, utility
 from mergemix.simplex import finest_resolution, grid
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 SOURCES = ("surrogate", "merge")
 MAX_SURROGATE_POINTS = 10_000  # the default fine grid: predictions are cheap, the plot stays readable
@@ -56,7 +60,7 @@ def read_seeds(path: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.n
     return alphas, {c: v for c, v in columns.items() if c not in ("U", "U_std")}
 
 
-def fit_surrogate(pipe) -> tuple[Surrogate, np.ndarray]:
+def fit_surrogate(pipe: Pipeline) -> tuple[Surrogate, np.ndarray]:
     """The search's regressors refit on its seed merges, with its LightGBM settings and seed."""
     alphas, scores = read_seeds(pipe.search_dir / "seeds.csv", pipe.domain_names)
     if len(alphas) < MIN_SEEDS:
@@ -71,7 +75,7 @@ def _predicted(surrogate: Surrogate, alpha) -> dict[str, float]:
     return {**pred, "U": float(utility(pred))}
 
 
-def specialists(pipe, surrogate: Surrogate, seed_alphas: np.ndarray) -> dict[str, dict]:
+def specialists(pipe: Pipeline, surrogate: Surrogate, seed_alphas: np.ndarray) -> dict[str, dict]:
     """{objective: {"mixture", "predicted"}}: the search's fine search on the regressors with U ("U") or one
     capability as the objective."""
     s, names = pipe.cfg["search"], pipe.domain_names
@@ -83,7 +87,7 @@ def specialists(pipe, surrogate: Surrogate, seed_alphas: np.ndarray) -> dict[str
     return out
 
 
-def merged_values(pipe, points: np.ndarray) -> dict[str, np.ndarray]:
+def merged_values(pipe: Pipeline, points: np.ndarray) -> dict[str, np.ndarray]:
     from tqdm.auto import tqdm
 
     from mergemix.search.evalcache import EvalCache
@@ -96,7 +100,7 @@ def merged_values(pipe, points: np.ndarray) -> dict[str, np.ndarray]:
             **{c: np.array([r["capabilities"][c] for r in results]) for c in caps}}
 
 
-def run(pipe) -> dict:
+def run(pipe: Pipeline) -> dict:
     ls, names = pipe.cfg["landscape"], pipe.domain_names
     r = resolution(pipe.cfg, len(names))
     points = grid(len(names), r)

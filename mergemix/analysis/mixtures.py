@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mergemix.analysis.report import draw_scores, margin
 from mergemix.artifacts import write_atomic
+from mergemix.stages.report import draw_scores, margin
 
 Mixture = dict[str, float]
 

@@ -18,6 +18,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from torch.func import functional_call, grad, jvp
 from mergemix.artifacts import read_manifest, write_atomic
 from mergemix.errors import MergeMixError
 from mergemix.simplex import check_weights
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 Params = dict[str, torch.Tensor]
 Loss = Callable[[Params], torch.Tensor]
@@ -101,7 +105,7 @@ def summed_lr(checkpoint: Path) -> float:
 
 
 # ------------------------------------------------------------------------------------------ the pipeline ---
-def domain_batches(pipe, n_seqs: int, seed: int) -> dict[str, torch.Tensor]:
+def domain_batches(pipe: Pipeline, n_seqs: int, seed: int) -> dict[str, torch.Tensor]:
     """A fixed batch of `n_seqs` training windows per domain, drawn as training draws them."""
     from mergemix.data.sampler import plan_mixture
     from mergemix.training import WindowDataset
@@ -115,7 +119,7 @@ def domain_batches(pipe, n_seqs: int, seed: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def resolve_mixtures(pipe, specs) -> list[dict[str, float]]:
+def resolve_mixtures(pipe: Pipeline, specs) -> list[dict[str, float]]:
     """Mixtures named in `theory.mixtures`: 'token' (token-proportional), 'equal' (1/K) or {domain: weight}.
     Every entry is checked before the first 'token' needs the token counts."""
     specs = list(specs or [])
@@ -139,13 +143,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float | None:
     return float(a.double() @ b.double()) / (na * nb) if na > 0 and nb > 0 else None
 
 
-def run(pipe) -> dict:
+def run(pipe: Pipeline) -> dict:
     """`mergemix theory`: the report on the config's `theory.mixtures`, into the run directory."""
     t = pipe.cfg["theory"]
     return theory_report(pipe, pipe.run_dir, resolve_mixtures(pipe, t["mixtures"]), int(t["n_seqs"]))
 
 
-def theory_report(pipe, out_dir: str | Path, alphas: Sequence | None = None, n_seqs: int = 8) -> dict:
+def theory_report(pipe: Pipeline, out_dir: str | Path, alphas: Sequence | None = None, n_seqs: int = 8) -> dict:
     """Cosines of task vectors and gradients, gamma, and (for each trained mixture in `alphas`) the measured
     gap |theta_mix - theta_merge| against the first-order update and the predicted second-order terms.
     Writes theory.json, theory.md, theory_cosines.png and theory_gamma.png into `out_dir`."""

@@ -7,12 +7,17 @@ token-proportional mixture, on the source's α* and (`transfer.target_search`) o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
-from mergemix.analysis import mixtures, report
+from mergemix.analysis import mixtures
 from mergemix.errors import MergeMixError
 from mergemix.simplex import check_weights
+from mergemix.stages import report
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 # row label -> label of the trained run (the same runs as `mergemix run` on the target for uniform and mergemix)
 RUNS = {"token-proportional": "uniform", "transferred alpha*": "transfer", "own alpha*": "mergemix"}
@@ -98,13 +103,13 @@ def check_config(cfg: dict) -> None:
         read_alpha(t["alpha_file"], sorted(cfg["domains"]["sources"]))
 
 
-def on_model(pipe, model: dict):
+def on_model(pipe: Pipeline, model: dict):
     """The pipeline on another model: its own base (pretrained by the base recipe, or the model's `path`), own
     experts and search; tokenizer, data and benchmarks are shared."""
     return pipe.derive(model=model, base={**pipe.cfg["base"], "checkpoint": model.get("path")})
 
 
-def run(pipe) -> dict:
+def run(pipe: Pipeline) -> dict:
     t = pipe.cfg["transfer"]
     source_model, target_model = models(pipe.cfg)
     target = on_model(pipe, target_model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from mergemix.analysis import rank
 from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
 from mergemix.simplex import grid, grid_size
+
+if TYPE_CHECKING:
+    from mergemix.pipeline import Pipeline
 
 DESIGNS = ("dirichlet", "grid")
 METRIC_NAMES = {"acc": "accuracy", "acc_norm": "length-normalised accuracy", "prob": "probability of gold"}
@@ -73,7 +77,7 @@ def _columns(rows: list[dict]) -> dict[str, list[float]]:
     return {s: [r[s] for r in rows] for s in rows[0]}
 
 
-def run(pipe) -> dict:
+def run(pipe: Pipeline) -> dict:
     from mergemix.search.run import objective_for
 
     v, names = pipe.cfg["validate"], pipe.domain_names

@@ -1,9 +1,13 @@
-"""The result of a run: a Table-1-style table (Markdown, CSV, PNG), calibration checks and summary.json."""
+"""Stage 9, report: a run's Table-1-style table (Markdown, CSV, PNG), its calibration checks and verdict,
+summary.json, and the lines the run prints. The studies (analysis/) report with these helpers too."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +99,12 @@ def verdict(calib: dict, cv_spearman: dict, choice: dict | None, min_cv: float =
     return out
 
 
-def print_gains(gains: dict) -> None:
+log = logging.getLogger("mergemix")
+
+
+def log_gains(gains: dict) -> None:
     for cap, g in gains.items():
-        print(f"  expert:{g['domain']:<6} lifts {cap:<9} {100 * g['base']:6.1f} -> {100 * g['expert']:6.1f}"
+        log.info(f"  expert:{g['domain']:<6} lifts {cap:<9} {100 * g['base']:6.1f} -> {100 * g['expert']:6.1f}"
               f"  ({g['sigmas']:+.1f} sigma){'' if g['clear'] else '  NOT CLEAR'}")
 
 
@@ -164,3 +171,62 @@ def draw_scores(ax, rows: dict[str, dict]) -> None:
 
 def write_summary(run_dir: Path, summary: dict) -> None:
     write_atomic(run_dir / "summary.json", json.dumps(summary, indent=2, default=float))
+
+
+# ------------------------------------------------------------------------------------------- the run ---
+@dataclass(frozen=True)
+class RunResults:
+    rows: dict[str, dict]  # scores: base, expert:<domain>, uniform (trained), mergemix (trained), mergemix (merge)
+    search: dict  # the search's search.json
+    search_dir: Path
+    domain_names: list[str]
+    uniform: dict[str, float]  # the token-proportional mixture
+    token_counts: dict[str, int]
+    artifacts: dict  # the paths summary.json names
+
+
+def report_run(run_dir: Path, results: RunResults, capabilities: dict[str, list[str]],
+               cap_domain: dict[str, str | None]) -> dict:
+    """mixture.yaml, seeds.csv, table.{md,csv,png} and summary.json in the run directory; the summary."""
+    from mergemix.search.run import copy_trials
+
+    rows, search, names = results.rows, results.search, results.domain_names
+    shutil.copy2(results.search_dir / "mixture.yaml", run_dir / "mixture.yaml")
+    copy_trials(results.search_dir / "seeds.csv", run_dir / "seeds.csv", names)
+    table = write_table(run_dir, rows)
+    calib = calibration(rows, cap_domain, capabilities, results.search_dir / "seeds.csv", names)
+    warnings = verdict(calib, search["surrogate_cv_spearman"], search.get("alpha_choice"))
+    summary = {
+        "alpha_star": search["alpha_star"], "uniform_mixture": results.uniform, "predicted": search["predicted"],
+        "rows": {k: {"capabilities": v["capabilities"], "capabilities_std": v["capabilities_std"],
+                     "U": v["U"], "U_std": v["U_std"], "tasks": v["tasks"]} for k, v in rows.items()},
+        "mergemix_vs_uniform": margin(rows["mergemix (trained)"], rows["uniform (trained)"], capabilities),
+        "calibration": calib, "verdict": warnings, "surrogate_cv_spearman": search["surrogate_cv_spearman"],
+        "domain_tokens": results.token_counts, "artifacts": results.artifacts,
+    }
+    write_summary(run_dir, summary)
+    log_summary(table, summary)
+    return summary
+
+
+def log_summary(table: str, s: dict) -> None:
+    """alpha*, the table, the calibration checks and the verdict, as the run's last lines."""
+    fmt = ", ".join(f"{d}={w:.3f}" for d, w in s["alpha_star"].items())
+    uni = ", ".join(f"{d}={w:.3f}" for d, w in s["uniform_mixture"].items())
+    log.info(f"\nalpha* (MergeMix): {fmt}\nuniform (token-proportional): {uni}\n\n{table}\n")
+    log.info("calibration:")
+    log_gains(s["calibration"]["expert_gains"])
+    t = s["calibration"]["tradeoff"]
+    log.info(f"  best merge interior: {t['best_is_interior']} (interior U {100 * t['best_interior_U']:.1f}"
+             f" vs best vertex U {100 * (t['best_vertex_U'] or float('nan')):.1f}; seed U spread std"
+             f" {100 * t['U_spread_std']:.1f})")
+    m = s["mergemix_vs_uniform"]
+    log.info(f"MergeMix vs uniform (trained): U {100 * m['U_diff']:+.2f} (paired noise std"
+             f" {100 * m['noise_std']:.2f}, {m['sigmas']:+.1f} sigma)")
+    if s["verdict"]:
+        log.info("verdict: do not act on alpha* yet; the run's own checks found:")
+        for line in s["verdict"]:
+            log.info(f"  - {line}")
+    else:
+        log.info("verdict: every expert lifts its capability, the optimum is interior, the surrogate ranks unseen "
+                 "merges and every capability responds to the mixture")

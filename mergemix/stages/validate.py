@@ -1,0 +1,96 @@
+"""Before any stage: every input that can be checked without the data, so that bad input fails in seconds."""
+
+from __future__ import annotations
+
+from mergemix.data import domains as dom
+from mergemix.errors import MergeMixError
+from mergemix.simplex import check_weights
+
+
+def check_inputs(cfg: dict, domain_names: list[str]) -> None:
+    """Domains, data limits, benchmarks, trainer, search and baseline settings, in that order."""
+    _check_data(cfg, domain_names)
+    _check_benchmarks(cfg["benchmarks"], domain_names)
+    _check_trainer(cfg["trainer"])
+    if cfg.get("expert_domain") not in (None, *domain_names):
+        raise MergeMixError(f"expert_domain '{cfg['expert_domain']}' is not a configured domain "
+                            f"({', '.join(domain_names)})")
+    _check_search(cfg["search"], cfg["benchmarks"])
+    _check_budgets(cfg)
+
+
+def _check_data(cfg: dict, domain_names: list[str]) -> None:
+    for name in domain_names:
+        dom.validate_spec(name, cfg["domains"]["sources"][name] or {})
+    data = cfg.get("data") or {}
+    limit = data.get("max_epochs")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
+        raise MergeMixError(f"data.max_epochs must be a positive number or null, got {limit!r}")
+    workers = data.get("num_workers", 0)
+    if not isinstance(workers, int) or workers < 0:
+        raise MergeMixError(f"data.num_workers must be 0 (one per CPU) or a positive integer, got {workers!r}")
+    if cfg["base"]["mixture"] != "token":
+        check_weights(cfg["base"]["mixture"], domain_names, "base.mixture")
+
+
+def _check_benchmarks(b: dict, domain_names: list[str]) -> None:
+    from mergemix.benchmarks.suite import MC_METRICS, check_task_spec
+    from mergemix.benchmarks.tasks import load_jsonl_task
+
+    if b["metric"] not in MC_METRICS:
+        raise MergeMixError(f"benchmarks.metric must be one of {MC_METRICS}, got '{b['metric']}'")
+    for cap, spec in b["capabilities"].items():
+        missing = [t for t in spec["tasks"] if t not in b["tasks"]]
+        if missing:
+            raise MergeMixError(f"capability '{cap}' names unknown tasks {missing}; tasks: {sorted(b['tasks'])}")
+    for t, spec in b["tasks"].items():
+        check_task_spec(t, spec)
+        if spec.get("builder") == "cloze" and spec["domain"] not in domain_names:
+            raise MergeMixError(f"benchmark '{t}' is built from domain '{spec['domain']}', which is not "
+                                f"configured (domains: {domain_names})")
+        if spec.get("source") == "jsonl":  # every item, before any work
+            load_jsonl_task(t, spec["path"], spec.get("kind"))
+    lm = {t: spec for t, spec in b["tasks"].items() if spec.get("source") == "lmeval"}
+    if lm:  # names, include paths and offline datasets of lm-eval members, before any work
+        from mergemix.benchmarks import lmeval
+
+        lmeval.resolve(lm)
+
+
+def _check_trainer(tr: dict) -> None:
+    from mergemix.resume import checkpoint_interval
+    from mergemix.strategies import check_strategy
+    from mergemix.training import trainer_passthrough
+
+    check_strategy(tr.get("strategy"))
+    trainer_passthrough(tr)
+    checkpoint_interval(tr.get("checkpoint_every_n_steps"), 1)
+
+
+def _check_search(s: dict, b: dict) -> None:
+    from mergemix.search.backends import get_backend
+
+    get_backend(s["backend"])
+    if s.get("sampler"):
+        from mergemix.search.optuna_backend import make_sampler
+        make_sampler(s["sampler"], 0)
+    if (s.get("calibration") or "none") not in ("none", "recovery"):
+        raise MergeMixError(f"search.calibration must be none or recovery, got '{s['calibration']}'")
+    goal = s["objective"] if isinstance(s["objective"], list) else [s["objective"]]
+    if s["objective"] != "macro" and (not goal or any(c not in b["capabilities"] for c in goal)):
+        raise MergeMixError(f"search.objective must be 'macro', a capability or a list of capabilities "
+                            f"{sorted(b['capabilities'])}, got {s['objective']!r}")
+
+
+def _check_budgets(cfg: dict) -> None:
+    """Every training budget covers at least one batch; proxy baselines have at least one run."""
+    batch = cfg["model"]["seq_len"] * cfg["model"]["batch_size"]
+    bl = cfg.get("baseline") or {"kind": "none"}
+    if bl["kind"] in ("proxy", "regmix"):
+        if int(bl["budget"]) < 1:
+            raise MergeMixError(f"baseline.budget must be at least 1 proxy run, got {bl['budget']}")
+        if int(bl["trial_tokens"]) < batch:
+            raise MergeMixError(f"baseline.trial_tokens must cover at least one batch ({batch} tokens)")
+    for key in ("base", "experts", "mix"):
+        if int(cfg[key]["tokens"]) < batch:
+            raise MergeMixError(f"{key}.tokens must cover at least one batch ({batch} tokens)")
