@@ -247,7 +247,9 @@ SPEC = [
     ("experts.*", {"expert:*", "search"}), ("mix.*", {"mixture:uniform"}),
     ("benchmarks.tasks.*", {"benchmarks", "eval:base", "search"}),
     *((f"benchmarks.{k}", {"eval:base", "search"}) for k in ("metric", "capabilities.*", "max_length", "bootstrap")),
-    ("trainer.eval_dtype", {"eval:base", "search"}), ("search.*", {"search"}),
+    ("trainer.eval_dtype", {"eval:base", "search"}),
+    ("search.n_workers", set()),  # the surrogate's trials and alpha* on any number of workers (Optuna: keyed)
+    ("search.*", {"search"}),
     # read by no stage: numerics-free batching, the process layout, logging, paths, checks, the studies
     ("benchmarks.batch_size", set()), ("trainer.*", set()), ("data.*", set()), ("logger.*", set()),
     ("paths.*", set()), ("domains.base_mixture.*", set()), ("domains.groups.*", set()), ("run_name", set()),
@@ -344,3 +346,15 @@ def test_stage_keys_of_the_micro_experiment_are_pinned(overrides, micro_root, tm
         "mixed", {"code": 0.5, "math": 0.5}).name, "mixture:seed7": pipe.train_mixture(
         {"code": 0.25, "math": 0.25, "prose": 0.25, "sft": 0.25}, "x", seed=7).name})
     assert keys == PINNED[overrides]
+
+
+def test_workers_key_only_the_searches_whose_result_they_change(micro_root):
+    """search.n_workers: the surrogate's design is the same on any number of workers; Optuna's parallel workers
+    propose differently, so there it is part of the search key."""
+    from mergemix.stages.keys import config_inputs
+
+    def key(*overrides):
+        return config_inputs(micro_cfg(micro_root, *overrides), "search")
+
+    assert key("search.n_workers=4") == key()
+    assert key("search=tpe", "search.n_workers=4") != key("search=tpe")

@@ -18,6 +18,11 @@ READS = {
 }
 
 
+# search settings that change only the wall time of back-ends evaluating designs known in advance (fanout.py);
+# Optuna's workers propose in parallel, so there they stay in the key
+LAYOUT = ("n_workers",)
+
+
 def config_inputs(cfg: dict, stage: str) -> dict:
     """The config values `stage` reads (READS), by the last part of their path."""
     out = {}
@@ -26,4 +31,7 @@ def config_inputs(cfg: dict, stage: str) -> dict:
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         out[dotted.rsplit(".", 1)[-1]] = node
+    search = out.get("search")
+    if isinstance(search, dict) and search.get("backend") != "optuna":  # the same trials on any number of workers
+        out["search"] = {k: v for k, v in search.items() if k not in LAYOUT}
     return out
