@@ -52,13 +52,18 @@ def stage_key(stage: str, inputs: dict) -> str:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path):
-    """An exclusive lock (flock) held across processes while the block runs."""
+def locked(lock_path: Path, wait: bool = True):
+    """An exclusive lock (flock) held across processes while the block runs; yields whether it is held (with
+    `wait=False` the block runs at once, without the lock when another process holds it)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
 

@@ -118,3 +118,14 @@ def test_one_mixture_reached_by_two_float_paths_has_one_canonical_form():
     wa = check_weights(list(a), names)
     assert wa == check_weights(list(b), names) == check_weights([np.nextafter(x, 1) for x in a], names)
     assert wa == check_weights(wa, names)  # idempotent
+
+
+def test_try_eval_skips_a_merge_another_process_holds(tmp_path):
+    from mergemix.artifacts import locked
+    from mergemix.search.evalcache import alpha_key
+
+    cache, alpha = EvalCache(tmp_path / "c.jsonl"), [0.3, 0.7]
+    with locked(cache._lock_path(alpha_key(alpha))):  # a second open file description: flock conflicts
+        assert cache.try_eval(alpha, lambda: pytest.fail("evaluated while held")) is False
+    assert cache.try_eval(alpha, lambda: {"U": 1.0}) is True and cache.misses == 1
+    assert cache.try_eval(alpha, lambda: pytest.fail("evaluated twice")) is True

@@ -6,7 +6,6 @@ cannot be read (cut by a kill, damaged, non-finite) is skipped, so its merge is 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -82,19 +81,12 @@ class EvalCache:
         self._refresh()
         if key in self.entries or not self.path:
             return key in self.entries
-        lock = self._lock_path(key)
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock, "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with locked(self._lock_path(key), wait=False) as held:
+            if not held:
                 return False
-            try:
-                self._refresh()
-                if key not in self.entries:
-                    self._evaluate(key, alpha, evaluate)
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            self._refresh()
+            if key not in self.entries:
+                self._evaluate(key, alpha, evaluate)
         return True
 
     def _evaluate(self, key: str, alpha: Sequence[float], evaluate: Callable[[], dict]) -> dict:
