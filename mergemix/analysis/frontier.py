@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mergemix.artifacts import write_atomic
+from mergemix.errors import MergeMixError
 from mergemix.search.cost import trained_tokens
 
 FAMILIES = {"mergemix": "MergeMix", "proxy": "proxy search", "regmix": "RegMix", "proxy_full": "proxy search, full",
@@ -131,8 +132,6 @@ def variant(cfg: dict, name: str | None) -> dict:
     elif (name or "merge") in VARIANTS:
         patch = VARIANTS[name or "merge"]
     else:
-        from mergemix.errors import MergeMixError
-
         raise MergeMixError(f"unknown frontier variant '{name}' (choose from {sorted(VARIANTS)} or scale<s>)")
     return {**cfg, **{k: {**cfg[k], **v} for k, v in patch.items()}}
 
