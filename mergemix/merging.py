@@ -95,8 +95,11 @@ class ExpertBank:
         an extrapolated merge); no allocation beyond the model itself. One fused addmv per parameter reads base
         and deltas once and writes the parameter once (bench/merge.py)."""
         alpha = self.alpha_vector(weights) * float(scale)
+        on = {}  # alpha on each (device, dtype) of the deltas: a bank on a GPU merges there
         for pname, p in mergeable(model).items():
-            torch.addmv(self.base_params[pname].view(-1), self.deltas[pname].T, alpha, out=p.data.view(-1))
+            d = self.deltas[pname]
+            a = on.setdefault((d.device, d.dtype), alpha.to(d.device, d.dtype))
+            torch.addmv(self.base_params[pname].view(-1), d.T, a, out=p.data.view(-1))
 
     def merged(self, pname: str, alpha: torch.Tensor) -> torch.Tensor:
         """theta(alpha) for one parameter as a new tensor, differentiable in alpha."""

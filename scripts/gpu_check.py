@@ -45,6 +45,10 @@ def parse(argv):
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model config's (2048 for llama_1b)")
     ap.add_argument("--batch-size", type=int, default=None, help="global (sequences per step on all devices); default: the model config's")
     ap.add_argument("--precision", default="bf16-mixed")
+    ap.add_argument("--strategy", choices=["fsdp", "single"], default="fsdp",
+                    help="fsdp: trainer/fsdp.yaml as a cluster runs it; single: one device, no sharding")
+    ap.add_argument("--no-activation-checkpointing", action="store_true",
+                    help="keep activations (recomputing them costs a third more compute than MFU counts)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for the MFU")
     ap.add_argument("--root", default="outputs/gpu_check", help="cache of the micro testbed")
     ap.add_argument("--out-dir", default=None, help="also write gpu_check.json here")
@@ -108,7 +112,12 @@ def run(args) -> dict:
     for key, value in (("seq_len", args.seq_len), ("batch_size", args.batch_size)):
         if value:
             cfg["model"][key] = value
-    strategy = cfg["trainer"]["strategy"] if args.device == "cuda" else None  # Lightning runs FSDP on CUDA only
+    m = cfg["model"]
+    for stage in ("base", "experts", "mix"):  # the check trains its own steps; the micro budgets must pass validation
+        cfg[stage]["tokens"] = max(int(cfg[stage]["tokens"]), args.steps * m["batch_size"] * m["seq_len"])
+    strategy = cfg["trainer"]["strategy"] if args.device == "cuda" and args.strategy == "fsdp" else None  # FSDP: CUDA only
+    if strategy and args.no_activation_checkpointing:
+        strategy = {**strategy, "activation_checkpointing": False}
     pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
     domains = pipe.domain_names[:2]
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
@@ -152,6 +161,7 @@ def run(args) -> dict:
     return {
         "device": device_name, "peak_bf16_tflops": peak, "model": model, "params": n_params,
         "strategy": (strategy or {}).get("name", "single-process"), "precision": args.precision,
+        "activation_checkpointing": bool((strategy or {}).get("activation_checkpointing")),
         "train": {"experts": domains, "steps_per_expert": args.steps, "batch_size": m["batch_size"],
                   "seq_len": m["seq_len"], "tokens_per_s": round(train_tps, 1), "mfu": mfu(n_params, train_tps, peak),
                   "final_loss": {d: s["final_loss"] for d, s in experts.items()},
@@ -191,8 +201,10 @@ def main(argv=None) -> int:
     dirs += [Path(args.out_dir)] if args.out_dir else []
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-        (d / "gpu_check.json").write_text(text)
-        print(f"report: {d / 'gpu_check.json'}")
+        name = "gpu_check.json" if args.strategy == "fsdp" and not args.no_activation_checkpointing else \
+            f"gpu_check-{args.strategy}{'-nockpt' if args.no_activation_checkpointing else ''}.json"
+        (d / name).write_text(text)
+        print(f"report: {d / name}")
     return 0
 
 
