@@ -1,12 +1,13 @@
 """Regime study: where do merged models rank mixtures like trained ones? `mergemix validate` under several expert
 and mixture recipes, each with two training seeds (the noise ceiling), summarised side by side.
 
-    python experiments/regime.py [--only NAME ...] [--report-only] [hydra overrides for every regime...]
+    python experiments/regime.py [--testbed embedded|files] [--only NAME ...] [--report-only] [overrides...]
 
 Regimes vary the expert horizon, the expert learning rate and the mixture horizon (the default: experts 300k tokens
-at LR 3e-4, mixtures 800k tokens). Runs go to <paths.root>/regime/<name>/
+at LR 3e-4, mixtures 800k tokens). Runs go to <paths.root>/regime[-files]/<name>/
 (trained mixtures and merges are cached artifacts, shared between regimes where their inputs agree); the summary to
-reports/validation/regime.{md,json,png}."""
+reports/validation/regime[-files].{md,json,png}. `--testbed files` runs the same regimes on the file testbed
+(experiments/testbed_files.py, declared through --config-dir as a user would), where the recipe was not chosen."""
 
 from __future__ import annotations
 
@@ -28,7 +29,17 @@ REGIMES = {  # name: (what, overrides); the default recipe is experts 300k token
     "e300k_mix300k": ("experts 300k tokens, LR 1e-3, mixtures 300k tokens",
                       ["experts.tokens=300000", "experts.lr=1e-3", "mix.tokens=300000"]),
 }
-SERIES = ("overall", "code", "instruct", "language", "math")
+
+
+def testbed_args(testbed: str, home: Path) -> list[str]:
+    """The CLI arguments that select a testbed (none for the embedded one)."""
+    if testbed == "embedded":
+        return []
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import testbed_files
+
+    return ["--config-dir", str(testbed_files.ensure(home / "testbeds" / "files")), "domains=files4",
+            "benchmarks=files4"]
 
 
 def run(name: str, overrides: list[str], runs: Path) -> int:
@@ -40,13 +51,21 @@ def run(name: str, overrides: list[str], runs: Path) -> int:
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
+def split_config_dir(args: list[str]) -> tuple[list[str], str | None]:
+    """(overrides, config dir) of CLI arguments that may hold `--config-dir DIR`."""
+    if "--config-dir" not in args:
+        return list(args), None
+    i = args.index("--config-dir")
+    return [*args[:i], *args[i + 2:]], args[i + 1]
+
+
 def expert_step_sum(overrides: list[str]) -> float:
     """Σ η over an expert's optimizer steps (LR x steps; warm-up counted at its ramp): how far the recipe moves an
     expert, the expansion parameter ηT of the paper's second-order analysis."""
     from mergemix.cli import compose, to_plain
     from mergemix.training import lr_factor
 
-    cfg = to_plain(compose(list(overrides)))
+    cfg = to_plain(compose(*split_config_dir(list(overrides))))
     e, m = cfg["experts"], cfg["model"]
     steps = int(e["tokens"]) // (m["seq_len"] * m["batch_size"])
     return float(e["lr"]) * sum(lr_factor(t, steps, int(e["warmup_steps"]), e["schedule"], 0.2, 0.1)
@@ -70,8 +89,8 @@ def summarise(runs: Path, overrides: list[str] = ()) -> dict:
                 return (b["overall"], *b["interval"]["overall"]) if s == "overall" else \
                     (b["capabilities"][s], *b["interval"]["capabilities"][s])
 
-            row[m] = {s: [*at(rho, s), at(nc["spearman"], s)[0] if nc else None] for s in SERIES
-                      if s == "overall" or s in rho["capabilities"]}
+            row[m] = {s: [*at(rho, s), at(nc["spearman"], s)[0] if nc else None]
+                      for s in ["overall", *sorted(rho["capabilities"])]}
             scores = block["scores"]
             row[m]["merged_U_range"] = [min(scores["merged"]["overall"]), max(scores["merged"]["overall"])]
             trained = [u for t in scores["trained"].values() for u in t["overall"]]
@@ -83,13 +102,14 @@ def summarise(runs: Path, overrides: list[str] = ()) -> dict:
 def markdown(table: dict, metric: str) -> str:
     intro = (f"Spearman ρ of merged vs trained over the same mixtures under `{metric}`, mean over training seeds "
              "[95% bootstrap interval]; in brackets after it, the noise ceiling (trained seed vs trained seed).")
+    series = [s for s in next(iter(table.values()))[metric] if not s.endswith("_range")]
     lines = [intro, "",
-             "| regime | expert Σ η | " + " | ".join("U" if s == "overall" else s for s in SERIES)
-             + " | merged U range | trained U range |", "|---" * (len(SERIES) + 4) + "|"]
+             "| regime | expert Σ η | " + " | ".join("U" if s == "overall" else s for s in series)
+             + " | merged U range | trained U range |", "|---" * (len(series) + 4) + "|"]
     for row in table.values():
         r = row[metric]
         cells = []
-        for s in SERIES:
+        for s in series:
             rho, lo, hi, nc = r[s]
             cells.append(f"{rho:.2f} [{lo:.2f}, {hi:.2f}] ({'—' if nc is None else f'{nc:.2f}'})")
         lines.append(f"| {row['what']} | {row['eta_T']:.3f} | " + " | ".join(cells) + " | "
@@ -129,23 +149,27 @@ def plot(table: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--testbed", choices=["embedded", "files"], default="embedded")
     ap.add_argument("--only", nargs="+", choices=list(REGIMES))
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--report-dir", default=str(ROOT / "reports" / "validation"))
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    runs = Path(os.environ.get("MERGEMIX_HOME", ROOT / "outputs")) / "regime"
+    home = Path(os.environ.get("MERGEMIX_HOME", ROOT / "outputs"))
+    suffix = "" if args.testbed == "embedded" else f"-{args.testbed}"
+    runs = home / f"regime{suffix}"
     runs.mkdir(parents=True, exist_ok=True)
-    failed = [] if args.report_only else [n for n in args.only or REGIMES if run(n, args.overrides, runs)]
-    table = summarise(runs, args.overrides)
+    overrides = [*testbed_args(args.testbed, home), *args.overrides]
+    failed = [] if args.report_only else [n for n in args.only or REGIMES if run(n, overrides, runs)]
+    table = summarise(runs, overrides)
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "regime.json").write_text(json.dumps(table, indent=2))
-    (out / "regime.md").write_text("\n\n".join(f"### `{m}`\n\n{markdown(table, m)}" for m in ("prob", "acc")
-                                               if table and m in next(iter(table.values()))) + "\n")
+    (out / f"regime{suffix}.json").write_text(json.dumps(table, indent=2))
+    (out / f"regime{suffix}.md").write_text("\n\n".join(f"### `{m}`\n\n{markdown(table, m)}" for m in ("prob", "acc")
+                                                         if table and m in next(iter(table.values()))) + "\n")
     if table:
-        plot(table, out / "regime.png")
-    print((out / "regime.md").read_text())
+        plot(table, out / f"regime{suffix}.png")
+    print((out / f"regime{suffix}.md").read_text())
     if failed:
         raise SystemExit(f"[regime] failed: {', '.join(failed)} (logs in {runs})")
 
