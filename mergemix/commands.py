@@ -164,12 +164,14 @@ def quiet() -> None:
 
 def execute(command: str, cfg: dict, args=None) -> None:
     """Run one command on a composed, resolved config (the Hydra entry point and tests call this)."""
+    from mergemix import schema
     from mergemix.checks import writable_dir
     from mergemix.loggers import Tracker, report_run_dir
     from mergemix.pipeline import Pipeline
 
     quiet()
     cmd = COMMANDS[command]
+    schema.check(cfg)  # types, ranges, options and flags of every section, before any command-specific check
     if cmd.check:
         cmd.check(cfg)
     if not cmd.pipeline:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from mergemix import artifacts
 from mergemix.artifacts import ArtifactStore
-from mergemix.checks import CHOICES, MIN_BUDGET, NUMBERS, number_ok
 from mergemix.errors import MergeMixError
+from mergemix.schema import MIN_BUDGET, leaves
 from mergemix.search.evalcache import EvalCache
 
 
@@ -257,7 +257,8 @@ def test_two_runs_started_at_once_get_their_own_directories(tmp_path):
 # Each example is one bad input run through the CLI: exit 2, exactly one `error:` line, no traceback, nothing cached
 # changed. The fast properties run `execute` (what the Hydra entry point runs) on a config composed once; the slow
 # ones run `mergemix.cli.main` whole, Hydra's override parser included.
-CHECKED = sorted(NUMBERS) + sorted(CHOICES)
+RULES = leaves()  # every setting the typed schema checks
+CHECKED = sorted(RULES)
 TEXT = st.text(alphabet=string.ascii_letters + string.digits + " _-.:/", max_size=10)
 VALUES = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), TEXT)
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
@@ -266,11 +267,9 @@ SLOW = settings(max_examples=40, deadline=None, suppress_health_check=list(Healt
 
 def rejected(cfg: dict, key: str, value) -> bool:
     """Whether the config's rules refuse `value` at `key` (the property is about how the refusal reaches the user)."""
-    if key in CHOICES:
-        return isinstance(value, bool) or str(value) not in CHOICES[key]
     if key == "search.budget" and isinstance(value, int) and not isinstance(value, bool):
         return value < MIN_BUDGET.get(cfg["search"]["backend"], 1)
-    return not number_ok(NUMBERS[key], value)
+    return not RULES[key].accepts(value)
 
 
 def hydra_text(value) -> str:

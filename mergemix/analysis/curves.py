@@ -50,8 +50,6 @@ def check_config(cfg: dict) -> None:
                             f"along the curve needs 3 points), got {alphas}")
     if len(set(alphas)) != len(alphas):
         raise MergeMixError(f"curves.alphas must be distinct, got {alphas}")
-    if not isinstance(c["train"], bool):
-        raise MergeMixError(f"curves.train must be true or false, got {c['train']!r}")
     seeds = list(c["seeds"] or [])
     if c["train"] and (not seeds or len(set(seeds)) != len(seeds)):
         raise MergeMixError(f"curves.seeds must be a non-empty list of distinct seeds, got {seeds}")

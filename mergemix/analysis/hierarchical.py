@@ -50,8 +50,6 @@ def groups_of(cfg: dict) -> dict[str, list[str]]:
 
 def check_config(cfg: dict) -> None:
     groups_of(cfg)
-    if not isinstance(cfg["hierarchical"]["train"], bool):
-        raise MergeMixError(f"hierarchical.train must be true or false, got {cfg['hierarchical']['train']!r}")
 
 
 def combine(coarse: dict[str, float], within: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -26,21 +26,12 @@ from mergemix.simplex import finest_resolution, grid
 if TYPE_CHECKING:
     from mergemix.pipeline import Pipeline
 
-SOURCES = ("surrogate", "merge")
 MAX_SURROGATE_POINTS = 10_000  # the default fine grid: predictions are cheap, the plot stays readable
 MIN_SEEDS = 3
 
 
 def check_config(cfg: dict) -> None:
     """Bad landscape input fails here, before anything is built."""
-    ls = cfg["landscape"]
-    if ls["source"] not in SOURCES:
-        raise MergeMixError(f"landscape.source must be one of {SOURCES}, got '{ls['source']}'")
-    r = ls["resolution"]
-    if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
-        raise MergeMixError(f"landscape.resolution must be a positive integer (grid step 1/r) or null, got {r!r}")
-    if not isinstance(ls["specialists"], bool):
-        raise MergeMixError(f"landscape.specialists must be true or false, got {ls['specialists']!r}")
     if len(cfg["domains"]["sources"]) < 2:
         raise MergeMixError("landscape needs at least two configured domains")
 

@@ -93,8 +93,6 @@ def check_config(cfg: dict) -> None:
     if cfg["base"].get("checkpoint"):
         raise MergeMixError("transfer trains a base per model: leave base.checkpoint unset and give a pretrained "
                             "checkpoint as the `path` of its model config")
-    if not isinstance(t["target_search"], bool):
-        raise MergeMixError(f"transfer.target_search must be true or false, got {t['target_search']!r}")
     for spec in (t["source_model"], t["target_model"]):
         if isinstance(spec, dict) and "name" not in spec:
             raise MergeMixError(f"a model given as a mapping needs a `name`, got {spec}")

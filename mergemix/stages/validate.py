@@ -1,4 +1,5 @@
-"""Before any stage: every input that can be checked without the data, so that bad input fails in seconds."""
+"""Before any stage: the inputs that need files or registries to check (domain sources, benchmark items, back-end
+and sampler names, Trainer arguments), after the typed schema (mergemix/schema.py) passed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from mergemix.simplex import check_weights
 
 
 def check_inputs(cfg: dict, domain_names: list[str]) -> None:
-    """Domains, data limits, benchmarks, trainer, search and baseline settings, in that order."""
+    """Domains, benchmarks, trainer and search settings, in that order."""
     _check_data(cfg, domain_names)
     _check_benchmarks(cfg["benchmarks"], domain_names)
     _check_trainer(cfg["trainer"])
@@ -16,19 +17,11 @@ def check_inputs(cfg: dict, domain_names: list[str]) -> None:
         raise MergeMixError(f"expert_domain '{cfg['expert_domain']}' is not a configured domain "
                             f"({', '.join(domain_names)})")
     _check_search(cfg["search"], cfg["benchmarks"])
-    _check_budgets(cfg)
 
 
 def _check_data(cfg: dict, domain_names: list[str]) -> None:
     for name in domain_names:
         dom.validate_spec(name, cfg["domains"]["sources"][name] or {})
-    data = cfg.get("data") or {}
-    limit = data.get("max_epochs")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0):
-        raise MergeMixError(f"data.max_epochs must be a positive number or null, got {limit!r}")
-    workers = data.get("num_workers", 0)
-    if not isinstance(workers, int) or workers < 0:
-        raise MergeMixError(f"data.num_workers must be 0 (one per CPU) or a positive integer, got {workers!r}")
     if cfg["base"]["mixture"] != "token":
         check_weights(cfg["base"]["mixture"], domain_names, "base.mixture")
 
@@ -74,23 +67,7 @@ def _check_search(s: dict, b: dict) -> None:
     if s.get("sampler"):
         from mergemix.search.optuna_backend import make_sampler
         make_sampler(s["sampler"], 0)
-    if (s.get("calibration") or "none") not in ("none", "recovery"):
-        raise MergeMixError(f"search.calibration must be none or recovery, got '{s['calibration']}'")
     goal = s["objective"] if isinstance(s["objective"], list) else [s["objective"]]
     if s["objective"] != "macro" and (not goal or any(c not in b["capabilities"] for c in goal)):
         raise MergeMixError(f"search.objective must be 'macro', a capability or a list of capabilities "
                             f"{sorted(b['capabilities'])}, got {s['objective']!r}")
-
-
-def _check_budgets(cfg: dict) -> None:
-    """Every training budget covers at least one batch; proxy baselines have at least one run."""
-    batch = cfg["model"]["seq_len"] * cfg["model"]["batch_size"]
-    bl = cfg.get("baseline") or {"kind": "none"}
-    if bl["kind"] in ("proxy", "regmix"):
-        if int(bl["budget"]) < 1:
-            raise MergeMixError(f"baseline.budget must be at least 1 proxy run, got {bl['budget']}")
-        if int(bl["trial_tokens"]) < batch:
-            raise MergeMixError(f"baseline.trial_tokens must cover at least one batch ({batch} tokens)")
-    for key in ("base", "experts", "mix"):
-        if int(cfg[key]["tokens"]) < batch:
-            raise MergeMixError(f"{key}.tokens must cover at least one batch ({batch} tokens)")
