@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from mergemix.log import log
 
 # Bump a stage's version when its code changes what it produces.
 CODE_VERSIONS = {
@@ -102,8 +103,7 @@ class ArtifactStore:
         except (OSError, ValueError, AttributeError):
             return False
         if digest is not None and content_digest(path) != digest:
-            print(f"warning: {stage}/{key} in {self.root} was damaged after it was built: rebuilding it",
-                  file=sys.stderr, flush=True)
+            log.warning(f"{stage}/{key} in {self.root} was damaged after it was built: rebuilding it")
             return False
         _VERIFIED.add(path)
         return True

@@ -9,7 +9,6 @@ each job's config is composed once so that bad input stops with one `error: ...`
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -18,29 +17,9 @@ from mergemix.commands import COMMANDS, execute
 from mergemix.commands import quiet as _quiet
 from mergemix.compose import CONF_DIR, compose, label_strategy, sweep_jobs, to_plain
 from mergemix.errors import MergeMixError
+from mergemix.log import console, log
 
 __all__ = ["CONF_DIR", "_quiet", "compose", "execute", "main", "to_plain"]
-
-
-class _Stdout(logging.Handler):
-    """A record's message alone, on the current stdout (as print writes it; also when stdout is swapped)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stdout.write(self.format(record) + "\n")
-            sys.stdout.flush()
-        except Exception:  # noqa: BLE001 - logging's own convention
-            self.handleError(record)
-
-
-def console_logging() -> None:
-    """The package's messages (logger "mergemix": stages, pipeline) as plain lines on stdout, not through the
-    handlers Hydra gives the root logger; idempotent."""
-    log = logging.getLogger("mergemix")
-    if not any(isinstance(h, _Stdout) for h in log.handlers):
-        log.addHandler(_Stdout())
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def _fail(msg: str) -> None:
@@ -123,7 +102,7 @@ def _merge(args: list[str]) -> None:
         raise MergeMixError(f"stream must be true or false (default: stream when the merge would not fit in RAM), "
                             f"got {stream!r}")
     out = export_merge(opts["base"], experts, weights, opts["out"], stream=stream)
-    print(f"merged checkpoint: {out}")
+    log.info(f"merged checkpoint: {out}")
 
 
 def _register_resolvers() -> None:
@@ -142,7 +121,7 @@ def _hydra_entry(command: str, mix_weights) -> None:
     def _main(cfg) -> None:
         from hydra.core.hydra_config import HydraConfig
 
-        console_logging()  # after Hydra has configured logging for the job
+        console()  # after Hydra has configured logging for the job
         try:
             label_strategy(cfg, HydraConfig.get().runtime.choices)
             execute(command, to_plain(cfg), mix_weights)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mergemix.log import log
+
 if TYPE_CHECKING:
     from mergemix.pipeline import Pipeline
 
@@ -51,14 +53,14 @@ def _experts(pipe: Pipeline, _args) -> None:
     names = [pipe.cfg["expert_domain"]] if pipe.cfg.get("expert_domain") else pipe.domain_names
     out = {n: str(pipe.expert_dir(n)) for n in names}
     print(json.dumps({"base": str(pipe.base_dir), "experts": out}, indent=2))
-    print("expert gains on their own capability:")
+    log.info("expert gains on their own capability:")
     log_gains(pipe.expert_report())
 
 
 def _search(pipe: Pipeline, _args) -> None:
-    print((pipe.search_dir / "mixture.yaml").read_text())
-    print(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")
-    print(f"exports: {', '.join(str(p) for p in pipe.write_exports().values())}")
+    log.info((pipe.search_dir / "mixture.yaml").read_text())
+    log.info(f"mixture file: {pipe.search_dir / 'mixture.yaml'}")
+    log.info(f"exports: {', '.join(str(p) for p in pipe.write_exports().values())}")
 
 
 def _search_worker(pipe: Pipeline, _args) -> None:
@@ -80,7 +82,7 @@ def _compare(pipe: Pipeline, _args) -> None:
 
     result = run_strategy(pipe)
     aggregate(pipe.run_dir.parent)
-    print(f"strategy {result['strategy']} (seed {result['seed']}): trained U {100 * result['U']:.2f}, "
+    log.info(f"strategy {result['strategy']} (seed {result['seed']}): trained U {100 * result['U']:.2f}, "
           f"training tokens {result['cost']['train_tokens']:.3g}; comparison: {pipe.run_dir.parent / 'comparison.md'}")
 
 
@@ -92,7 +94,7 @@ def _study(name: str, summary: str) -> Command:
 
     def run(pipe: Pipeline, _args) -> None:
         importlib.import_module(module).run(pipe)
-        print(f"\n{(pipe.run_dir / f'{REPORTS.get(name, name)}.md').read_text()}")
+        log.info(f"\n{(pipe.run_dir / f'{REPORTS.get(name, name)}.md').read_text()}")
 
     def check(cfg: dict) -> None:
         getattr(importlib.import_module(module), "check_config", lambda cfg: None)(cfg)
@@ -182,4 +184,4 @@ def execute(command: str, cfg: dict, args=None) -> None:
     cmd.run(pipe, args)
     with tracker.stage(command, "report", cfg) as run:
         report_run_dir(run, out, cfg["logger"].get("log_checkpoint", False))
-    print(f"run directory: {out}")
+    log.info(f"run directory: {out}")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
 from mergemix.errors import MergeMixError
+from mergemix.log import log
 
 
 def checkpoint_interval(setting, steps: int) -> int:
@@ -36,7 +36,7 @@ def latest_checkpoint(directory: Path | None) -> tuple[Path, int] | None:
         try:
             torch.load(found[-1], map_location="cpu", mmap=True, weights_only=False)
         except Exception:  # noqa: BLE001 - any failure to read means the checkpoint cannot be resumed from
-            print(f"warning: checkpoint {found[-1]} cannot be read: training starts over", file=sys.stderr)
+            log.warning(f"checkpoint {found[-1]} cannot be read: training starts over")
             _remove(found[-1])
             return None
     return found[-1], int(found[-1].stem.split("-")[1])

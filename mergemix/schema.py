@@ -224,22 +224,7 @@ class Config(Section):
                                 f"got {s.budget}")
         if e is not None and e.kind == "lora" and t is not None and getattr(t, "strategy", None):
             raise MergeMixError("experts.kind=lora trains on one device per job (no trainer.strategy such as fsdp)")
-        self._budgets()
         return self
-
-    def _budgets(self) -> None:
-        """Every training budget covers at least one batch; proxy baselines have at least one run."""
-        if self.model is None or self.model.seq_len is None or self.model.batch_size is None:
-            return
-        batch = self.model.seq_len * self.model.batch_size
-        bl = self.baseline
-        if bl is not None and getattr(bl, "kind", None) in ("proxy", "regmix"):
-            if bl.trial_tokens is not None and int(bl.trial_tokens) < batch:
-                raise MergeMixError(f"baseline.trial_tokens must cover at least one batch ({batch} tokens)")
-        for key in ("base", "experts", "mix"):
-            stage = getattr(self, key)
-            if stage is not None and stage.tokens is not None and int(stage.tokens) < batch:
-                raise MergeMixError(f"{key}.tokens must cover at least one batch ({batch} tokens)")
 
 
 def _rename(cfg: dict) -> dict:

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mergemix.data.sampler import MixturePlan, plan_mixture, trained_windows
+from mergemix.log import log
 
 
 # ----------------------------------------------------------------------------------------------- schedule ---
@@ -225,12 +225,10 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     module.flops_per_batch = 6 * sum(p.numel() for p in model.parameters()) * micro * seq_len  # 6ND, per device
     trainer.callbacks.extend(monitors(logger, steps))
     resume = latest_checkpoint(checkpoint_dir)  # every rank looks before fit: none is written before all join
-    if rank_zero_only.rank == 0:
-        print(f"[{desc}] {steps} steps x {batch_size} ({world} devices x {per_device // micro} x {micro}) x "
-              f"{seq_len} tokens, lr {lr:g}, mixture "
-              + ", ".join(f"{d}={r:.3f}" for d, r in sorted(ratios.items())), flush=True)
-        if resume:
-            print(f"[{desc}] resuming from step {resume[1]}/{steps}", flush=True)
+    log.info(f"[{desc}] {steps} steps x {batch_size} ({world} devices x {per_device // micro} x {micro}) x "
+             f"{seq_len} tokens, lr {lr:g}, mixture " + ", ".join(f"{d}={r:.3f}" for d, r in sorted(ratios.items())))
+    if resume:
+        log.info(f"[{desc}] resuming from step {resume[1]}/{steps}")
     t0 = time.time()
     with warnings.catch_warnings():  # PlanSampler resumes the data order, which Lightning cannot tell
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")

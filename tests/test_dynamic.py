@@ -66,7 +66,12 @@ def test_rerun_reuses_the_cached_first_half(dynamic_run, tmp_path):
 
 
 def test_bad_dynamic_input_is_refused(micro_root):
-    from mergemix.analysis.dynamic import check_config
+    from mergemix import schema
+    from mergemix.analysis.dynamic import check_config as check_dynamic
+
+    def check_config(cfg):  # as `execute` runs them: the typed schema, then the study's own rules
+        schema.check(cfg)
+        check_dynamic(cfg)
 
     cases = [("dynamic.fraction=0", "strictly between 0 and 1"), ("dynamic.fraction=1.5", "strictly between 0 and 1"),
              ("dynamic.fraction=true", "strictly between 0 and 1"),

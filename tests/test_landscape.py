@@ -147,7 +147,7 @@ def test_merge_landscape_merges_only_new_grid_points(micro_run, micro_root, tmp_
 
 
 @pytest.mark.parametrize("override, message", [
-    ("landscape.source=trained", "landscape.source must be one of ('surrogate', 'merge')"),
+    ("landscape.source=trained", "landscape.source must be one of surrogate, merge"),
     ("landscape.resolution=0", "landscape.resolution must be a positive integer"),
     ("landscape.specialists=maybe", "landscape.specialists must be true or false"),
 ])

@@ -82,7 +82,7 @@ def test_mixed_expert_kinds_and_bad_kind_are_clear_errors(tmp_path, monkeypatch,
     base_dir, paths = _adapters(tmp_path, k=1)
     with pytest.raises(MergeMixError, match="mix LoRA adapters and full checkpoints"):
         ExpertBank.from_paths(base_dir, {**paths, "full": base_dir})
-    assert_cli_error("experts", "experts.kind=qlora", "experts.kind must be full or lora", tmp_path, monkeypatch,
+    assert_cli_error("experts", "experts.kind=qlora", "experts.kind must be one of full, lora", tmp_path, monkeypatch,
                      capsys)
 
 

@@ -108,8 +108,8 @@ def test_validate_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys
 
 
 @pytest.mark.parametrize("override, message", [
-    ("validate.n_mixtures=2", "validate.n_mixtures must be at least 3"),
-    ("mix.tokens=0", "mix.tokens (the budget each validation mixture is trained for) must be positive"),
+    ("validate.n_mixtures=2", "validate.n_mixtures must be an integer of at least 3"),
+    ("mix.tokens=0", "mix.tokens must be a positive integer"),
 ])
 def test_bad_validation_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
     assert_cli_error("validate", override, message, tmp_path, monkeypatch, capsys)

@@ -15,6 +15,7 @@ import numpy as np
 from mergemix.analysis import rank
 from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
+from mergemix.log import log
 
 if TYPE_CHECKING:
     from mergemix.pipeline import Pipeline
@@ -82,8 +83,8 @@ def run(pipe: Pipeline) -> dict:
         for s in seeds:
             paths[s].append(pipe.train_mixture(m, f"curve{i:02d}", seed=s))
             trained[s].append(pipe.evaluate_checkpoint(paths[s][-1]))
-            print(f"curves: {a}={alphas[i]:.2f} {b}={1 - alphas[i]:.2f} seed {s}: trained U "
-                  f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f}", flush=True)
+            log.info(f"curves: {a}={alphas[i]:.2f} {b}={1 - alphas[i]:.2f} seed {s}: trained U "
+                     f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f}")
 
     pred = _columns([_scores(r) for r in merged])
     refs = {s: _columns([_scores(r) for r in trained[s]]) for s in seeds}

@@ -19,6 +19,7 @@ import numpy as np
 from mergemix.analysis.landscape_plot import plot
 from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
+from mergemix.log import log
 from mergemix.search.run import read_trials
 from mergemix.search.surrogate import Surrogate, fine_search, utility
 from mergemix.simplex import finest_resolution, grid
@@ -104,7 +105,7 @@ def run(pipe: Pipeline) -> dict:
         pred = surrogate.predict(points)
         values = {"U": utility(pred), **{c: pred[c] for c in sorted(pred)}}
     else:
-        print(f"landscape: {len(points)} merges at resolution 1/{r}", flush=True)
+        log.info(f"landscape: {len(points)} merges at resolution 1/{r}")
         values = merged_values(pipe, points)
     best = {o: int(np.argmax(v)) for o, v in values.items()}
     out = {"domains": names, "source": ls["source"], "resolution": r, "n_points": len(points),

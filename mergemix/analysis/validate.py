@@ -18,6 +18,7 @@ import numpy as np
 from mergemix.analysis import rank
 from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
+from mergemix.log import log
 from mergemix.simplex import grid, grid_size
 
 if TYPE_CHECKING:
@@ -82,9 +83,8 @@ def run(pipe: Pipeline) -> dict:
             paths[s].append(pipe.train_mixture(ratios, f"validate{i:02d}", seed=s))
             trained[s].append(pipe.evaluate_checkpoint(paths[s][-1]))
             mix = " ".join(f"{d}={w:.2f}" for d, w in ratios.items())
-            print(f"validate: mixture {i + 1}/{len(alphas)} seed {s} ({mix}): trained U "
-                  f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f} "
-                  f"[{time.time() - t0:.1f}s]", flush=True)
+            log.info(f"validate: mixture {i + 1}/{len(alphas)} seed {s} ({mix}): trained U "
+                     f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f} [{time.time() - t0:.1f}s]")
 
     n_boot, primary = int(v["bootstrap"]), pipe.cfg["benchmarks"]["metric"]
     by_metric = {}

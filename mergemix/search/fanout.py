@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mergemix.errors import MergeMixError
+from mergemix.log import log
 
 
 def rotated(items: Sequence, start: int) -> list:
@@ -44,5 +45,4 @@ def fan_out(work: Callable[[list], None], items: Sequence, workers: int) -> None
             p.join()
     bad = [p.exitcode for p in procs if p.exitcode]
     if bad:
-        print(f"search: {len(bad)} local worker(s) failed (exit codes {bad}); their merges are evaluated here",
-              file=sys.stderr, flush=True)
+        log.warning(f"search: {len(bad)} local worker(s) failed (exit codes {bad}); their merges are evaluated here")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mergemix.log import log
 from mergemix.merging import ExpertBank
 from mergemix.models import load_checkpoint
 from mergemix.search.backends import get_backend
@@ -192,9 +193,9 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
                "alpha_choice": {"switched_to_best_merge": choice["switched"], "gap": round(choice["gap"], 6),
                                 "gap_std": round(choice["gap_std"], 6), "rule": choice["rule"]}}
     if choice["switched"]:
-        print(f"search: the proposal's verified merge scores {100 * choice['gap']:.2f} below the best evaluated merge "
-              f"(> 2 sigma, sigma {100 * choice['gap_std']:.2f}): alpha* is that merge; both are in mixture.yaml",
-              flush=True)
+        log.info(f"search: the proposal's verified merge scores {100 * choice['gap']:.2f} below the best evaluated "
+                 f"merge (> 2 sigma, sigma {100 * choice['gap_std']:.2f}): alpha* is that merge; both are in "
+                 "mixture.yaml")
         mixture["alpha_choice"]["proposed"] = {"alpha": dict(zip(names, np.round(choice["proposed"]["alpha"], 6)
                                                                  .tolist())),
                                                "objective": round(choice["proposed"]["objective"], 6)}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from mergemix.artifacts import write_atomic
 from mergemix.benchmarks.suite import paired_gap
+from mergemix.log import log
 
 
 def expert_gains(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
@@ -99,7 +99,6 @@ def verdict(calib: dict, cv_spearman: dict, choice: dict | None, min_cv: float =
     return out
 
 
-log = logging.getLogger("mergemix")
 
 
 def log_gains(gains: dict) -> None:

@@ -9,7 +9,7 @@ from mergemix.simplex import check_weights
 
 
 def check_inputs(cfg: dict, domain_names: list[str]) -> None:
-    """Domains, benchmarks, trainer and search settings, in that order."""
+    """Domains, benchmarks, trainer and search settings, then the training budgets, in that order."""
     _check_data(cfg, domain_names)
     _check_benchmarks(cfg["benchmarks"], domain_names)
     _check_trainer(cfg["trainer"])
@@ -17,6 +17,7 @@ def check_inputs(cfg: dict, domain_names: list[str]) -> None:
         raise MergeMixError(f"expert_domain '{cfg['expert_domain']}' is not a configured domain "
                             f"({', '.join(domain_names)})")
     _check_search(cfg["search"], cfg["benchmarks"])
+    _check_budgets(cfg)
 
 
 def _check_data(cfg: dict, domain_names: list[str]) -> None:
@@ -71,3 +72,14 @@ def _check_search(s: dict, b: dict) -> None:
     if s["objective"] != "macro" and (not goal or any(c not in b["capabilities"] for c in goal)):
         raise MergeMixError(f"search.objective must be 'macro', a capability or a list of capabilities "
                             f"{sorted(b['capabilities'])}, got {s['objective']!r}")
+
+
+def _check_budgets(cfg: dict) -> None:
+    """Every training budget covers at least one batch (commands that train; `info` only describes a model)."""
+    batch = cfg["model"]["seq_len"] * cfg["model"]["batch_size"]
+    bl = cfg.get("baseline") or {"kind": "none"}
+    if bl["kind"] in ("proxy", "regmix") and int(bl["trial_tokens"]) < batch:
+        raise MergeMixError(f"baseline.trial_tokens must cover at least one batch ({batch} tokens)")
+    for key in ("base", "experts", "mix"):
+        if int(cfg[key]["tokens"]) < batch:
+            raise MergeMixError(f"{key}.tokens must cover at least one batch ({batch} tokens)")

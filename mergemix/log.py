@@ -1,0 +1,46 @@
+"""The package's console messages: one logger, `mergemix`, whose records are emitted on the global rank 0 only
+(every rank of a distributed run executes the same stages) as plain lines, progress and results on stdout,
+warnings on stderr after `warning: `. Installed on import, idempotent; configure it with the `logging` module
+like any other (e.g. `logging.getLogger("mergemix").setLevel(logging.WARNING)` for warnings only)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+log = logging.getLogger("mergemix")
+
+
+class _RankZero(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from lightning_fabric.utilities.rank_zero import rank_zero_only  # the rank Lightning's launchers set
+
+        return getattr(rank_zero_only, "rank", 0) == 0
+
+
+class _Console(logging.Handler):
+    """A record's message alone on the current stdout (stderr, after `warning: `, from WARNING up), as print
+    writes it, also when a test or Hydra swaps the streams."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            warn = record.levelno >= logging.WARNING
+            stream = sys.stderr if warn else sys.stdout
+            stream.write(("warning: " if warn else "") + self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging's own convention
+            self.handleError(record)
+
+
+def console() -> None:
+    """Install the console handler and the rank-zero filter on the `mergemix` logger (once)."""
+    if not any(isinstance(h, _Console) for h in log.handlers):
+        log.addHandler(_Console())
+    if not any(isinstance(f, _RankZero) for f in log.filters):
+        log.addFilter(_RankZero())
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    log.propagate = False  # not also through the handlers Hydra gives the root logger
+
+
+console()
