@@ -48,5 +48,5 @@ reproduce: install  ## paper-table analogues on the embedded testbed -> reports/
 clean:
 	rm -rf outputs
 
-frontier: install  ## cost-quality frontier of mixture searches on two testbeds -> reports/frontier/ (~170 min on 2 idle cores, estimated from its parts; resumable)
+frontier: install  ## cost-quality frontier of mixture searches on two testbeds -> reports/frontier/ (~175 min on 2 idle cores, estimated from its parts; resumable)
 	$(BIN)/python experiments/frontier.py $(FRONTIER_ARGS)
