@@ -300,13 +300,18 @@ def test_landscape_has_a_title_and_labelled_colour_bars(tmp_path, monkeypatch):
     from mergemix.simplex import grid as simplex_grid
 
     closed = _figures(monkeypatch)
-    grid = np.asarray(simplex_grid(4, 4))
-    values = {"U": grid[:, 0], "code": grid[:, 1]}
-    landscape_plot.plot(tmp_path / "l.png", grid, values, ["code", "math", "prose", "sft"], 4, grid[0], {})
-    (fig,) = closed
-    assert fig.get_suptitle()
-    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    assert [b.get_ylabel() for b in bars] == ["U (x100 above chance)", "code score (x100 above chance)"]
+    for k in (3, 4):
+        grid = np.asarray(simplex_grid(k, 4))
+        values = {"U": grid[:, 0], "code": grid[:, 1]}
+        landscape_plot.plot(tmp_path / "l.png", grid, values, ["code", "math", "prose", "sft"][:k], 4, grid[0], {})
+    three, four = closed
+    assert three.get_suptitle() and four.get_suptitle()
+    bars = [[ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"] for fig in closed]
+    assert bars == [["U (x100 above chance)", "code score (x100 above chance)"],
+                    ["best U at these two weights (x100 above chance)"]]
+    profiles = [ax.get_ylabel() for ax in four.axes if ax.get_title().endswith("profile along each domain")]
+    assert profiles == ["best U (x100 above chance)", "best code score (x100 above chance)"]
+    assert len(four.axes) == 6 + 2 + 1  # U over the six pairs, one profile panel per objective, one colour bar
 
 
 def test_python_api_reads_alpha_star_and_scores(micro_run, micro_root):

@@ -118,7 +118,8 @@ def _plot_many(path, alphas, values, names, resolution, alpha_star, specialists)
         ax.set_aspect("equal")
         ax.set_title(f"U: α {names[i]} vs α {names[j]}", fontsize=9)
     top[0].legend(fontsize=7, loc="upper right")
-    fig.colorbar(cs, ax=top, shrink=0.8, format="%.1f").set_label("best U at these two weights (x100)", fontsize=8)
+    fig.colorbar(cs, ax=top, shrink=0.8, format="%.1f").set_label("best U at these two weights (x100 above chance)",
+                                                                  fontsize=8)
     colours = plt.get_cmap("tab10")
     for c, obj in enumerate(objectives):
         ax = fig.add_subplot(grid[1, c])
@@ -127,7 +128,7 @@ def _plot_many(path, alphas, values, names, resolution, alpha_star, specialists)
             ax.plot(x, best, "-", color=colours(d), lw=1.4, label=name)
             ax.axvline(alpha_star[d], color=colours(d), ls=":", lw=0.8)
         ax.set_xlabel("weight of the domain", fontsize=8)
-        ax.set_ylabel(f"best {_what(obj)} (x100)", fontsize=8)
+        ax.set_ylabel(f"best {_what(obj)} (x100 above chance)", fontsize=8)
         ax.set_title(f"{obj}: profile along each domain", fontsize=9)
         ax.tick_params(labelsize=7)
     fig.axes[-1].legend(fontsize=7, title="domain (dotted: its α*)", title_fontsize=7, loc="center left",
