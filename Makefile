@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | cksu
 export WANDB_MODE ?= offline
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# make test's pytest workers: one per core, at most 4 (each builds the session's micro run once)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: install demo test test-all test-postgres gpu-check lint bench reproduce frontier clean
 
@@ -24,8 +26,8 @@ install: $(STAMP)
 demo: install  ## the main job on the embedded default (~10 min on 2 cores; a second run reuses the cache)
 	$(BIN)/mergemix run
 
-test: install  ## fast tier
-	WANDB_MODE=disabled $(BIN)/pytest -q
+test: install  ## fast tier, one worker per core (TEST_WORKERS=0: in this process)
+	WANDB_MODE=disabled $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: install  ## fast and slow tiers
 	WANDB_MODE=disabled $(BIN)/pytest -q -m "slow or not slow"
