@@ -145,7 +145,8 @@ def tracking_group(cfg: dict, out: Path) -> str:
 
 
 def quiet() -> None:
-    """Offline by default; keep the console to progress bars and results."""
+    """Offline by default; keep the console to progress bars and results (`execute` scopes the warning filters
+    to the command; an entry point calling this alone sets them for its process)."""
     import logging
     import warnings
 
@@ -165,14 +166,21 @@ def quiet() -> None:
 
 
 def execute(command: str, cfg: dict, args=None) -> None:
-    """Run one command on a composed, resolved config (the Hydra entry point and tests call this)."""
+    """Run one command on a composed, resolved config (the Hydra entry point, the Python API and tests call this);
+    the warning filters it sets last as long as the command."""
+    import warnings
+
+    with warnings.catch_warnings():
+        quiet()
+        return _execute(COMMANDS[command], command, cfg, args)
+
+
+def _execute(cmd: Command, command: str, cfg: dict, args) -> None:
     from mergemix import schema
     from mergemix.checks import writable_dir
     from mergemix.loggers import Tracker, report_run_dir
     from mergemix.pipeline import Pipeline
 
-    quiet()
-    cmd = COMMANDS[command]
     schema.check(cfg)  # types, ranges, options and flags of every section, before any command-specific check
     if cmd.check:
         cmd.check(cfg)

@@ -123,3 +123,16 @@ def test_run_prints_its_report_as_plain_lines_on_stdout(micro_run, micro_root, t
     assert f"alpha* (MergeMix): {alpha}" in lines and "calibration:" in lines
     assert sum(ln.startswith("alpha* (MergeMix)") for ln in lines) == 1 and "[mergemix]" not in out
     assert any(ln.startswith("verdict: ") for ln in lines) and lines[-1] == f"run directory: {tmp_path}/run"
+
+
+def test_a_command_leaves_the_callers_warning_filters_as_they_were(capsys):
+    import json
+    import warnings
+
+    from mergemix.commands import execute
+    from mergemix.compose import to_plain
+
+    before = list(warnings.filters)
+    execute("info", to_plain(compose(["experiment=micro"])))
+    assert warnings.filters == before
+    assert json.loads(capsys.readouterr().out)["name"] == "micro"  # the command ran
