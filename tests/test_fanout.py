@@ -2,7 +2,9 @@
 worker, and no merge evaluated twice."""
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -69,3 +71,31 @@ def test_the_gradient_back_end_refuses_workers():
 
     with pytest.raises(MergeMixError, match="n_workers=1"):
         gradient_search(None, ["a", "b"], {"n_workers": 2}, 0, [], lambda r: r["U"])
+
+
+FORK_AFTER_THREADS = """
+import sys, torch
+from mergemix.search.fanout import fan_out
+torch.set_num_threads(2)
+x = torch.rand(3000, 3000)
+(x[:, None, :50] > x[None, :50, :50]).sum()  # the parent has used OpenMP's thread pool
+
+def work(share):
+    y = torch.rand(3000, 3000)
+    (y[:, None, :50] > y[None, :50, :50]).sum()  # a parallel region in the forked worker
+    open(f"{sys.argv[1]}/done-{share[0]}", "w").close()
+
+fan_out(work, [0, 1], 2)
+"""
+
+
+def test_forked_workers_do_not_hang_on_the_parents_thread_pool(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(Path(__file__).parents[1])}
+    try:
+        subprocess.run([sys.executable, "-c", FORK_AFTER_THREADS, str(tmp_path)], env=env, timeout=120, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a forked worker hung in a parallel region (OpenMP's pool does not survive fork)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0", "done-1"]

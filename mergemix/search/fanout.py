@@ -26,6 +26,16 @@ def rotated(items: Sequence, start: int) -> list:
     return [*items[start:], *items[:start]]
 
 
+def forked(target: Callable, *args) -> None:
+    """Run `target(*args)` in a forked worker on one torch thread. OpenMP's thread pool does not survive fork: a
+    child that enters a parallel region the parent had used waits forever (torch's DataLoader workers do the same
+    for this reason); one thread per worker is also what W workers on W cores want."""
+    import torch
+
+    torch.set_num_threads(1)
+    target(*args)
+
+
 def fan_out(work: Callable[[list], None], items: Sequence, workers: int) -> None:
     """Run `work(share)` on `workers` processes: this one and workers-1 forked ones, worker i taking items[i::W].
     A failed worker leaves its merges to the caller's in-order pass; its exit code is reported."""
@@ -35,7 +45,7 @@ def fan_out(work: Callable[[list], None], items: Sequence, workers: int) -> None
         raise MergeMixError("search.n_workers > 1 forks local workers, which CUDA does not allow once it is in use: "
                             "start one `mergemix search-worker` per GPU instead (CUDA_VISIBLE_DEVICES=i)")
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=work, args=(list(items[i::workers]),)) for i in range(1, workers)]
+    procs = [ctx.Process(target=forked, args=(work, list(items[i::workers]))) for i in range(1, workers)]
     for p in procs:
         p.start()
     try:
