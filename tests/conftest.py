@@ -76,20 +76,37 @@ def run_cli(argv: list[str], capsys, monkeypatch) -> tuple[int, str, list[str]]:
 
 @pytest.fixture(scope="session")
 def micro_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("micro")
+    """The session's micro cache. Under pytest-xdist one worker builds it and every worker gets its own copy
+    (tests that check the cache is left unchanged must not see another worker's writes)."""
+    root = tmp_path_factory.mktemp("micro")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import shutil
+
+        from mergemix.artifacts import locked
+
+        shared = tmp_path_factory.getbasetemp().parent / "micro-shared"
+        with locked(shared.parent / "micro-shared.lock"):
+            if not (shared / "built").exists():
+                _micro_pipeline(shared)
+                (shared / "built").touch()
+        shutil.copytree(shared / "cache", root / "cache")
+    return root
+
+
+def _micro_pipeline(root):
+    from mergemix.cli import _quiet
+    from mergemix.pipeline import Pipeline
+
+    _quiet()
+    cfg = micro_cfg(root)
+    pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
+    return pipe, pipe.run()
 
 
 @pytest.fixture(scope="session")
 def micro_run(micro_root):
     """One end-to-end micro run (tokenizer, base, experts, search, two mixtures, report)."""
-    from mergemix.cli import _quiet
-    from mergemix.pipeline import Pipeline
-
-    _quiet()
-    cfg = micro_cfg(micro_root)
-    pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
-    summary = pipe.run()
-    return pipe, summary
+    return _micro_pipeline(micro_root)
 
 
 @pytest.fixture(scope="session")
