@@ -401,13 +401,14 @@ def test_random_malformed_benchmark_item_is_one_error_line_naming_file_and_line(
 def test_random_bad_command_line_is_one_error_line(key, value, line, micro_plain, guarded_home, no_training,
                                                    tmp_path, capsys, monkeypatch):
     """The whole CLI: a bad setting typed on the command line, or a bad item in a benchmark file it names."""
-    from test_bad_input import _cli
+    from conftest import run_cli
 
     assume(rejected(micro_plain, key, value) and (line.strip() if isinstance(line, str) else True))
     home = guarded_home[0]
     args = ["run", "experiment=micro", "logger=none", f"paths.root={home}", f"hydra.run.dir={tmp_path}/hydra"]
-    code, lines = _cli([*args, f"++{key}={hydra_text(value)}"], capsys, monkeypatch)
+    code, _, lines = run_cli([*args, f"++{key}={hydra_text(value)}"], capsys, monkeypatch)
     assert_refused(code, lines, guarded_home)
     path = bad_file(tmp_path, line)
-    code, lines = _cli([*args, f"+benchmarks.tasks.mine={{source: jsonl, path: '{path}'}}"], capsys, monkeypatch)
+    code, _, lines = run_cli([*args, f"+benchmarks.tasks.mine={{source: jsonl, path: '{path}'}}"], capsys,
+                             monkeypatch)
     assert_refused(code, lines, guarded_home, contains=f"{path}:2")
