@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mergemix.errors import MergeMixError
 
@@ -208,7 +208,7 @@ class Config(Section):
     benchmarks: Benchmarks | None = None
     trainer: Trainer | None = None
     baseline: Baseline | None = None
-    validate_: Validate | None = None  # `validate` is a BaseModel method
+    validate_: Validate | None = Field(None, alias="validate")  # `validate` is a BaseModel method
     curves: Curves | None = None
     landscape: Landscape | None = None
     transfer: Transfer | None = None
@@ -227,17 +227,13 @@ class Config(Section):
         return self
 
 
-def _rename(cfg: dict) -> dict:
-    return {("validate_" if k == "validate" else k): v for k, v in cfg.items()}
-
-
 def check(cfg: dict) -> None:
     """Validate a composed config (a plain dict) against the schema; the first violation is a MergeMixError."""
     try:
-        Config.model_validate(_rename(cfg))
+        Config.model_validate(cfg)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
-        key = ".".join(str(p) for p in err["loc"]).replace("validate_", "validate")
+        key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "value_error":
             raise MergeMixError(f"{key} must be {err['ctx']['error']}, got {err['input']!r}") from None
         if err["type"] == "model_type":
@@ -249,7 +245,7 @@ def leaves(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Rule]
     """{dotted key: rule} of every checked setting (the schema as data: tests and docs walk it)."""
     out = {}
     for name, info in model.model_fields.items():
-        key = prefix + ("validate" if name == "validate_" else name)
+        key = prefix + (info.alias or name)
         rules = [m for m in info.metadata if isinstance(m, AfterValidator) and isinstance(m.func, Rule)]
         if rules:
             out[key] = rules[0].func

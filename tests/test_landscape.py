@@ -16,10 +16,10 @@ CAPS = ["code", "instruct", "language", "math"]
 # ------------------------------------------------------------------------------------------- geometry ---
 def test_projection_is_the_maximum_over_the_other_domains():
     pts = grid(4, 4)
-    xy, best = project(pts, pts[:, 2], 0, 1, 4)  # the best a_2 given (a_0, a_1): all the rest on domain 2
+    xy, best = project(pts, pts[:, 2], 0, 1, resolution=4)  # the best a_2 given (a_0, a_1): all the rest on domain 2
     np.testing.assert_allclose(best, 1 - xy.sum(axis=1))
     assert len(xy) == grid_size(3, 4)  # every (a_0, a_1) with a_0 + a_1 <= 1 on the grid
-    xy, best = project(pts, -pts[:, 3], 2, 3, 4)  # the best -a_3 given (a_2, a_3) is -a_3 itself
+    xy, best = project(pts, -pts[:, 3], 2, 3, resolution=4)  # the best -a_3 given (a_2, a_3) is -a_3 itself
     np.testing.assert_allclose(best, -xy[:, 1])
 
 

@@ -19,19 +19,11 @@ def ternary(alphas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a[:, 1] + 0.5 * a[:, 2], SQRT3_2 * a[:, 2]
 
 
-def project(alphas: np.ndarray, values: np.ndarray, i: int, j: int, resolution: int):
-    """Grid values projected on the (a_i, a_j) plane: the maximum over the points sharing those two weights."""
-    key = np.rint(np.asarray(alphas)[:, [i, j]] * resolution).astype(int)
+def project(alphas: np.ndarray, values: np.ndarray, *dims: int, resolution: int):
+    """Grid values projected on the weights of `dims`: (the distinct weight tuples, the maximum of `values` over
+    the points sharing each)."""
+    key = np.rint(np.asarray(alphas)[:, list(dims)] * resolution).astype(int)
     uniq, inv = np.unique(key, axis=0, return_inverse=True)
-    best = np.full(len(uniq), -np.inf)
-    np.maximum.at(best, inv.reshape(-1), np.asarray(values, dtype=float))
-    return uniq / resolution, best
-
-
-def profile(alphas: np.ndarray, values: np.ndarray, d: int, resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """(weights of domain d on the grid, the maximum of `values` over the points with that weight)."""
-    key = np.rint(np.asarray(alphas)[:, d] * resolution).astype(int)
-    uniq, inv = np.unique(key, return_inverse=True)
     best = np.full(len(uniq), -np.inf)
     np.maximum.at(best, inv.reshape(-1), np.asarray(values, dtype=float))
     return uniq / resolution, best
@@ -107,7 +99,7 @@ def _plot_many(path, alphas, values, names, resolution, alpha_star, specialists)
     levels = _levels(u)
     top = [fig.add_subplot(grid[0, c]) for c in range(len(pairs))]
     for ax, (i, j) in zip(top, pairs):
-        xy, best = project(alphas, u, i, j, resolution)
+        xy, best = project(alphas, u, i, j, resolution=resolution)
         cs = ax.tricontourf(xy[:, 0], xy[:, 1], best, levels=levels, cmap="viridis")
         ax.plot([0, 1, 0, 0], [0, 0, 1, 0], "k-", lw=0.8)
         _mark(ax, alpha_star[[i, j]], None if spec is None else spec[[i, j]])
@@ -124,8 +116,8 @@ def _plot_many(path, alphas, values, names, resolution, alpha_star, specialists)
     for c, obj in enumerate(objectives):
         ax = fig.add_subplot(grid[1, c])
         for d, name in enumerate(names):
-            x, best = profile(alphas, 100 * np.asarray(values[obj]), d, resolution)
-            ax.plot(x, best, "-", color=colours(d), lw=1.4, label=name)
+            x, best = project(alphas, 100 * np.asarray(values[obj]), d, resolution=resolution)
+            ax.plot(x[:, 0], best, "-", color=colours(d), lw=1.4, label=name)
             ax.axvline(alpha_star[d], color=colours(d), ls=":", lw=0.8)
         ax.set_xlabel("weight of the domain", fontsize=8)
         ax.set_ylabel(f"best {_what(obj)} (x100 above chance)", fontsize=8)
