@@ -127,7 +127,10 @@ class Pipeline:
         """One domain's expert (jobs training different experts in parallel share the base through the cache), or
         with `ratios` an expert named `name` trained on that mixture of domains (a coarse group of the
         hierarchical search)."""
-        return self._train(experts.expert_job(name, self.cfg["experts"], self.base_dir, self.seed, ratios))
+        spec = {k: v for k, v in self.cfg["experts"].items() if k != "seed"}
+        seed = self.cfg["experts"].get("seed")  # a rerun's fresh experts on the same base (the frontier's seeds)
+        return self._train(experts.expert_job(name, spec, self.base_dir, self.seed if seed is None else int(seed),
+                                              ratios))
 
     def derive(self, **sections) -> Pipeline:
         """This pipeline with whole config sections replaced (another model, a checkpoint as the base): what the

@@ -113,6 +113,7 @@ class Lora(Section):
 
 
 class Experts(Stage):
+    seed: field(NONNEG_INT) = None  # the experts' data order (null: seed)
     kind: field(one_of("full", "lora")) = None
     lora: Lora | None = None
 
@@ -162,6 +163,8 @@ class Trainer(Section):
 class Baseline(Section):
     budget: field(POS_INT) = None
     trial_tokens: field(POS_INT) = None
+    correction: field(one_of("tilt", "gain")) = None  # refine's
+    min_distance: field(FRACTION_OPEN_0) = None
 
 
 class Validate(Section):

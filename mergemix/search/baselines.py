@@ -4,7 +4,8 @@
     manual   a prior given by the user
     proxy    an Optuna study over lambda; every trial trains a proxy from the base on lambda for `trial_tokens`
     regmix   RegMix: Dirichlet samples around the token prior, proxy runs, LightGBM per capability, >= 100k
-             simulated mixtures, alpha* = average of the top-k"""
+             simulated mixtures, alpha* = average of the top-k
+    refine   MergeMix's merged search corrected by a few trained runs (refine.py)"""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from mergemix.models import load_checkpoint
 from mergemix.registry import Registry
 from mergemix.search.cost import Ledger, trained_tokens
+from mergemix.search.refine import refine
 from mergemix.search.surrogate import Surrogate, fine_search, result_utility
 from mergemix.simplex import check_weights, dirichlet
 
@@ -51,20 +53,14 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     """An Optuna study over lambda (the token-proportional mixture first); alpha* = the best proxy run."""
     from optuna.trial import TrialState
 
-    from mergemix.search.optuna_backend import (
-        ask_tell,
-        fail_orphans,
-        make_sampler,
-        open_study,
-        resumable_sampler,
-    )
+    from mergemix.search.optuna_backend import ask_tell, fail_orphans, make_sampler, open_study
     from mergemix.search.space import alpha_of_trial, params_from_alpha
 
     obj = ProxyObjective(pipe, cfg, cfg["objective"])
     name = cfg.get("sampler") or "tpe"
-    local = None if cfg.get("storage") else Path(f"{study_path}.sampler.pkl")  # this process owns the study
-    sampler = resumable_sampler(local, name, seed) if local else make_sampler(name, seed)
-    study = open_study(cfg.get("storage") or f"sqlite:///{study_path}", f"proxy-{seed}", obj.names, sampler)
+    local = not cfg.get("storage")  # this process owns the study: resumable (optuna_backend.trial_sampler)
+    study = open_study(cfg.get("storage") or f"sqlite:///{study_path}", f"proxy-{Path(study_path).stem}", obj.names,
+                       make_sampler(name, seed))  # named by its key (proxy_study_path): one study per search
     if local:
         fail_orphans(study)
     if not study.trials:
@@ -73,7 +69,7 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[:int(cfg["budget"])]:
         obj(alpha_of_trial(t.params, obj.names))
     remaining = int(cfg["budget"]) - len(obj.history)  # an enqueued (waiting) trial is taken by the first ask
-    ask_tell(study, obj.names, remaining, obj, obj.utility, local, "proxy-training search")
+    ask_tell(study, obj.names, remaining, obj, obj.utility, (name, seed) if local else None, "proxy-training search")
     return best_run(obj.history, obj.utility), obj
 
 
@@ -129,6 +125,7 @@ BASELINES = Registry("baseline", {
     "manual": lambda pipe, cfg, seed, path: (manual_prior(cfg["prior"], pipe.domain_names), Ledger(0).summary()),
     "proxy": lambda pipe, cfg, seed, path: _searched(*proxy_search(pipe, cfg, seed, path)),
     "regmix": lambda pipe, cfg, seed, path: _searched(*regmix(pipe, cfg, seed)),
+    "refine": lambda pipe, cfg, seed, path: _searched(*refine(pipe, cfg, seed)[:2]),
 })
 
 

@@ -78,7 +78,7 @@ def _check_budgets(cfg: dict) -> None:
     """Every training budget covers at least one batch (commands that train; `info` only describes a model)."""
     batch = cfg["model"]["seq_len"] * cfg["model"]["batch_size"]
     bl = cfg.get("baseline") or {"kind": "none"}
-    if bl["kind"] in ("proxy", "regmix") and int(bl["trial_tokens"]) < batch:
+    if bl["kind"] in ("proxy", "regmix", "refine") and int(bl.get("trial_tokens") or batch) < batch:
         raise MergeMixError(f"baseline.trial_tokens must cover at least one batch ({batch} tokens)")
     for key in ("base", "experts", "mix"):
         if int(cfg[key]["tokens"]) < batch:
