@@ -281,31 +281,29 @@ def test_compare_job_logs_its_trials_to_wandb(tmp_path, monkeypatch):
 
 
 def test_a_resumed_one_process_study_proposes_what_the_uninterrupted_one_would(tmp_path):
-    """proxy_search's loop (ask_tell): a kill leaves a running trial and a sampler pickled after the last tell;
-    the resumed study fails the orphan, re-proposes it, and its complete trials equal the uninterrupted study's.
-    A fresh seeded sampler instead replays its first random draws as duplicate trials."""
+    """proxy_search's loop (ask_tell): a kill leaves a running trial; the resumed study fails the orphan, re-proposes
+    it (each trial's sampler is seeded by the study's complete trials), and its complete trials equal the
+    uninterrupted study's. A sampler seeded once instead replays its first random draws as duplicate trials."""
     from optuna.trial import TrialState
 
     from mergemix.search import optuna_backend as ob
 
-    def study(name, sampler_path, fresh=False):
-        sampler = ob.make_sampler("tpe", 0) if fresh else ob.resumable_sampler(sampler_path, "tpe", 0)
-        return ob.open_study(f"sqlite:///{tmp_path}/{name}.db", name, NAMES, sampler)
+    def study(name):
+        return ob.open_study(f"sqlite:///{tmp_path}/{name}.db", name, NAMES, ob.make_sampler("tpe", 0))
 
     def complete(s):
         return [tuple(t.params.values()) for t in s.get_trials(states=(TrialState.COMPLETE,))]
 
-    whole = study("whole", tmp_path / "whole.pkl")
-    ob.ask_tell(whole, NAMES, 6, synthetic, lambda r: r["U"], tmp_path / "whole.pkl")
-    for name, fresh in (("resumed", False), ("fresh", True)):
-        path = tmp_path / f"{name}.pkl"
-        first = study(name, path)
-        ob.ask_tell(first, NAMES, 3, synthetic, lambda r: r["U"], path)
+    whole = study("whole")
+    ob.ask_tell(whole, NAMES, 6, synthetic, lambda r: r["U"], ("tpe", 0))
+    for name, sampler in (("resumed", ("tpe", 0)), ("fresh", None)):
+        first = study(name)
+        ob.ask_tell(first, NAMES, 3, synthetic, lambda r: r["U"], sampler)
         first.ask().suggest_float(f"u_{NAMES[0]}", 1e-9, 1.0)  # killed while evaluating the fourth trial
-        again = study(name, path, fresh)
+        again = study(name)
         ob.fail_orphans(again)
-        ob.ask_tell(again, NAMES, 3, synthetic, lambda r: r["U"], path)
-        if fresh:
+        ob.ask_tell(again, NAMES, 3, synthetic, lambda r: r["U"], sampler)
+        if sampler is None:
             assert len(set(complete(again))) < len(complete(again)) == 6  # duplicates of its first draws
         else:
             assert complete(again) == complete(whole) and len(set(complete(again))) == 6

@@ -171,14 +171,17 @@ def test_optuna_trials_record_alpha_and_scores(micro_run, micro_root, tmp_path):
                     f"search.storage=sqlite:///{tmp_path}/study.db", "search_seed=7")
     pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
     _ = pipe.search_dir
-    study = optuna.load_study(study_name=cfg["search"]["study_name"], storage=f"sqlite:///{tmp_path}/study.db")
+    name = json.loads((pipe.search_dir / "search.json").read_text())["info"]["study_name"]
+    assert name.startswith(f"{cfg['search']['study_name']}-")  # the user's prefix, then the search's key
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path}/study.db")
     assert study.metric_names == ["U"]
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(trials) == 6
     caps = set(cfg["benchmarks"]["capabilities"])
     for t in trials:
-        alpha = t.user_attrs["alpha"]
+        alpha = {k.removeprefix("alpha/"): v for k, v in t.user_attrs.items() if k.startswith("alpha/")}
         assert set(alpha) == set(pipe.domain_names) and sum(alpha.values()) == pytest.approx(1, abs=1e-5)
+        assert all(isinstance(v, float) for v in alpha.values())  # numbers optuna-dashboard plots
         assert {k.removeprefix("score/") for k in t.user_attrs if k.startswith("score/")} == caps
         assert t.user_attrs["U"] == pytest.approx(t.value)
 
@@ -364,8 +367,8 @@ def test_tpe_search_shows_progress_and_records_trials(tmp_path, capsys):
     assert "search (tpe)" in err and "6/6" in err
     for t in optuna.load_study(study_name="t", storage=storage).trials:
         assert t.user_attrs["score/x"] == t.value == t.user_attrs["U"]
-        assert t.user_attrs["alpha"]["a"] == pytest.approx(t.value, abs=1e-6)
-        assert sum(t.user_attrs["alpha"].values()) == pytest.approx(1, abs=1e-5)
+        assert t.user_attrs["alpha/a"] == pytest.approx(t.value, abs=1e-6)
+        assert t.user_attrs["alpha/a"] + t.user_attrs["alpha/b"] == pytest.approx(1, abs=1e-5)
 
 
 def test_a_lightning_logger_is_a_yaml_file(tmp_path):

@@ -131,7 +131,7 @@ def test_search_worker_joins_the_search_of_another_process(postgres_url, micro_r
 
     worker = start("search-worker")  # first, so that it surely takes trials before the budget is reached
     deadline = time.time() + 180
-    while time.time() < deadline and not _complete_trials(postgres_url, "joined"):
+    while time.time() < deadline and not _complete_trials(postgres_url, "joined-"):
         assert worker.poll() is None, worker.communicate()[1][-2000:]
         time.sleep(0.5)
     search = start("search", f"paths.run_dir={micro_root}/joined-run")
@@ -143,7 +143,8 @@ def test_search_worker_joins_the_search_of_another_process(postgres_url, micro_r
     assert joined["complete_trials"] >= 24 and joined["budget"] == 24
     mixture = Path(outs["search"].split("mixture file: ")[1].split()[0])
     result = json.loads((mixture.parent / "search.json").read_text())
-    study = optuna.load_study(study_name="joined", storage=postgres_url)
+    assert joined["study"] == result["info"]["study_name"] and joined["study"].startswith("joined-")  # one study
+    study = optuna.load_study(study_name=joined["study"], storage=postgres_url)
     assert result["info"]["n_trials"] >= 24 and len(study.trials) >= 24
     best = max(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     assert result["verified"]["U"] == pytest.approx(best, abs=1e-6)  # alpha* = the study's best, re-scored
@@ -151,11 +152,10 @@ def test_search_worker_joins_the_search_of_another_process(postgres_url, micro_r
     assert len(keys) == len(set(keys))  # the shared evaluation cache holds each mixture once
 
 
-def _complete_trials(url: str, name: str) -> int:
+def _complete_trials(url: str, prefix: str) -> int:
+    """Complete trials in the studies whose names start with `prefix` (none before the first is created)."""
     import optuna
 
-    try:
-        study = optuna.load_study(study_name=name, storage=url)
-    except KeyError:  # not created yet
-        return 0
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    names = [n for n in optuna.get_all_study_names(storage=url) if n.startswith(prefix)]
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for n in names
+               for t in optuna.load_study(study_name=n, storage=url).trials)

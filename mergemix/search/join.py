@@ -57,13 +57,16 @@ def _join_batch(pipe, objective, design) -> dict:
 def _join_study(pipe, url: str, objective) -> dict:
     from optuna.trial import TrialState
 
-    from mergemix.search.optuna_backend import make_sampler, open_study, run_workers
+    from mergemix.search.optuna_backend import make_sampler, open_study, run_workers, study_name_for
+    from mergemix.stages.search import search_inputs
 
     s = pipe.cfg["search"]
     names, seed = pipe.domain_names, joiner_seed(pipe.search_seed)
-    open_study(url, s["study_name"], names, make_sampler(s["sampler"], seed))  # checks the URL and search space
-    run_workers(url, s["study_name"], names, s["sampler"], seed, int(s["budget"]), objective, objective.utility,
+    name = study_name_for(s.get("study_name"), search_inputs(pipe.store, pipe.cfg, pipe.base_dir, pipe.expert_dirs,
+                                                         pipe.suite_key, pipe.search_seed, pipe.uniform_mixture))
+    open_study(url, name, names, make_sampler(s["sampler"], seed))  # checks the URL and search space
+    run_workers(url, name, names, s["sampler"], seed, int(s["budget"]), objective, objective.utility,
                 int(s.get("n_workers", 1)))
-    study = open_study(url, s["study_name"], names, make_sampler(s["sampler"], seed))
+    study = open_study(url, name, names, make_sampler(s["sampler"], seed))
     done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
-    return {"study": s["study_name"], "complete_trials": done, "budget": int(s["budget"])}
+    return {"study": name, "complete_trials": done, "budget": int(s["budget"])}

@@ -1,13 +1,12 @@
 """Optuna back-end: a persistent study (SQLite under the cache by default, or any RDB URL such as PostgreSQL)
-over the simplex parameterisation of space.py. Workers sharing the storage URL share the study; a heartbeat marks
-the trials of a killed worker failed and their mixtures are retried (the evaluation cache makes a retry free if
-the merge had already been scored). The uniform point and the priors are enqueued as the first trials."""
+over the simplex parameterisation of space.py, one study per search (study_name_for). Workers sharing the storage
+URL share the study; a heartbeat marks the trials of a killed worker failed and their mixtures are retried (the
+evaluation cache makes a retry free if the merge had already been scored). The uniform point and the priors are enqueued as the first trials."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -37,49 +36,64 @@ def make_sampler(name: str, seed: int):
     return SAMPLERS.get(name)(seed)
 
 
-def resumable_sampler(path: Path, name: str, seed: int):
-    """The sampler of a study that one process runs by ask/tell: restored from `path` (pickled after every tell,
-    `save_sampler`), so that a killed and resumed study proposes what the uninterrupted one would have (a fresh
-    seeded sampler would replay its first random draws as duplicate trials); fresh when absent or unreadable."""
-    import pickle
+# trial_sampler reseeds the samplers whose state is their random generator; QMC keeps its seed (its scrambling), its
+# place in the sequence is in the study's storage
+SEEDED_ONCE = ("qmc",)
 
-    try:
-        return pickle.loads(path.read_bytes())
-    except Exception:  # noqa: BLE001 - absent, cut by a kill or from another Optuna version: start fresh
+
+def trial_sampler(name: str, seed: int, done: int):
+    """The sampler that proposes a one-process study's next trial, rebuilt from the study's own storage (nothing
+    is read from a file): a killed and resumed study proposes what the uninterrupted one would (a sampler seeded
+    once would replay its first random draws as duplicate trials)."""
+    if name in SEEDED_ONCE:
         return make_sampler(name, seed)
+    return make_sampler(name, int(np.random.SeedSequence([seed, done]).generate_state(1)[0]))
 
 
-def save_sampler(study, path: Path) -> None:
-    import pickle
+def complete_count(study) -> int:
+    from optuna.trial import TrialState
 
-    from mergemix.artifacts import write_atomic
-
-    write_atomic(path, pickle.dumps(study.sampler))
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
 def ask_tell(study, names: Sequence[str], n: int, run: Evaluate, util: Callable[[dict], float],
-             sampler_path: Path | None = None, desc: str = "search") -> None:
-    """`n` more trials of a study that this process runs alone: ask, evaluate, record alpha and scores, tell; the
-    sampler is saved after every tell when `sampler_path` is given (resumable_sampler)."""
+             sampler: tuple[str, int] | None = None, desc: str = "search") -> None:
+    """`n` more trials of a study that this process runs alone: ask, evaluate, record alpha and scores, tell; with
+    `sampler` = (name, seed), each trial's sampler is trial_sampler's (resumable)."""
     from tqdm.auto import tqdm
 
     for _ in tqdm(range(max(0, n)), desc=desc, unit="run"):
+        if sampler:
+            study.sampler = trial_sampler(*sampler, complete_count(study))
         trial = study.ask()
         alpha = suggest_alpha(trial, names)
         result = run(alpha)
         record_trial(trial, names, alpha, result)  # alpha and scores for optuna-dashboard
         study.tell(trial, util(result))
-        if sampler_path:
-            save_sampler(study, sampler_path)
 
 
 def fail_orphans(study) -> None:
-    """Trials left running by a killed process of this (one-process) study: failed, so they are not counted; the
-    restored sampler proposes the interrupted one again."""
+    """Trials left running by a killed process of this (one-process) study: failed, so they are not counted;
+    trial_sampler proposes the interrupted one again."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
+
+
+# search settings that say where a study is stored, under which prefix, and how many workers fill it: not what it
+# searches, so a search-worker with its own process layout (or a rotated storage password) joins the same study
+NOT_STUDY = ("storage", "study_name", "n_workers")
+
+
+def study_name_for(prefix: str | None, inputs: Mapping) -> str:
+    """One study per search in shared storage: the user's `search.study_name` followed by the key of what the
+    search's result depends on (search_inputs: models, benchmarks, settings, seed, prior). Another search on the
+    same storage gets another study, never this one's trials."""
+    from mergemix.artifacts import stage_key
+
+    search = {k: v for k, v in (inputs.get("search") or {}).items() if k not in NOT_STUDY}
+    return f"{prefix or 'mergemix'}-{stage_key('search', {**inputs, 'search': search})}"
 
 
 def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler):
@@ -113,9 +127,11 @@ def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler)
 
 
 def record_trial(trial, names: Sequence[str], alpha, result: Mapping) -> None:
-    """A trial's mixture and scores as user attributes (optuna-dashboard shows them next to its value): `alpha`
-    ({domain: weight} on the simplex; the parameters u_k are only its encoding), `score/<capability>`, `U`."""
-    trial.set_user_attr("alpha", {n: round(float(a), 6) for n, a in zip(names, alpha)})
+    """A trial's mixture and scores as numeric user attributes, which optuna-dashboard sorts and plots:
+    `alpha/<domain>` (the weights on the simplex; the parameters u_k are only their encoding), `score/<capability>`,
+    `U`."""
+    for n, a in zip(names, alpha):
+        trial.set_user_attr(f"alpha/{n}", round(float(a), 6))
     for cap, value in result["capabilities"].items():
         trial.set_user_attr(f"score/{cap}", float(value))
     trial.set_user_attr("U", float(result["U"]))

@@ -167,10 +167,13 @@ def copy_trials(src: Path, dst: Path, names: list[str]) -> None:
     write_trials(dst, history, names, caps)
 
 
-def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path) -> dict:
+def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path, study_name: str | None = None) -> dict:
+    """The search artifact; an Optuna back-end fills the study `study_name` (optuna_backend.study_name_for) in
+    `search.storage`, by default SQLite at `study_path`."""
     s, names = dict(pipe.cfg["search"]), pipe.domain_names
     s.setdefault("storage", None)
     s["storage"] = s["storage"] or f"sqlite:///{study_path}"
+    s["study_name"] = study_name or s.get("study_name")
     t0 = time.time()
     objective = objective_for(pipe, cache_path)
     backend = get_backend(s["backend"])

@@ -32,12 +32,13 @@ def study_path(store: ArtifactStore, key: str) -> Path:
 def run(store: ArtifactStore, tracker: Tracker, space: Any, inputs: dict, merge_cache: Path) -> Path:
     """The search artifact (search.json, mixture.yaml, seeds.csv). `space` is what search/run.py searches: the
     pipeline, or an ExpertSpace over other experts of its base."""
+    from mergemix.search.optuna_backend import study_name_for
     from mergemix.search.run import run_search
 
     key = artifacts.stage_key("search", inputs)
-    study = study_path(store, key)
+    study = study_path(store, key), study_name_for(inputs["search"].get("study_name"), inputs)
     with tracker.stage("search", "search", {**inputs, "cache_key": key}) as tracked:
-        path = store.get_or_build("search", inputs, lambda tmp: run_search(space, tmp, merge_cache, study))
+        path = store.get_or_build("search", inputs, lambda tmp: run_search(space, tmp, merge_cache, *study))
         if tracked.active:
             report_search(tracked, path, space.domain_names)
     return path
