@@ -45,9 +45,9 @@ def test_run_writes_exports_that_reproduce_the_merge(micro_run):
 
     mk = yaml.safe_load((run_dir / "mergekit.yaml").read_text())
     assert mk["merge_method"] == "task_arithmetic" and mk["dtype"] == "float32"
-    assert mk["base_model"] == str(pipe.base_dir)
+    assert mk["base_model"] == str(pipe.base_dir.absolute())
     assert {m["model"]: m["parameters"]["weight"] for m in mk["models"]} == {
-        str(pipe.expert_dirs[d]): w for d, w in weights.items()}
+        str(pipe.expert_dirs[d].absolute()): w for d, w in weights.items()}
     # task_arithmetic as mergekit defines it, applied to the listed checkpoints, is the merge the search verified
     base = mergeable(load_checkpoint(mk["base_model"]))
     experts = [(m["parameters"]["weight"], mergeable(load_checkpoint(m["model"]))) for m in mk["models"]]
@@ -65,3 +65,32 @@ def test_write_exports_uses_the_configured_prefix(micro_run, tmp_path):
     paths = write_exports(tmp_path, pipe.alpha_star, pipe.base_dir, pipe.expert_dirs, "s3://bucket/{domain}/")
     assert all(p.parent == tmp_path and p.is_file() for p in paths.values())
     assert all(k.startswith("s3://bucket/") for k in _parse_blend(paths["blend"].read_text()))
+
+
+def test_exports_hold_absolute_paths_that_work_from_another_directory(micro_run, tmp_path, monkeypatch):
+    """Checkpoints and a data prefix given relative to the launch directory: mergekit.yaml and blend.txt hold
+    absolute paths, so they are read from any directory (mergekit-yaml is run from another one when installed)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pipe, _ = micro_run
+    monkeypatch.chdir(pipe.base_dir.parent.parent)  # the cache root: the stage directories are relative to it
+    rel = {d: Path(os.path.relpath(p)) for d, p in pipe.expert_dirs.items()}
+    paths = write_exports(tmp_path / "run", pipe.alpha_star, Path(os.path.relpath(pipe.base_dir)), rel,
+                          "data/{domain}_text_document")
+    monkeypatch.chdir(tmp_path)
+    mk = yaml.safe_load(paths["mergekit"].read_text())
+    models = [mk["base_model"], *(m["model"] for m in mk["models"])]
+    assert all(Path(m).is_absolute() and (Path(m) / "config.json").is_file() for m in models)
+    assert Path(mk["base_model"]).samefile(pipe.base_dir)
+    prefixes = _parse_blend(paths["blend"].read_text())
+    assert all(p.startswith(f"{pipe.base_dir.parent.parent.absolute()}/data/") for p in prefixes)
+    cli = shutil.which("mergekit-yaml", path=os.pathsep.join([os.path.dirname(sys.executable), os.defpath]))
+    if cli:
+        res = subprocess.run([cli, str(paths["mergekit"]), str(tmp_path / "merged")], capture_output=True,
+                             text=True, timeout=600, check=False)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert (tmp_path / "merged" / "config.json").is_file()
