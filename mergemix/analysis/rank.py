@@ -2,9 +2,9 @@
 
 Every metric compares two score vectors over the same mixtures: Spearman ρ, Kendall τ (τ-b), ρ over the
 reference's top 25% of mixtures, and capability recovery Σ predicted / Σ reference (DeMix's metrics). Point
-values come from scipy; the bootstrap uses row-batched equivalents (tested equal to scipy), since a thousand
-resamples × metrics × capabilities one scipy call at a time take minutes. `compare` averages each metric over
-several references (one per training seed) and adds a percentile bootstrap interval over mixtures."""
+values come from scipy, and so do the bootstrap's: one scipy call per metric over all resamples (`axis=1`).
+`compare` averages each metric over several references (one per training seed) and adds a percentile bootstrap
+interval over mixtures (scipy.stats.bootstrap, paired)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import kendalltau, rankdata, spearmanr
+from scipy.stats import bootstrap, kendalltau, pearsonr, rankdata, spearmanr
 
 MIN_TOP = 3  # a rank correlation over fewer points is not informative (2 points give only ±1)
 
@@ -47,20 +47,14 @@ def recovery(x, y) -> float:
     return float(np.sum(x)) / total if total != 0 else float("nan")
 
 
-# ---------------------------------------------------------------------- the same, one value per row ---
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
-
-
+# ------------------------------------------------------------------- the same, one value per row (scipy) ---
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return _pearson_rows(rankdata(x, axis=1), rankdata(y, axis=1))
+    return pearsonr(rankdata(x, axis=1), rankdata(y, axis=1), axis=1).statistic
 
 
 def kendall_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """τ-b: Σ sign(Δx)·sign(Δy) over pairs, over the square root of the untied pair counts of x and y."""
-    sx, sy = np.sign(x[:, :, None] - x[:, None, :]), np.sign(y[:, :, None] - y[:, None, :])
-    return (sx * sy).sum((1, 2)) / np.sqrt((sx * sx).sum((1, 2)) * (sy * sy).sum((1, 2)))
+    """τ-b per row (the asymptotic p-value skips scipy's exact one, which is not used)."""
+    return kendalltau(x, y, axis=1, method="asymptotic").statistic
 
 
 def top25_spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -81,20 +75,21 @@ METRICS = {"spearman": (spearman, spearman_rows), "kendall": (kendall, kendall_r
 
 
 # ----------------------------------------------------------------------------------------- bootstrap ---
-def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """n_boot resamples of n mixtures with replacement, from one seeded generator."""
-    return np.random.default_rng(seed).integers(0, n, size=(max(0, n_boot), n))
-
-
-def interval(rows_fn, x, refs: Sequence, boot: np.ndarray) -> list[float | None]:
-    """Percentile (2.5, 97.5) interval of `rows_fn` averaged over refs, mixtures resampled by the rows of
-    `boot`. Resamples where the statistic is undefined (all-tied scores) are left out."""
-    if not len(boot):
+def interval(rows_fn, x, refs: Sequence, n_boot: int, seed: int) -> list[float | None]:
+    """Percentile (2.5, 97.5) interval of `rows_fn` averaged over refs, over n_boot resamples of the mixtures
+    (paired: x and every reference resampled alike; the same resamples for every call with this seed). Resamples
+    where the statistic is undefined (all-tied scores) are left out."""
+    if n_boot <= 0:
         return [None, None]
-    x = np.asarray(x, float)
-    with np.errstate(all="ignore"):
-        stats = np.mean([rows_fn(x[boot], np.asarray(r, float)[boot]) for r in refs], axis=0)
-    stats = stats[np.isfinite(stats)]
+
+    def stat(x, *refs, axis=-1):
+        return np.mean([rows_fn(x, r) for r in refs], axis=0)
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")  # all-tied resamples: scipy warns, the statistic is NaN
+        res = bootstrap((np.asarray(x, float), *(np.asarray(r, float) for r in refs)), stat, n_resamples=n_boot,
+                        paired=True, vectorized=True, method="percentile", rng=np.random.default_rng(seed))
+    stats = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
     if not len(stats):
         return [None, None]
     return [float(v) for v in np.percentile(stats, [2.5, 97.5])]
@@ -113,13 +108,11 @@ def compare(pred: dict[str, Sequence[float]], refs: Sequence[dict[str, Sequence[
     `refs`, averaged over the references, with a bootstrap interval (the same resamples throughout):
     {metric: {"overall": v, "capabilities": {c: v}, "interval": {"overall": [lo, hi], "capabilities": ...}}}.
     Undefined values are None."""
-    n = len(pred["overall"])
-    boot = bootstrap_indices(n, n_boot, seed)
     series = ["overall", *(k for k in pred if k != "overall")]
     out = {}
     for name, (fn, rows_fn) in METRICS.items():
         point = {s: _point(fn, pred[s], [r[s] for r in refs]) for s in series}
-        ci = {s: interval(rows_fn, pred[s], [r[s] for r in refs], boot) for s in series}
+        ci = {s: interval(rows_fn, pred[s], [r[s] for r in refs], n_boot, seed) for s in series}
         out[name] = {"overall": point["overall"], "capabilities": {s: point[s] for s in series[1:]},
                      "interval": {"overall": ci["overall"], "capabilities": {s: ci[s] for s in series[1:]}}}
     return out
