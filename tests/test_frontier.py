@@ -135,21 +135,27 @@ def test_trained_tokens_are_whole_batches():
     assert trained_tokens(60_000, {"seq_len": 256, "batch_size": 16}) == 57_344
 
 
-def test_jobs_cover_every_point_seed_by_seed():
-    cfg = {"experts": {"tokens": 300}, "search": {"budget": 40},
-           "frontier": {"seeds": [0, 1], "expert_tokens": [100, 300], "budgets": [20, 40],
-                        "corrections": ["recovery"], "trial_tokens": [10], "trial_counts": [5, 10],
-                        "full_counts": [3], "small_model": "micro", "small_trial_tokens": 10, "small_counts": [4]}}
+FRONTIER = {"seeds": [0, 1, 2], "other_seeds": 2, "expert_tokens": [100, 300], "budgets": [20, 40],
+            "corrections": ["recovery"], "refine": ["tilt", "gain"], "refine_runs": 3, "trial_tokens": [10],
+            "trial_counts": [5, 10], "full_runs": 4, "regmix_full_counts": [2, 4, 8], "small_model": "micro",
+            "small_trial_tokens": 10, "small_counts": [4]}
+
+
+def test_jobs_run_the_headline_comparison_first_seed_by_seed():
+    cfg = {"experts": {"tokens": 300}, "search": {"budget": 40}, "frontier": dict(FRONTIER)}
     jobs = frontier.jobs(cfg)
     ids = [frontier.job_id(j) for j in jobs]
-    assert len(ids) == len(set(ids)) == 2 * 9
-    assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)
+    assert len(ids) == len(set(ids)) == 3 * 4 + 2 * 7  # 3 MergeMix variants, recovery, proxy, RegMix, small
+    core = [j for j in jobs if j.get("core")]
+    assert jobs[: len(core)] == core and [j["seed"] for j in core] == sorted(j["seed"] for j in core)
+    assert {j["kind"] for j in core} == {"mergemix", "refine", "full", "fixed"}
+    assert {j["seed"] for j in jobs if not j.get("core")} == {0, 1}  # other_seeds: the first two
+    full = next(j for j in jobs if j["kind"] == "full")
+    assert full["counts"] == [1, 2, 3, 4] and full["regmix_counts"] == [2, 4]
+    assert frontier.expected(full) == {("proxy_full", n, None) for n in range(1, 5)} | {
+        ("regmix_full", 2, None), ("regmix_full", 4, None)}
     merges = {(j["experts"], j["budget"], j.get("correction")) for j in jobs if j["kind"] == "mergemix"}
-    assert merges == {(100, 40, None), (300, 20, None), (300, 40, None), (300, 40, "recovery")}
-    cfg["frontier"]["variant_seeds"] = [0]  # other settings than the reference on seed 0 only
-    seed1 = {(j["experts"], j["budget"], j.get("correction")) for j in frontier.jobs(cfg)
-             if j["kind"] == "mergemix" and j["seed"] == 1}
-    assert seed1 == {(300, 40, None), (300, 40, "recovery")}
+    assert merges == {(100, 20, None), (100, 40, None), (300, 20, None), (300, 40, None), (300, 40, "recovery")}
 
 
 def test_variants_patch_the_config_sections_they_name():
@@ -163,46 +169,114 @@ def test_variants_patch_the_config_sections_they_name():
         frontier.variant(cfg, "bogus")
 
 
-def test_points_with_all_their_counts_are_finished(tmp_path):
-    job = {"kind": "full", "seed": 0, "counts": [4, 15]}
+def test_points_with_all_their_counts_and_a_retrained_run_are_finished(tmp_path):
+    job = {"kind": "full", "seed": 0, "counts": [1, 2], "regmix_counts": [2]}
     path = tmp_path / f"{frontier.job_id(job)}.json"
-    path.write_text(json.dumps([{"settings": {"runs": 4}}]))
-    assert frontier.finished(job, tmp_path) is None  # 15 runs asked for: rerun over the cached 4
-    path.write_text(json.dumps([{"settings": {"runs": 4}}, {"settings": {"runs": 15}}]))
-    assert len(frontier.finished(job, tmp_path)) == 2
+
+    def pts(*keys, retrained=True):
+        return [{"family": f, "settings": {"runs": n}, "retrained": retrained} for f, n in keys]
+
+    path.write_text(json.dumps(pts(("proxy_full", 1), ("proxy_full", 2))))
+    assert frontier.finished(job, tmp_path) is None  # RegMix's point is missing: rerun over the cached runs
+    path.write_text(json.dumps(pts(("proxy_full", 1), ("proxy_full", 2), ("regmix_full", 2), retrained=False)))
+    assert frontier.finished(job, tmp_path) is None  # written before every point was retrained
+    path.write_text(json.dumps(pts(("proxy_full", 1), ("proxy_full", 2), ("regmix_full", 2))))
+    assert len(frontier.finished(job, tmp_path)) == 3
     assert frontier.finished({"kind": "fixed", "seed": 1}, tmp_path) is None
 
 
-def _pt(family, settings, seed, u, flops):
+def _pt(family, settings, seed, u, flops, train=None):
     return {"family": family, "label": frontier.FAMILIES[family], "settings": settings, "seed": seed, "U": u,
-            "U_std": 0.01, "train_tokens": flops / 6, "train_flops": flops, "eval_flops": 0.0, "evaluations": 1}
+            "U_std": 0.01, "train_tokens": flops / 6, "train_flops": flops if train is None else train,
+            "eval_flops": 0.0 if train is None else flops - train, "total_flops": flops, "evaluations": 1,
+            "retrained": True}
 
 
-def test_summary_finds_the_smallest_matching_multiple():
-    ref = {"expert_tokens": 3, "budget": 40, "correction": "none"}
+REF = {"expert_tokens": 3, "budget": 40, "correction": "none"}
+
+
+def test_crossing_is_interpolated_in_log_cost_per_seed():
+    from mergemix.analysis.frontier_report import crossing
+
+    assert crossing([(1.0, 0.30), (4.0, 0.50)], 0.40) == pytest.approx(2.0)  # halfway in log cost
+    assert crossing([(1.0, 0.45), (4.0, 0.50)], 0.40) == 1.0  # reached at the first budget
+    assert crossing([(1.0, 0.30), (4.0, 0.35)], 0.40) is None  # never: above the largest tried
+
+
+def test_summary_reports_total_compute_multiples_crossings_and_intervals():
+    from mergemix.analysis.frontier_report import markdown, summarise
+
+    rng = np.random.default_rng(0)
     points = []
-    for seed, noise in enumerate([0.0, 0.01, -0.01]):
-        points += [_pt("mergemix", ref, seed, 0.40 + noise, 100.0),
-                   _pt("proxy", {"runs": 5}, seed, 0.35 + noise, 50.0),
-                   _pt("proxy", {"runs": 20}, seed, 0.41 + noise, 400.0),
-                   _pt("regmix", {"runs": 20}, seed, 0.42 + noise, 200.0),
-                   _pt("token", {}, seed, 0.30, 0.0)]
-    s = frontier.summarise(points, ref)
-    assert s["proxy_multiple_to_match"] == pytest.approx(2.0)  # RegMix at 2x beats proxy at 4x
-    assert s["by_family"]["proxy"] == {"multiple_to_match": pytest.approx(4.0), "max_multiple_tried":
-                                       pytest.approx(4.0)}
-    row = next(r for r in s["points"] if r["family"] == "proxy" and r["settings"]["runs"] == 5)
-    assert row["diff_vs_reference"] == pytest.approx(-0.05) and row["diff_ci95"][1] < 0
-    assert "2.00x" in frontier.markdown(s, "t")
+    for seed in range(5):
+        ref_u = 0.40 + rng.normal(0, 0.01)
+        points += [_pt("mergemix", REF, seed, ref_u, 200.0, train=100.0),  # half of its compute is evaluation
+                   _pt("proxy_full", {"runs": 1}, seed, ref_u - 0.04, 100.0),
+                   _pt("proxy_full", {"runs": 2}, seed, ref_u - 0.02 + rng.normal(0, 0.003), 200.0),
+                   _pt("proxy_full", {"runs": 4}, seed, ref_u + 0.02 + rng.normal(0, 0.003), 400.0),
+                   _pt("token", {}, seed, 0.30 + rng.normal(0, 0.01), 0.0)]
+    s = summarise(points, REF)
+    assert s["reference"]["total_flops"] == pytest.approx(200.0)
+    row = next(r for r in s["points"] if r["family"] == "proxy_full" and r["settings"]["runs"] == 4)
+    assert row["multiple_total"] == pytest.approx(2.0) and row["multiple_train"] == pytest.approx(4.0)
+    m = s["match"]
+    assert m["family"] == "proxy_full" and m["basis"] == "total_flops" and len(m["delta_0"]["per_seed"]) == 5
+    # U crosses the reference halfway (in log cost) between 1x and 2x; a 1 U margin is reached earlier
+    assert m["delta_0"]["median"] == pytest.approx(np.sqrt(2), rel=0.1)
+    assert m["delta_1"]["median"] < m["delta_0"]["median"]
+    lo, hi = m["delta_0"]["ci95"]
+    assert lo <= m["delta_0"]["median"] <= hi
+    assert s["discriminates"] and s["discrimination"]["p_value"] < 0.05
+    text = markdown(s, "t")
+    assert "reaches MergeMix's retrained U at 1.4" in text and "× total compute" in text
 
 
-def test_summary_reports_no_match_with_the_largest_multiple_tried():
-    ref = {"expert_tokens": 3, "budget": 40, "correction": "none"}
-    points = [_pt("mergemix", ref, s, 0.5, 10.0) for s in range(2)]
-    points += [_pt("proxy_full", {"runs": 6}, s, 0.45, 300.0) for s in range(2)]
-    s = frontier.summarise(points, ref)
-    assert s["proxy_multiple_to_match"] is None and s["max_multiple_tried"] == pytest.approx(30.0)
-    assert "none of them matched it within 30.0x" in frontier.markdown(s, "t")
+def test_paired_interval_with_real_variance_is_the_t_interval():
+    from scipy import stats
+
+    from mergemix.analysis.frontier_report import paired_ci
+
+    d = [0.01, -0.02, 0.03, 0.015, 0.0]
+    half = stats.t.ppf(0.975, 4) * np.std(d, ddof=1) / np.sqrt(5)
+    assert paired_ci(d) == pytest.approx([np.mean(d) - half, np.mean(d) + half])
+    assert paired_ci([0.01]) is None and paired_ci([0.02, 0.02]) == [0.02, 0.02]
+
+
+def test_a_testbed_whose_strategies_differ_within_noise_claims_no_multiple():
+    from mergemix.analysis.frontier_report import markdown, summarise
+
+    rng = np.random.default_rng(1)
+    points = []
+    for seed in range(5):
+        points += [_pt("mergemix", REF, seed, 0.5 + rng.normal(0, 0.01), 10.0),
+                   _pt("proxy_full", {"runs": 6}, seed, 0.5 + rng.normal(0, 0.01), 300.0),
+                   _pt("token", {}, seed, 0.5 + rng.normal(0, 0.01), 0.0)]
+    s = summarise(points, REF)
+    assert not s["discriminates"] and s["discrimination"]["p_value"] > 0.05
+    assert "does not discriminate" in markdown(s, "t") and "no multiple is claimed" in markdown(s, "t")
+
+
+def test_a_family_that_never_matches_is_above_the_largest_multiple_tried():
+    from mergemix.analysis.frontier_report import multiple_text, summarise
+
+    points = [_pt("mergemix", REF, s, 0.5 + 0.01 * s, 10.0) for s in range(3)]
+    points += [_pt("proxy_full", {"runs": 6}, s, 0.40, 300.0) for s in range(3)]
+    m = summarise(points, REF)["match"]
+    assert m["delta_0"]["median"] is None and m["max_multiple_tried"] == pytest.approx(30.0)
+    assert multiple_text(m).startswith(">30.0x")
+
+
+def test_readme_results_block_is_the_one_frontier_json_gives():
+    from mergemix.analysis.frontier_report import readme_block
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from frontier import MARKERS
+
+    data = json.loads((ROOT / "reports" / "frontier" / "frontier.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert MARKERS[0] in readme and MARKERS[1] in readme
+    block = readme.split(MARKERS[0], 1)[1].split(MARKERS[1], 1)[0]
+    assert block.strip() == readme_block(data).strip()
 
 
 @pytest.mark.slow
@@ -211,15 +285,21 @@ def test_frontier_driver_end_to_end_on_micro(tmp_path):
     rerun finds nothing left to do."""
     args = [sys.executable, str(ROOT / "experiments" / "frontier.py"), "--testbeds", "embedded", "--workers", "2",
             "--out", str(tmp_path / "report"), "experiment=micro", "model=micro", "frontier.seeds=[0,1]",
-            "frontier.expert_tokens=[8000]", "frontier.budgets=[6]", "frontier.corrections=[recovery,scale2,lora]",
-            "frontier.trial_tokens=[4096]", "frontier.trial_counts=[2]", "frontier.full_counts=[2]",
+            "frontier.other_seeds=2", "frontier.expert_tokens=[8000]", "frontier.budgets=[6]",
+            "frontier.corrections=[recovery,scale2,lora]", "frontier.refine_runs=2", "frontier.trial_tokens=[4096]",
+            "frontier.trial_counts=[2]", "frontier.full_runs=2", "frontier.regmix_full_counts=[2]",
             "frontier.small_trial_tokens=4096", "frontier.small_counts=[2]", "experts.tokens=8000",
             "search.budget=6"]
     env = {**os.environ, "MERGEMIX_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
     subprocess.run(args, check=True, env=env, capture_output=True, timeout=900)
     data = json.loads((tmp_path / "report" / "frontier.json").read_text())["testbeds"]["embedded"]
     assert {r["family"] for r in data["points"]} == set(frontier.FAMILIES)
-    assert all(len(r["seeds"]) == 2 for r in data["points"])
+    assert all(len(r["seeds"]) == 2 and r["retrained"] for r in data["points"])
+    assert {"match", "discriminates", "discrimination"} <= set(data) and data["match"]["basis"] == "total_flops"
+    refine = [r for r in data["points"] if r["family"] == "refine"]
+    assert {r["settings"]["correction"] for r in refine} == {"tilt", "gain"}
+    mm = next(r for r in data["points"] if r["family"] == "mergemix" and r["settings"]["correction"] == "none")
+    assert all(r["multiple_total"] > mm["multiple_total"] for r in refine)  # it pays MergeMix's cost and more
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
     again = subprocess.run(args, check=True, env=env, capture_output=True, text=True, timeout=300)
     assert "embedded: 0 jobs to run" in again.stdout

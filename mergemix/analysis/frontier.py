@@ -1,21 +1,25 @@
-"""The cost-quality frontier (the paper's Figure 1, top): every mixture-search strategy at several costs, each found
-mixture trained at `mix.tokens` and scored, over several search seeds.
+"""The cost-quality frontier (the paper's Figure 1, top): every mixture-search strategy at several costs, each
+found mixture retrained from the base at `mix.tokens` on a fresh data order and scored, over several seeds.
 
-    MergeMix        experts of each `frontier.expert_tokens`, `frontier.budgets` merges; with its corrections
+    MergeMix        experts of each `frontier.expert_tokens` (redrawn per seed: `experts.seed`), `frontier.budgets`
+                    merges; with its corrections
+    refine          MergeMix corrected by `frontier.refine_runs` full-horizon trained runs (search/refine.py), one
+                    point per design in `frontier.refine`
     proxy search    an Optuna (TPE) study whose trials are trained runs of `trial_tokens`; after n runs its answer
                     is the best run (one study per length and seed, its first n trials give the point for n)
     RegMix          Dirichlet trials around the token prior, LightGBM per capability, top-k mean of >= 100k
                     simulated mixtures (fitted on the first n runs)
-    full horizon    the proxy study with runs of `mix.tokens` (the paper's "manual / RegMix at the target scale":
-                    RegMix fitted on those same runs)
+    full horizon    the proxy study with runs of `mix.tokens` (the paper's "manual / RegMix at the target scale"),
+                    a point after every run; RegMix fitted on those same runs at `regmix_full_counts`
     small proxies   RegMix with proxies of a smaller model (`frontier.small_model`, its own base charged), the
                     mixture transferred to the target model (RegMix's own design)
     token, manual   the token-proportional mixture and a manual prior, no search
 
-Cost is what was trained: runs are cut to whole batches, FLOPs are 6·N·D (N of the model that trained, so small
-proxies cost their size). A point's multiple is its training FLOPs over the reference MergeMix point's (= the
-training-token multiple for runs of the same model). Jobs are independent processes over one shared artifact cache:
-a rerun (or a killed run) redoes only what is missing."""
+Cost is the total compute a strategy pays before its final run: 6·N·D for every run it trained (experts, trials,
+refine's runs, a small model's base) and 2·N·D for every evaluation (merges, trials), N the active parameters of
+the model that ran. The final run on the chosen mixture is charged to no strategy and is never one of its trials:
+it trains on data-order seed `search_seed + frontier.retrain_offset`. Jobs are independent processes over one shared
+artifact cache: a rerun (or a killed run) redoes only what is missing."""
 
 from __future__ import annotations
 
@@ -28,37 +32,47 @@ from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
 from mergemix.search.cost import trained_tokens
 
-FAMILIES = {"mergemix": "MergeMix", "proxy": "proxy search", "regmix": "RegMix", "proxy_full": "proxy search, full",
-            "regmix_full": "RegMix, full", "regmix_small": "RegMix, small proxies", "token": "token-proportional",
-            "manual": "manual prior"}
+FAMILIES = {"mergemix": "MergeMix", "refine": "MergeMix + refine", "proxy": "proxy search", "regmix": "RegMix",
+            "proxy_full": "proxy search, full", "regmix_full": "RegMix, full",
+            "regmix_small": "RegMix, small proxies", "token": "token-proportional", "manual": "manual prior"}
 TRIAL_FAMILIES = ("proxy", "regmix", "proxy_full", "regmix_full", "regmix_small")
 
 
 # -------------------------------------------------------------------------------------------------- jobs ---
 def jobs(cfg: dict) -> list[dict]:
-    """Every unit of work (one search at one seed, all its points): seed by seed, the most expensive first, so that
-    an interrupted run leaves whole seeds."""
+    """Every unit of work (one search at one seed, all its points). `frontier.seeds` run MergeMix, refine,
+    full-horizon proxy search and the fixed mixtures (first, seed by seed, the most expensive first, so that an
+    interrupted run leaves whole seeds of the headline comparison); the first `frontier.other_seeds` of them every
+    other strategy too (after)."""
     f, out = cfg["frontier"], []
+    reference = (int(cfg["experts"]["tokens"]), int(cfg["search"]["budget"]))
+    others = set(f["seeds"][: int(f["other_seeds"])])
     for seed in f["seeds"]:
-        out.append({"kind": "fixed", "seed": seed, "cost": 2})
-        cheapest, reference = (min(f["expert_tokens"]), min(f["budgets"])), (cfg["experts"]["tokens"],
-                                                                             cfg["search"]["budget"])
+        out.append({"kind": "mergemix", "seed": seed, "experts": reference[0], "budget": reference[1], "cost": 2,
+                    "core": True})
+        if f["refine"]:
+            out.append({"kind": "refine", "seed": seed, "designs": list(f["refine"]), "runs": int(f["refine_runs"]),
+                        "cost": 5, "core": True})
+        out.append({"kind": "full", "seed": seed, "counts": list(range(1, int(f["full_runs"]) + 1)),
+                    "regmix_counts": [n for n in f["regmix_full_counts"] if n <= int(f["full_runs"])], "cost": 10,
+                    "core": True})
+        out.append({"kind": "fixed", "seed": seed, "cost": 1, "core": True})
+        if seed not in others:
+            continue
         for e in f["expert_tokens"]:
             for n in f["budgets"]:
-                variant = (e, n) != reference and seed not in (f.get("variant_seeds") or f["seeds"])
-                if ((e, n) != cheapest or len(f["expert_tokens"]) * len(f["budgets"]) == 1) and not variant:
+                if (e, n) != reference:
                     out.append({"kind": "mergemix", "seed": seed, "experts": e, "budget": n, "cost": 2})
         for corr in f["corrections"]:
-            out.append({"kind": "mergemix", "seed": seed, "experts": int(cfg["experts"]["tokens"]),
-                        "budget": int(cfg["search"]["budget"]), "correction": corr, "cost": 2})
+            out.append({"kind": "mergemix", "seed": seed, "experts": reference[0], "budget": reference[1],
+                        "correction": corr, "cost": 2})
         for fam in ("proxy", "regmix"):
             for t in f["trial_tokens"]:
                 out.append({"kind": fam, "seed": seed, "trial_tokens": t, "counts": f["trial_counts"], "cost": 4})
-        out.append({"kind": "full", "seed": seed, "counts": f["full_counts"], "cost": 10})
         if f.get("small_model"):
             out.append({"kind": "small", "seed": seed, "trial_tokens": f["small_trial_tokens"],
                         "counts": f["small_counts"], "cost": 3})
-    return sorted(out, key=lambda j: (j["seed"], -j["cost"]))
+    return sorted(out, key=lambda j: (not j.get("core"), j["seed"], -j["cost"]))
 
 
 def job_id(job: dict) -> str:
@@ -66,15 +80,29 @@ def job_id(job: dict) -> str:
     return "-".join(str(job[k]) for k in keys) + f"-s{job['seed']}"
 
 
+def expected(job: dict) -> set[tuple]:
+    """The (family, runs, correction) of every point a job writes."""
+    kind, counts = job["kind"], job.get("counts", [])
+    if kind == "fixed":
+        return {("token", None, None), ("manual", None, None)}
+    if kind == "mergemix":
+        return {("mergemix", None, job.get("correction") or "none")}
+    if kind == "refine":
+        return {("refine", job["runs"], d) for d in job["designs"]}
+    if kind == "full":
+        return {("proxy_full", n, None) for n in counts} | {("regmix_full", n, None) for n in job["regmix_counts"]}
+    return {({"small": "regmix_small"}.get(kind, kind), n, None) for n in counts}
+
+
 def finished(job: dict, out_dir: Path) -> list[dict] | None:
-    """The job's written points, if they hold every count it asks for (a larger count reruns it; its runs are
-    cached, so only the new ones train); else None."""
+    """The job's written points, if they hold every point it asks for, each retrained (a larger count reruns it;
+    its runs are cached, so only the new ones train); else None."""
     path = Path(out_dir) / f"{job_id(job)}.json"
     if not path.is_file():
         return None
     points = json.loads(path.read_text())
-    have = {p["settings"].get("runs") for p in points}
-    return points if "counts" not in job or set(job["counts"]) <= have else None
+    have = {(p["family"], p["settings"].get("runs"), p["settings"].get("correction")) for p in points}
+    return points if expected(job) <= have and all(p.get("retrained") for p in points) else None
 
 
 def run_job(cfg: dict, job: dict, out_dir: Path, small_model: dict | None = None) -> list[dict]:
@@ -85,25 +113,40 @@ def run_job(cfg: dict, job: dict, out_dir: Path, small_model: dict | None = None
     if (done := finished(job, out_dir)) is not None:
         return done
     pipe = Pipeline({**cfg, "search_seed": int(job["seed"])}, out_dir)
-    points = {"fixed": _fixed, "mergemix": _mergemix, "proxy": _proxy, "regmix": _regmix, "full": _full,
-              "small": _small}[job["kind"]](pipe, job, small_model)
+    points = {"fixed": _fixed, "mergemix": _mergemix, "refine": _refine, "proxy": _proxy, "regmix": _regmix,
+              "full": _full, "small": _small}[job["kind"]](pipe, job, small_model)
     write_atomic(path, json.dumps(points, indent=1, default=float))
     return points
 
 
-def _point(pipe, family: str, settings: dict, alpha: dict, train: list[tuple[int, int]], evaluations: int,
-           eval_params: int) -> dict:
-    """Train `alpha` at mix.tokens (data order = the search seed), score it, and record the search's cost:
-    `train` lists (trained tokens, parameters) of every run the search paid for; its `evaluations` ran on a model
-    of `eval_params` parameters."""
+def _point(pipe, family: str, settings: dict, alpha: dict, cost: dict) -> dict:
+    """Retrain `alpha` at mix.tokens on a fresh data order (search_seed + frontier.retrain_offset), score it, and
+    record what the search paid: `cost` = {train_tokens, train_flops, eval_flops, evaluations}."""
     total = sum(alpha.values())
     alpha = {n: float(alpha[n]) / total for n in pipe.domain_names}
-    scores = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, family))
-    n_eval = pipe.suite.evaluator.n_tokens()
+    seed = pipe.search_seed + int(pipe.cfg["frontier"]["retrain_offset"])
+    scores = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, family, seed=seed))
     return {"family": family, "label": FAMILIES[family], "settings": settings, "seed": pipe.search_seed,
             "alpha": alpha, "U": scores["U"], "U_std": scores["U_std"], "capabilities": scores["capabilities"],
-            "train_tokens": int(sum(t for t, _ in train)), "train_flops": float(sum(6.0 * t * p for t, p in train)),
-            "eval_flops": float(2.0 * eval_params * n_eval * evaluations), "evaluations": int(evaluations)}
+            "retrained": True, "retrain_seed": seed, "train_tokens": int(cost["train_tokens"]),
+            "train_flops": float(cost["train_flops"]), "eval_flops": float(cost["eval_flops"]),
+            "total_flops": float(cost["train_flops"]) + float(cost["eval_flops"]),
+            "evaluations": int(cost["evaluations"])}
+
+
+def ledger_cost(summary: dict) -> dict:
+    """A search ledger's summary (search/cost.py) as a point's cost."""
+    n = float(summary["n_params"])
+    return {"train_tokens": summary["train_tokens"], "train_flops": 6.0 * n * summary["train_tokens"],
+            "eval_flops": 2.0 * n * summary["eval_tokens"], "evaluations": summary["evaluations"]}
+
+
+def runs_cost(runs: int, tokens: int, eval_tokens: int, params: int, extra_tokens: int = 0) -> dict:
+    """`runs` trained runs of `tokens` each evaluated once on `eval_tokens`, plus `extra_tokens` trained (a small
+    model's base), on a model of `params` active parameters."""
+    train = runs * tokens + extra_tokens
+    return {"train_tokens": train, "train_flops": 6.0 * params * train,
+            "eval_flops": 2.0 * params * eval_tokens * runs, "evaluations": runs}
 
 
 def _params(pipe) -> int:
@@ -116,9 +159,9 @@ def _params(pipe) -> int:
 def _fixed(pipe, job, _small) -> list[dict]:
     from mergemix.search.baselines import manual_prior
 
-    prior = pipe.cfg["frontier"]["manual_prior"]
-    return [_point(pipe, "token", {}, dict(pipe.uniform_mixture), [], 0, 0),
-            _point(pipe, "manual", {"prior": prior}, manual_prior(prior, pipe.domain_names), [], 0, 0)]
+    prior, free = pipe.cfg["frontier"]["manual_prior"], runs_cost(0, 0, 0, 0)
+    return [_point(pipe, "token", {}, dict(pipe.uniform_mixture), free),
+            _point(pipe, "manual", {"prior": prior}, manual_prior(prior, pipe.domain_names), free)]
 
 
 # the merge variants a MergeMix point or the consistency table can use: config sections patched over the run's
@@ -136,21 +179,47 @@ def variant(cfg: dict, name: str | None) -> dict:
     return {**cfg, **{k: {**cfg[k], **v} for k, v in patch.items()}}
 
 
+def merge_pipeline(pipe, cfg: dict, expert_tokens: int, budget: int):
+    """The pipeline of a MergeMix search at one seed: experts of `expert_tokens` (redrawn per seed when
+    frontier.redraw_experts: a rerun trains its own experts on the same base) and `budget` merges."""
+    experts = {**cfg["experts"], "tokens": int(expert_tokens)}
+    if cfg["frontier"]["redraw_experts"]:
+        experts["seed"] = pipe.search_seed
+    return pipe.derive(experts=experts, search={**cfg["search"], "budget": int(budget)})
+
+
 def _mergemix(pipe, job, _small) -> list[dict]:
     corr = job.get("correction")
     cfg = variant(pipe.cfg, corr)
-    p = pipe.derive(experts={**cfg["experts"], "tokens": int(job["experts"])},
-                    search={**cfg["search"], "budget": int(job["budget"])})
+    p = merge_pipeline(pipe, cfg, job["experts"], job["budget"])
     result = p.search_result
-    n, m = _params(p), cfg["model"]
-    train = [(trained_tokens(job["experts"], m), n)] * len(p.domain_names)  # LoRA experts: the same tokens
-    if corr == "recovery":
-        train.append((trained_tokens(cfg["mix"]["tokens"], m), n))  # the token-proportional run it calibrates on
+    cost = ledger_cost(result["cost"])  # experts (LoRA experts: the same tokens) and every merge evaluated
+    if corr == "recovery":  # the token-proportional run it calibrates on (at search_seed) and its evaluation
+        extra = runs_cost(1, trained_tokens(cfg["mix"]["tokens"], cfg["model"]), p.suite.evaluator.n_tokens(),
+                          _params(p))
+        cost = {k: cost[k] + extra[k] for k in cost}
     settings = {"expert_tokens": int(job["experts"]), "budget": int(job["budget"]), "correction": corr or "none"}
-    point = _point(p, "mergemix", settings, result["alpha_star"], train, int(result["cost"]["evaluations"]), n)
+    point = _point(p, "mergemix", settings, result["alpha_star"], cost)
     point.update(merged_U=result["verified"].get("U"),
                  switched_to_best_merge=result.get("alpha_choice", {}).get("switched_to_best_merge"))
     return [point]
+
+
+def _refine(pipe, job, _small) -> list[dict]:
+    from mergemix.search.refine import refine
+
+    cfg = pipe.cfg
+    p = merge_pipeline(pipe, cfg, cfg["experts"]["tokens"], cfg["search"]["budget"])
+    out = []
+    for design in job["designs"]:
+        spec = {"budget": int(job["runs"]), "trial_tokens": int(cfg["mix"]["tokens"]), "correction": design,
+                "min_distance": float(cfg["frontier"]["refine_min_distance"])}
+        alpha, obj, info = refine(p, spec, pipe.search_seed)
+        point = _point(p, "refine", {"runs": int(job["runs"]), "correction": design},
+                       dict(zip(p.domain_names, map(float, alpha))), ledger_cost(obj.ledger.summary()))
+        point.update(answer=info["answer"], trained_runs=info["runs"], trained_runs_U=info["trained_U"])
+        out.append(point)
+    return out
 
 
 def _trials(pipe, job, kind: str, trial_tokens: int, small=None):
@@ -167,14 +236,16 @@ def _trials(pipe, job, kind: str, trial_tokens: int, small=None):
     return obj.history, obj, spec
 
 
-def _prefix_points(pipe, family, history, counts, run_cost, settings, fit, extra=()) -> list[dict]:
-    """One point per count n: the strategy's answer from its first n runs, charged n runs (plus `extra`); each run
-    was evaluated on the model that trained it (run_cost: tokens, parameters)."""
+def _prefix_points(pipe, family, history, counts, runner, tokens: int, settings, fit, extra_tokens=0) -> list[dict]:
+    """One point per count n: the strategy's answer from its first n runs, charged n runs of `tokens` and their
+    evaluations on `runner`'s model (plus `extra_tokens` trained there)."""
+    params, eval_tokens = _params(runner), runner.suite.evaluator.n_tokens()
+    run_tokens = trained_tokens(tokens, runner.cfg["model"])
     out = []
     for n in sorted(set(counts)):
         alpha = dict(zip(pipe.domain_names, map(float, fit(history[:n]))))
-        out.append(_point(pipe, family, {**settings, "runs": n}, alpha, [run_cost] * n + list(extra), n,
-                          run_cost[1]))
+        cost = runs_cost(n, run_tokens, eval_tokens, params, extra_tokens)
+        out.append(_point(pipe, family, {**settings, "runs": n}, alpha, cost))
     return out
 
 
@@ -182,8 +253,7 @@ def _proxy(pipe, job, _small) -> list[dict]:
     from mergemix.search.baselines import best_run
 
     history, obj, _ = _trials(pipe, job, "proxy", job["trial_tokens"])
-    cost = (trained_tokens(job["trial_tokens"], pipe.cfg["model"]), _params(pipe))
-    return _prefix_points(pipe, "proxy", history, job["counts"], cost,
+    return _prefix_points(pipe, "proxy", history, job["counts"], pipe, job["trial_tokens"],
                           {"trial_tokens": int(job["trial_tokens"])}, lambda h: best_run(h, obj.utility))
 
 
@@ -191,21 +261,19 @@ def _regmix(pipe, job, _small) -> list[dict]:
     from mergemix.search.baselines import regmix_fit
 
     history, _, spec = _trials(pipe, job, "regmix", job["trial_tokens"])
-    cost = (trained_tokens(job["trial_tokens"], pipe.cfg["model"]), _params(pipe))
-    return _prefix_points(pipe, "regmix", history, job["counts"], cost,
+    return _prefix_points(pipe, "regmix", history, job["counts"], pipe, job["trial_tokens"],
                           {"trial_tokens": int(job["trial_tokens"])}, lambda h: regmix_fit(h, spec, pipe.search_seed))
 
 
 def _full(pipe, job, _small) -> list[dict]:
-    """Runs of mix.tokens: proxy search's best run, and RegMix fitted on the same runs (the paper's adapted RegMix)."""
+    """Runs of mix.tokens: proxy search's best run after every run, and RegMix fitted on the same runs."""
     from mergemix.search.baselines import best_run, regmix_fit
 
     t = int(pipe.cfg["mix"]["tokens"])
     history, obj, spec = _trials(pipe, job, "proxy", t)
-    cost = (trained_tokens(t, pipe.cfg["model"]), _params(pipe))
-    return [*_prefix_points(pipe, "proxy_full", history, job["counts"], cost, {"trial_tokens": t},
+    return [*_prefix_points(pipe, "proxy_full", history, job["counts"], pipe, t, {"trial_tokens": t},
                             lambda h: best_run(h, obj.utility)),
-            *_prefix_points(pipe, "regmix_full", history, job["counts"], cost, {"trial_tokens": t},
+            *_prefix_points(pipe, "regmix_full", history, job["regmix_counts"], pipe, t, {"trial_tokens": t},
                             lambda h: regmix_fit(h, spec, pipe.search_seed))]
 
 
@@ -215,12 +283,10 @@ def _small(pipe, job, small_model) -> list[dict]:
 
     small = pipe.derive(model=small_model)
     history, _, spec = _trials(pipe, job, "regmix", job["trial_tokens"], small=small)
-    n_small = _params(small)
-    base = (trained_tokens(small.cfg["base"]["tokens"], small_model), n_small)
-    cost = (trained_tokens(job["trial_tokens"], small_model), n_small)
-    return _prefix_points(pipe, "regmix_small", history, job["counts"], cost,
+    base = trained_tokens(small.cfg["base"]["tokens"], small_model)
+    return _prefix_points(pipe, "regmix_small", history, job["counts"], small, job["trial_tokens"],
                           {"trial_tokens": int(job["trial_tokens"]), "model": small_model.get("name")},
-                          lambda h: regmix_fit(h, spec, pipe.search_seed), extra=[base])
+                          lambda h: regmix_fit(h, spec, pipe.search_seed), extra_tokens=base)
 
 
 # ----------------------------------------------------------------------------------------- consistency ---
@@ -247,149 +313,3 @@ def consistency(cfg: dict, points: list[dict], n_boot: int = 1000) -> dict:
     return out
 
 
-# --------------------------------------------------------------------------------------------- summary ---
-def summarise(points: list[dict], reference: dict) -> dict:
-    """Per point (family + settings): trained U over seeds, cost, and its multiple of the reference MergeMix
-    point's training FLOPs; proxy_multiple_to_match: the smallest multiple at which a trial-training point's mean
-    trained U reaches the reference's (null if none, with the largest multiple tried)."""
-    from scipy import stats
-
-    groups: dict[str, list[dict]] = {}
-    for p in points:
-        key = p["family"] + json.dumps(p["settings"], sort_keys=True)
-        groups.setdefault(key, []).append(p)
-    ref_key = "mergemix" + json.dumps(reference, sort_keys=True)
-    if ref_key not in groups:
-        raise ValueError(f"no reference MergeMix point {reference} among the results")
-    ref = {p["seed"]: p for p in groups[ref_key]}
-    ref_flops = float(np.mean([p["train_flops"] for p in ref.values()]))
-    rows = []
-    for key, ps in groups.items():
-        u = np.array([p["U"] for p in ps])
-        paired = [p["U"] - ref[p["seed"]]["U"] for p in ps if p["seed"] in ref]
-        half = float(stats.t.ppf(0.975, len(paired) - 1) * np.std(paired, ddof=1) / np.sqrt(len(paired))) \
-            if len(paired) > 1 else None
-        flops = float(np.mean([p["train_flops"] for p in ps]))
-        rows.append({"family": ps[0]["family"], "label": ps[0]["label"], "settings": ps[0]["settings"],
-                     "seeds": sorted(p["seed"] for p in ps), "U_mean": float(u.mean()),
-                     "U_std": float(u.std(ddof=1)) if len(u) > 1 else 0.0,
-                     "U_item_std": float(np.mean([p["U_std"] for p in ps])),
-                     "diff_vs_reference": float(np.mean(paired)) if paired else None,
-                     "diff_ci95": None if half is None else [float(np.mean(paired)) - half,
-                                                             float(np.mean(paired)) + half],
-                     "train_tokens": float(np.mean([p["train_tokens"] for p in ps])), "train_flops": flops,
-                     "eval_flops": float(np.mean([p["eval_flops"] for p in ps])),
-                     "evaluations": float(np.mean([p["evaluations"] for p in ps])),
-                     "multiple": flops / ref_flops if ref_flops else None,
-                     "merged_U": _mean_or_none([p.get("merged_U") for p in ps])})
-    ref_row = next(r for r in rows if r["family"] == "mergemix" and r["settings"] == reference)
-    trials = [r for r in rows if r["family"] in TRIAL_FAMILIES]
-    matching = sorted(r["multiple"] for r in trials if r["U_mean"] >= ref_row["U_mean"])
-    by_family = {}
-    for fam in TRIAL_FAMILIES:
-        rs = [r for r in trials if r["family"] == fam]
-        if rs:
-            hit = sorted(r["multiple"] for r in rs if r["U_mean"] >= ref_row["U_mean"])
-            by_family[fam] = {"multiple_to_match": hit[0] if hit else None,
-                              "max_multiple_tried": max(r["multiple"] for r in rs)}
-    rows.sort(key=lambda r: (list(FAMILIES).index(r["family"]), r["multiple"] or 0))
-    return {"reference": {"settings": reference, "U_mean": ref_row["U_mean"], "U_std": ref_row["U_std"],
-                          "train_tokens": ref_row["train_tokens"], "train_flops": ref_flops},
-            "proxy_multiple_to_match": matching[0] if matching else None,
-            "max_multiple_tried": max((r["multiple"] for r in trials), default=None),
-            "by_family": by_family, "points": rows}
-
-
-def _mean_or_none(values):
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-def settings_text(s: dict) -> str:
-    parts = []
-    for k, v in s.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1000:
-            v = f"{v / 1000:g}k"
-        parts.append(f"{k.replace('_', ' ')} {v}")
-    return ", ".join(parts) or "—"
-
-
-def markdown(summary: dict, title: str) -> str:
-    ref = summary["reference"]
-    mult = summary["proxy_multiple_to_match"]
-    lines = [f"### {title}", "",
-             (f"Reference: MergeMix with {settings_text(ref['settings'])}: trained U {100 * ref['U_mean']:.2f} "
-              f"± {100 * ref['U_std']:.2f} (std over seeds), {ref['train_tokens']:.3g} training tokens."),
-             "", "**Training-cost multiple a trial-training strategy needs to match it:** " +
-             (f"{mult:.2f}x" if mult is not None else
-              f"none of them matched it within {summary['max_multiple_tried']:.1f}x (the largest tried)") + ".",
-             "", ("| strategy | settings | seeds | trained U (mean ± std) | Δ vs reference [95% CI] | "
-                  "training tokens | training FLOPs | × MergeMix | evaluations |"), "|" + "---|" * 9]
-    for r in summary["points"]:
-        ci = r["diff_ci95"]
-        diff = "—" if r["diff_vs_reference"] is None else f"{100 * r['diff_vs_reference']:+.2f}" + (
-            f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "")
-        mult_r = "—" if not r["multiple"] else f"{r['multiple']:.2f}"
-        lines.append(f"| {r['label']} | {settings_text(r['settings'])} | {len(r['seeds'])} | "
-                     f"{100 * r['U_mean']:.2f} ± {100 * r['U_std']:.2f} | {diff} | {r['train_tokens']:.3g} | "
-                     f"{r['train_flops']:.3g} | {mult_r} | {r['evaluations']:.0f} |")
-    cons = summary.get("consistency")
-    rows = {k: v for k, v in (cons or {}).items() if isinstance(v, dict) and "rho_U" in v}
-    if rows:
-        caps = list(next(iter(rows.values()))["rho"])
-        lines += ["", (f"Merged vs trained U over the {cons['n_points']} trained points ({cons['n_mixtures']} "
-                  "distinct mixtures) above: Spearman ρ [95% bootstrap interval over points]:"), "",
-                  "| merge | ρ(U) | " + " | ".join(f"ρ {c}" for c in caps) + " |", "|" + "---|" * (2 + len(caps))]
-        for name, c in rows.items():
-            lo, hi = c["ci_U"]
-            lines.append(f"| {name} | {_f2(c['rho_U'])} [{_f2(lo)}, {_f2(hi)}] | "
-                         + " | ".join(_f2(v) for v in c["rho"].values()) + " |")
-    lines += ["", "Per family, the smallest multiple that matched (— none, within the largest tried):", ""]
-    for fam, v in summary["by_family"].items():
-        hit = "—" if v["multiple_to_match"] is None else f"{v['multiple_to_match']:.2f}x"
-        lines.append(f"- {FAMILIES[fam]}: {hit} (largest tried {v['max_multiple_tried']:.2f}x)")
-    return "\n".join(lines) + "\n"
-
-
-def _f2(x) -> str:
-    return "—" if x is None else f"{x:.2f}"
-
-
-def plot(summaries: dict[str, dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(summaries), figsize=(6.5 * len(summaries), 4.8), squeeze=False)
-    styles = {"mergemix": ("C3", "*"), "proxy": ("C0", "o"), "regmix": ("C1", "s"), "proxy_full": ("C0", "D"),
-              "regmix_full": ("C1", "D"), "regmix_small": ("C2", "^")}
-    for ax, (name, s) in zip(axes[0], summaries.items()):
-        for fam, (color, marker) in styles.items():
-            rs = sorted((r for r in s["points"] if r["family"] == fam), key=lambda r: r["multiple"])
-            if rs:
-                ax.errorbar([r["multiple"] for r in rs], [100 * r["U_mean"] for r in rs],
-                            yerr=[100 * r["U_std"] for r in rs], color=color, marker=marker, capsize=3,
-                            linestyle="none" if fam == "mergemix" else "-", label=FAMILIES[fam],
-                            markersize=11 if fam == "mergemix" else 6)
-        for r in (r for r in s["points"] if r["family"] == "mergemix"):
-            st = r["settings"]
-            tag = st["correction"] if st.get("correction", "none") != "none" else \
-                f"{st['expert_tokens'] / 1000:g}k, N={st['budget']}"
-            ax.annotate(tag, (r["multiple"], 100 * r["U_mean"]), textcoords="offset points", xytext=(6, 4),
-                        fontsize=7, color="C3")
-        for fam, ls in (("token", ":"), ("manual", "--")):
-            for r in (r for r in s["points"] if r["family"] == fam):
-                ax.axhline(100 * r["U_mean"], color="gray", linestyle=ls, label=f"{FAMILIES[fam]} (no search)")
-        ref = s["reference"]
-        ax.axhline(100 * ref["U_mean"], color="C3", alpha=0.3)
-        ax.set_xscale("log")
-        ax.set_xlabel("search training cost (FLOPs, × MergeMix reference)")
-        ax.set_ylabel("trained U of the found mixture (×100 above chance)")
-        ax.set_title(f"{name}: trained U vs search cost (mean ± std over seeds)", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)  # below the axes: it hides no point
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
