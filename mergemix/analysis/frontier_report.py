@@ -177,6 +177,15 @@ def _f(x, digits=2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
+def _diff(r: dict, digits: int = 2) -> str:
+    """Δ vs the reference with its interval, in U."""
+    if r["diff_vs_reference"] is None:
+        return "—"
+    ci = r["diff_ci95"]
+    return f"{100 * r['diff_vs_reference']:+.{digits}f}" + (
+        f" [{100 * ci[0]:+.{digits}f}, {100 * ci[1]:+.{digits}f}]" if ci else "")
+
+
 def _u(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
@@ -193,11 +202,8 @@ def markdown(summary: dict, title: str) -> str:
              ("| strategy | settings | seeds | retrained U (mean ± std) | Δ vs MergeMix [95% CI] | × total compute | "
               "× training | training tokens | evaluations |"), "|" + "---|" * 9]
     for r in summary["points"]:
-        ci = r["diff_ci95"]
-        diff = "—" if r["diff_vs_reference"] is None else f"{100 * r['diff_vs_reference']:+.2f}" + (
-            f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "")
         lines.append(f"| {r['label']} | {settings_text(r['settings'])} | {len(r['seeds'])} | "
-                     f"{_u(r['U_mean'])} ± {_u(r['U_std'])} | {diff} | {_f(r['multiple_total'])} | "
+                     f"{_u(r['U_mean'])} ± {_u(r['U_std'])} | {_diff(r)} | {_f(r['multiple_total'])} | "
                      f"{_f(r['multiple_train'])} | {r['train_tokens']:.3g} | {r['evaluations']:.0f} |")
     lines += ["", "Crossing multiples (total compute at which the family's retrained U reaches MergeMix's, per seed, "
               "interpolated in log cost; median [95% seed-bootstrap interval]):", "",
@@ -233,11 +239,8 @@ def readme_block(data: dict) -> str:
             if r["family"] in ("mergemix", "refine", "token", "manual") or r["family"] == "proxy_full" and \
                     r["settings"].get("runs") in (4, 8, 15) or r["family"] in ("proxy", "regmix_full") and \
                     r["settings"].get("runs") in (8, 15, 40):
-                ci = r["diff_ci95"]
-                diff = "—" if ci is None else f"{100 * r['diff_vs_reference']:+.1f} [{100 * ci[0]:+.1f}, " \
-                    f"{100 * ci[1]:+.1f}]"
                 lines.append(f"| {r['label']} | {settings_text(r['settings'])} | {len(r['seeds'])} | "
-                             f"{_u(r['U_mean'])} ± {_u(r['U_std'])} | {diff} | {_f(r['multiple_total'])} |")
+                             f"{_u(r['U_mean'])} ± {_u(r['U_std'])} | {_diff(r, 1)} | {_f(r['multiple_total'])} |")
         lines += ["", f"MergeMix reference: {_u(ref['U_mean'])} ± {_u(ref['U_std'])} over {len(ref['seeds'])} "
                   "seeds (experts redrawn per seed).", ""]
     return "\n".join(lines)
