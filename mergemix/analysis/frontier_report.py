@@ -205,8 +205,8 @@ def markdown(summary: dict, title: str) -> str:
         lines.append(f"| {r['label']} | {settings_text(r['settings'])} | {len(r['seeds'])} | "
                      f"{_u(r['U_mean'])} ± {_u(r['U_std'])} | {_diff(r)} | {_f(r['multiple_total'])} | "
                      f"{_f(r['multiple_train'])} | {r['train_tokens']:.3g} | {r['evaluations']:.0f} |")
-    lines += ["", "Crossing multiples (total compute at which the family's retrained U reaches MergeMix's, per seed, "
-              "interpolated in log cost; median [95% seed-bootstrap interval]):", "",
+    lines += ["", ("Crossing multiples (total compute at which the family's retrained U reaches MergeMix's, per seed, "
+              "interpolated in log cost; median [95% seed-bootstrap interval]):"), "",
               "| family | δ = 0 | δ = 1 U | per seed (δ = 0) | largest tried |", "|---|---|---|---|---|"]
     for fam, m in summary["by_family"].items():
         per = ", ".join(f"{s}: {'—' if v is None else f'{v:.2f}'}" for s, v in m["delta_0"]["per_seed"].items())
@@ -241,8 +241,8 @@ def readme_block(data: dict) -> str:
                     r["settings"].get("runs") in (8, 15, 40):
                 lines.append(f"| {r['label']} | {settings_text(r['settings'])} | {len(r['seeds'])} | "
                              f"{_u(r['U_mean'])} ± {_u(r['U_std'])} | {_diff(r, 1)} | {_f(r['multiple_total'])} |")
-        lines += ["", f"MergeMix reference: {_u(ref['U_mean'])} ± {_u(ref['U_std'])} over {len(ref['seeds'])} "
-                  "seeds (experts redrawn per seed).", ""]
+        lines += ["", (f"MergeMix reference: {_u(ref['U_mean'])} ± {_u(ref['U_std'])} over {len(ref['seeds'])} "
+                  "seeds (experts redrawn per seed)."), ""]
     return "\n".join(lines)
 
 
