@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from scipy import stats
 
 from mergemix.benchmarks import embedded
 from mergemix.benchmarks.evaluator import Evaluator
@@ -16,6 +17,7 @@ from mergemix.errors import MergeMixError
 from mergemix.registry import Registry
 
 MC_METRICS = ("acc", "acc_norm", "prob")
+BOOT_ELEMENTS = 1 << 22  # resampled items held at once by the bootstrap (32 MiB)
 
 
 def check_task_spec(name: str, spec: Mapping) -> str:
@@ -74,16 +76,26 @@ def normalised(task: Task, scores: Mapping[str, np.ndarray], metric: str) -> np.
 
 def bootstrap(norm: Mapping[str, np.ndarray], capabilities: Mapping[str, list[str]], n: int,
               seed: int = 0) -> tuple[dict[str, float], float]:
-    """Standard deviations of capability scores and U when items are resampled. Given per-item differences
-    of two models on the same items, it is the paired bootstrap of their gap."""
-    if n <= 0:
+    """Standard deviations of capability scores and U when each task's items are resampled (n resamples,
+    scipy.stats.bootstrap from one seeded generator): the std of their means over the resamples. Given per-item
+    differences of two models on the same items, it is the paired bootstrap of their gap."""
+    varying = [t for t, v in norm.items() if len(v) > 1]  # one item resamples to itself (scipy needs two)
+    if n <= 0 or not varying:
         return {c: 0.0 for c in capabilities}, 0.0
-    rng = np.random.default_rng(seed)
-    boot = np.zeros((n, len(capabilities)))
-    for b in range(n):
-        means = {t: v[rng.integers(0, len(v), len(v))].mean() for t, v in norm.items()}
-        boot[b] = [np.mean([means[t] for t in ms]) for ms in capabilities.values()]
-    return dict(zip(capabilities, boot.std(axis=0).tolist())), float(boot.mean(axis=1).std())
+    fixed = {t: float(np.mean(v)) for t, v in norm.items() if t not in varying}
+
+    def stat(*samples, axis=-1):
+        means = {**fixed, **{t: s.mean(axis=axis) for t, s in zip(varying, samples)}}
+        caps = np.broadcast_arrays(*(sum(means[t] for t in ms) / len(ms) for ms in capabilities.values()))
+        return np.stack([*caps, sum(caps) / len(caps)])  # each capability, then U
+
+    items = sum(len(norm[t]) for t in varying)
+    with np.errstate(all="ignore"):
+        boot = stats.bootstrap([np.asarray(norm[t], float) for t in varying], stat, n_resamples=n,
+                               batch=max(1, BOOT_ELEMENTS // items), vectorized=True, method="percentile",
+                               rng=np.random.default_rng(seed)).bootstrap_distribution
+    std = boot.std(axis=-1)
+    return dict(zip(capabilities, std[:-1].tolist())), float(std[-1])
 
 
 def paired_gap(a: Mapping, b: Mapping, capabilities: Mapping[str, list[str]], n: int = 1000,
