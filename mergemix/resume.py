@@ -4,7 +4,10 @@ complete one to continue from. The data order continues through `PlanSampler`'s 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -27,23 +30,73 @@ def checkpoint_interval(setting, steps: int) -> int:
 
 
 def latest_checkpoint(directory: Path | None) -> tuple[Path, int] | None:
-    """(path, step) of the newest complete checkpoint: incomplete ones still carry their `.tmp` suffix. One that
-    cannot be read (damaged on disk) is removed, and training starts over."""
+    """(path, step) of the newest complete checkpoint: incomplete ones still carry their `.tmp` suffix. A checkpoint
+    is data only: one that cannot be read as weights and plain values (damaged on disk, or holding objects whose
+    loading could run code, as one planted in a shared cache would) is removed, with a warning, and training starts
+    over. `trainer.fit(..., weights_only=True)` then loads what was checked here."""
     found = sorted(directory.glob("step-*.ckpt")) if directory is not None and directory.is_dir() else []
     if not found:
         return None
-    if found[-1].is_file():  # FSDP's sharded directories are read by their own loader
-        try:
-            torch.load(found[-1], map_location="cpu", mmap=True, weights_only=False)
-        except Exception:  # noqa: BLE001 - any failure to read means the checkpoint cannot be resumed from
-            log.warning(f"checkpoint {found[-1]} cannot be read: training starts over")
-            _remove(found[-1])
-            return None
+    try:
+        check_data_only(found[-1])
+    except Exception:  # noqa: BLE001 - any failure to read means the checkpoint cannot be resumed from
+        log.warning(f"checkpoint {found[-1]} cannot be read as weights and plain values (damaged, or holding code): "
+                    f"it is ignored and training starts over")
+        _remove(found[-1])
+        return None
     return found[-1], int(found[-1].stem.split("-")[1])
 
 
+def check_data_only(path: Path) -> None:
+    """Raise unless every pickle in the checkpoint loads without running code: a Lightning file through
+    `torch.load(weights_only=True)`; an FSDP sharded directory's DCP metadata (which torch.distributed.checkpoint
+    reads with plain pickle) and non-tensor items through an unpickler that knows only DCP's metadata classes, its
+    `meta.pt` through `torch.load(weights_only=True)`."""
+    if path.is_symlink() or not (path.is_file() or path.is_dir()):
+        raise ValueError(f"{path} is not a regular file or directory")
+    if path.is_file():
+        torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    with open(path / ".metadata", "rb") as fh:
+        meta = _DataOnly(fh).load()
+    for index, info in meta.storage_data.items():
+        if isinstance(meta.state_dict_metadata[index.fqn], BytesStorageMetadata):
+            if info.transform_descriptors or Path(info.relative_path).name != info.relative_path:
+                raise ValueError(f"{path}: item {index.fqn} is stored in a way mergemix does not check")
+            with open(path / info.relative_path, "rb") as fh:
+                fh.seek(info.offset)
+                torch.load(io.BytesIO(fh.read(info.length)), map_location="cpu", weights_only=True)
+    for other in path.iterdir():
+        if other.name != ".metadata" and other.suffix != ".distcp":
+            torch.load(other, map_location="cpu", weights_only=True)
+
+
+_DCP = "torch.distributed.checkpoint"
+_DATA_CLASSES = {*((f"{_DCP}.metadata", n) for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                                                     "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
+                                                     "StorageMeta", "_MEM_FORMAT_ENCODING")),
+                 (f"{_DCP}.filesystem", "_StorageInfo"), ("torch", "Size"), ("pathlib", "PosixPath"),
+                 ("pathlib", "PurePosixPath"), ("collections", "OrderedDict"),
+                 ("torch.serialization", "_get_layout")}  # a name -> torch.layout table
+
+
+class _DataOnly(pickle.Unpickler):
+    """An unpickler that builds DCP's metadata records and torch's dtypes, layouts and sizes, and nothing else."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _DATA_CLASSES:
+            return super().find_class(module, name)
+        value = getattr(torch, name, None) if module == "torch" else None
+        if isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
+            return value
+        raise pickle.UnpicklingError(f"{module}.{name} is not data")
+
+
 def _remove(path: Path) -> None:
-    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another user's scratch directory: leave it, train without it
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
 def _rng_states() -> dict:

@@ -233,7 +233,7 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     with warnings.catch_warnings():  # PlanSampler resumes the data order, which Lightning cannot tell
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable")
         try:
-            trainer.fit(module, datamodule=data, ckpt_path=str(resume[0]) if resume else None)
+            trainer.fit(module, datamodule=data, ckpt_path=str(resume[0]) if resume else None, weights_only=True)
         except Diverged as exc:
             kept = latest_checkpoint(checkpoint_dir)
             cause = f"loss {exc.loss:.4g}" + (", non-finite gradients" if math.isfinite(exc.loss) else "")
