@@ -7,11 +7,13 @@ artifact's stable scratch directory `partial_dir`, removed once the artifact is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +46,77 @@ def content_digest(path: Path) -> dict[str, str]:
             if f.is_file() and f.name != "manifest.json"}
 
 
+SMALL_FILE = 1 << 20  # files up to this size are hashed on every read: no timestamp is trusted for them
+
+
+def cached_digest(path: Path, memo: dict) -> str:
+    """sha256 of a file, memoised in `memo` (a JSON object) by its resolved path and its inode, size, mtime and
+    ctime: a same-size edit with the mtime put back (`cp -p`, `rsync -t`, `touch -r`) still moves the ctime, which
+    no user call sets. Small files are hashed every time."""
+    st, name = path.stat(), str(path.resolve())
+    if st.st_size <= SMALL_FILE:
+        return file_digest(path)
+    stamp = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    hit = memo.get(name)
+    if not (isinstance(hit, list) and len(hit) == 5 and hit[:4] == stamp and isinstance(hit[4], str)):
+        memo[name] = [*stamp, file_digest(path)]
+    return memo[name][4]
+
+
+def tree_digest(path: Path, memo: dict) -> str:
+    """One sha256 over the contents of a file or of every file under a directory (by relative path)."""
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    listing = {str(f.relative_to(path)) if path.is_dir() else path.name: cached_digest(f, memo) for f in files}
+    return hashlib.sha256(canonical_json(listing).encode()).hexdigest()
+
+
+def load_memo(path: Path) -> dict:
+    """A digest memo kept by the cache (`cached_digest`); entries of other formats are dropped."""
+    return {k: v for k, v in read_json(path, {}).items() if isinstance(v, list) and len(v) == 5}
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (os.umask sets it to read it)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: Path) -> None:
+    """Give a built artifact the modes its files would have had if created plainly (0644/0755 under umask 022):
+    some writers (safetensors, mkstemp, mkdtemp) create them private, which other users of a shared cache cannot
+    read. Links are left alone."""
+    mask = current_umask()
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        st = p.lstat()
+        if stat.S_ISDIR(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IXUSR):
+            os.chmod(p, 0o777 & ~mask)
+        elif stat.S_ISREG(st.st_mode):
+            os.chmod(p, 0o666 & ~mask)
+
+
+def open_nofollow(path: Path, flags: int) -> int:
+    """os.open of a file in the shared cache that never follows a link planted at its name (nor blocks on a FIFO);
+    a link or a non-regular file there is one error line."""
+    from mergemix.errors import MergeMixError
+
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise MergeMixError(f"{path} is a symbolic link or a special file: mergemix only uses regular files in "
+                                f"its cache; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MergeMixError(f"{path} is a symbolic link or a special file: mergemix only uses regular files in its "
+                            f"cache; remove it")
+    return fd
+
+
 _VERIFIED: set[Path] = set()  # artifacts whose files this process has checked against their manifest
 
 
@@ -57,7 +130,7 @@ def locked(lock_path: Path, wait: bool = True):
     """An exclusive lock (flock) held across processes while the block runs; yields whether it is held (with
     `wait=False` the block runs at once, without the lock when another process holds it)."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
+    with os.fdopen(open_nofollow(lock_path, os.O_CREAT | os.O_WRONLY), "w") as fh:  # never truncated
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -74,18 +147,30 @@ class ArtifactStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._memo: dict | None = None  # file digests of users' directories (`ref`), kept in digests.json
+
+    @property
+    def memo_path(self) -> Path:
+        return self.root / "digests.json"
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
     def ref(self, path: str | Path) -> str:
-        """A location-independent name for an input: `stage/key` inside the store; for a user's directory, its
-        absolute path and the newest modification time of its files (so an edited checkpoint invalidates)."""
+        """A location-independent name for an input: `stage/key` inside the store; for a user's directory, the
+        digest of its files' contents (`user_ref`: an edited or replaced checkpoint invalidates, whatever its
+        timestamps say)."""
         path = Path(path).resolve()
         if path.parent.parent == self.root.resolve():
             return f"{path.parent.name}/{path.name}"
-        mtimes = [f.stat().st_mtime_ns for f in path.iterdir()] if path.is_dir() else [path.stat().st_mtime_ns]
-        return f"{path}@{max(mtimes, default=0)}"
+        if self._memo is None:
+            self._memo = load_memo(self.memo_path)
+        before = dict(self._memo)
+        ref = user_ref(path, self._memo)
+        if self._memo != before:
+            with contextlib.suppress(OSError):  # a read-only cache hashes again next time
+                write_atomic(self.memo_path, json.dumps({**load_memo(self.memo_path), **self._memo}))
+        return ref
 
     def partial_dir(self, stage: str, inputs: dict) -> Path:
         """Scratch space that survives a killed build of this artifact: keyed like it, so only a rerun with the same
@@ -131,6 +216,7 @@ class ArtifactStore:
                 manifest = {"stage": stage, "key": key, "inputs": inputs, "created": time.time(), **extra,
                             "digest": content_digest(tmp)}
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+                honour_umask(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover without manifest
                 os.rename(tmp, final)
                 shutil.rmtree(self.partial_dir(stage, inputs), ignore_errors=True)
@@ -166,12 +252,21 @@ class ArtifactStore:
         return self.path(stage, key)
 
 
+def user_ref(path: Path, memo: dict | None = None) -> str:
+    """The name of a user's checkpoint or tokenizer directory in cache keys and manifests: its files' contents."""
+    return f"sha256:{tree_digest(Path(path), {} if memo is None else memo)[:32]}"
+
+
 def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write a file via a temporary sibling + rename, so readers never see a partial file."""
+    """Write a file via a temporary sibling + rename, so readers never see a partial file (the sibling is created
+    afresh: a link planted at its name is replaced, never written through)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    with os.fdopen(open_nofollow(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "wb") as fh:
+        fh.write(data if isinstance(data, bytes) else data.encode())
     os.replace(tmp, path)
 
 

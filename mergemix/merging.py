@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from mergemix.artifacts import honour_umask
 from mergemix.checks import check_writable
 from mergemix.errors import MergeMixError
 from mergemix.models import (
@@ -150,9 +151,6 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
     stream = stream and not any(is_adapter(p) for p in expert_paths)  # LoRA: the base plus K small adapters
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))  # unique to this merge
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # a directory's usual mode, not mkdtemp's private one
     try:
         if stream:
             stream_merge(base_path, paths, ordered, tmp)
@@ -168,6 +166,7 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
         stamp_special_tokens(tmp)  # also for a base trained before the ids were written
         if overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
+        honour_umask(tmp)  # the usual modes, not mkdtemp's and safetensors' private ones
         os.rename(tmp, out_dir)  # atomic, and refused onto a non-empty directory: of two merges to one `out`, one wins
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -100,13 +100,14 @@ def _recorded(path: Path, key: str):
     return m["inputs"].get("init") if isinstance(m.get("inputs"), dict) else None
 
 
+_DIGESTS: dict = {}  # file digests of users' checkpoints, memoised for this process
+
+
 def _ref(path: Path) -> str:
     """The name a pipeline manifest records for a checkpoint (see ArtifactStore.ref)."""
-    own = _recorded(path, "self")
-    if own:
-        return own
-    mtimes = [f.stat().st_mtime_ns for f in path.iterdir()]
-    return f"{path.resolve()}@{max(mtimes, default=0)}"
+    from mergemix.artifacts import user_ref
+
+    return _recorded(path, "self") or user_ref(path, _DIGESTS)
 
 
 def check_lineage(base: str | Path, expert: str | Path, name: str) -> None:

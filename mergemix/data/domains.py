@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergemix.artifacts import file_digest
+from mergemix.artifacts import cached_digest
 from mergemix.data import embedded
 from mergemix.errors import MergeMixError
 
@@ -103,24 +103,16 @@ def validate_spec(name: str, spec: Mapping) -> None:
 
 
 # ---------------------------------------------------------------------------------------- fingerprint ---
-def _digest(path: Path, memo: dict) -> str:
-    st = path.stat()
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    if key not in memo:
-        memo[key] = file_digest(path)
-    return memo[key]
-
-
 def source_fingerprint(name: str, spec: Mapping, memo: dict | None = None) -> dict:
     """What determines a domain's documents: its spec and, for files, their contents' hashes (`memo` caches
-    hashes by path, size and modification time, so large data is not re-read on every run)."""
+    hashes by path, inode, size, mtime and ctime, so large data is not re-read on every run)."""
     memo = {} if memo is None else memo
     fp = {"name": name, "spec": {k: v for k, v in spec.items() if k not in NOT_CONTENT}}
     if spec.get("source") == "files":
         files = {}
         for p in resolve_files(name, spec):
             members = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-            files.update({str(f): _digest(f, memo) for f in members})
+            files.update({str(f): cached_digest(f, memo) for f in members})
         fp["files"] = files
     return fp
 

@@ -16,9 +16,8 @@ from mergemix.stages.keys import config_inputs
 def build_corpus(store: ArtifactStore, cfg: dict, domain_names: list[str], seed: int) -> dict[str, Path]:
     """Embedded domains: their documents, split. User domains: fingerprinted only (their files are streamed)."""
     out, d = {}, cfg["domains"]
-    memo_path = store.root / "digests.json"
-    memo = artifacts.read_json(memo_path, {})  # file hashes by path, size and mtime: unreadable = none
-    n_memo = len(memo)
+    memo = artifacts.load_memo(store.memo_path)  # file hashes by path, inode, size, mtime, ctime: unreadable = none
+    before = dict(memo)
     for name in domain_names:
         spec = d["sources"][name] or {}
         inputs = {"source": dom.source_fingerprint(name, spec, memo), **config_inputs(cfg, "corpus")}
@@ -33,8 +32,8 @@ def build_corpus(store: ArtifactStore, cfg: dict, domain_names: list[str], seed:
             return {"docs": {"train": len(train), "heldout": len(held)}}
 
         out[name] = store.get_or_build("corpus", inputs, build)
-    if len(memo) != n_memo:
-        artifacts.write_atomic(memo_path, json.dumps(memo))
+    if memo != before:
+        artifacts.write_atomic(store.memo_path, json.dumps({**artifacts.load_memo(store.memo_path), **memo}))
     return out
 
 
