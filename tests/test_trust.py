@@ -20,7 +20,7 @@ from mergemix import artifacts
 from mergemix.artifacts import ArtifactStore
 from mergemix.errors import MergeMixError
 from mergemix.schema import MIN_BUDGET, leaves
-from mergemix.search.evalcache import EvalCache
+from mergemix.search.evalcache import EvalCache, record_line
 
 
 def _result(u: float = 0.5, prob: float = 0.5) -> dict:
@@ -47,8 +47,8 @@ def test_a_non_finite_score_is_an_error_naming_the_merge_and_task_and_is_not_cac
 ], ids=["nan", "inf", "no-result", "number", "list", "key-type", "result-type", "cut", "binary"])
 def test_an_unreadable_or_non_finite_evaluation_cache_line_is_evaluated_again(line, tmp_path):
     path = tmp_path / "evals.jsonl"
-    good = json.dumps({"key": "0.100000,0.900000", "alpha": [0.1, 0.9], "result": _result(0.3)})
-    path.write_text(f"{good}\n{line}\n")
+    good = record_line("evals", [0.1, 0.9], _result(0.3))  # with its digest (a line of this cache)
+    path.write_text(f"{good}{line}\n")
     cache = EvalCache(path)
     assert set(cache.entries) == {"0.100000,0.900000"}
     calls = []

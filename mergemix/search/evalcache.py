@@ -2,7 +2,9 @@
 killed search resumes from what it already evaluated (one JSON line per evaluation, appended and flushed). Search
 workers in other processes share the file: a miss first reads what they appended since, then evaluates under a
 lock on that merge, so two processes never evaluate the same merge. Only finite scores are stored; a line that
-cannot be read (cut by a kill, damaged, non-finite) is skipped, so its merge is evaluated again."""
+cannot be read (cut by a kill, damaged, non-finite) is skipped, so its merge is evaluated again. Each line carries
+a digest of its record and of the merges it scores (the cache file's name keys base, experts, suite and scale):
+an edited line, or one copied from another cache, fails it and is evaluated again, with a warning."""
 
 from __future__ import annotations
 
@@ -13,27 +15,52 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
-from mergemix.artifacts import locked
+from mergemix.artifacts import canonical_json, locked, open_nofollow
 from mergemix.benchmarks.suite import check_finite, is_finite
+from mergemix.log import log
 
 
 def alpha_key(alpha: Sequence[float]) -> str:
     return ",".join(f"{a:.6f}" for a in alpha)
 
 
-def _read(line: str) -> tuple[str, dict] | None:
+def _digest(scope: str, record: dict) -> str:
+    return hashlib.sha256(canonical_json({"scope": scope, **record}).encode()).hexdigest()[:32]
+
+
+def record_line(scope: str, alpha: Sequence[float], result: dict) -> str:
+    """One cache line: the merge's key and weights, its result, and their digest (`scope`: the cache's name)."""
+    record = json.loads(json.dumps({"key": alpha_key(alpha), "alpha": list(map(float, alpha)), "result": result},
+                                   allow_nan=False))  # digested as it is read back
+    return json.dumps({**record, "digest": _digest(scope, record)}) + "\n"
+
+
+def _read(line: str, scope: str) -> tuple[str, dict] | None:
+    """(key, result) of a line whose digest holds; lines from before digests were written have none and are
+    evaluated again, like damaged ones: nothing in them can be told from an edit."""
     try:
         rec = json.loads(line)
-        key, result = rec["key"], rec["result"]
+        key, alpha, result, digest = rec["key"], rec["alpha"], rec["result"], rec["digest"]
     except (json.JSONDecodeError, TypeError, KeyError):
         return None
+    if digest != _digest(scope, {"key": key, "alpha": alpha, "result": result}):
+        return None
     ok = isinstance(key, str) and isinstance(result, dict) and isinstance(result.get("U"), (int, float))
-    return (key, result) if ok and is_finite(result) else None
+    return (key, result) if ok and is_finite(result) and _scores(alpha, key) else None
+
+
+def _scores(alpha, key: str) -> bool:
+    """The line's weights are the merge its key names."""
+    try:
+        return alpha_key([float(a) for a in alpha]) == key
+    except (TypeError, ValueError):
+        return False
 
 
 class EvalCache:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else None
+        self.scope = self.path.stem if self.path else ""
         self.entries: dict[str, dict] = {}
         self.hits = self.misses = 0
         self._offset = 0  # bytes of the file read so far (whole lines only)
@@ -54,9 +81,15 @@ class EvalCache:
             data = fh.read()
         whole = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
         self._offset += len(whole)
+        failed = 0
         for line in whole.decode(errors="replace").splitlines():
-            if (entry := _read(line)) is not None:
+            if (entry := _read(line, self.scope)) is not None:
                 self.entries[entry[0]] = entry[1]
+            else:
+                failed += bool(line.strip())
+        if failed:
+            log.warning(f"{failed} line(s) of the evaluation cache {self.path} fail their digest (edited, damaged, or "
+                        f"written before lines carried one): those merges are evaluated again")
 
     def _lock_path(self, key: str) -> Path:
         return self.path.parent / f".{self.path.name}.locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
@@ -96,8 +129,10 @@ class EvalCache:
         check_finite(result, f"merge alpha=({key})")
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            line = json.dumps({"key": key, "alpha": list(map(float, alpha)), "result": result}, allow_nan=False) + "\n"
-            with locked(self.path.parent / f".{self.path.name}.lock"), open(self.path, "a") as fh:
+            line = record_line(self.scope, alpha, result)
+            appending = os.O_CREAT | os.O_WRONLY | os.O_APPEND
+            with locked(self.path.parent / f".{self.path.name}.lock"), \
+                    os.fdopen(open_nofollow(self.path, appending), "a") as fh:
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())
