@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mergemix.errors import MergeMixError
+from mergemix.errors import MergeMixError, mask_secrets
 
 
 def check_writable(path: str | Path, what: str) -> Path:
@@ -49,17 +49,18 @@ def check_storage(storage_url: str) -> None:
     """The storage URL's form and database driver, without connecting: a typo fails before any training."""
     from sqlalchemy.engine import make_url
 
+    shown = mask_secrets(storage_url)
     try:
         url = make_url(storage_url)
         url.get_dialect().import_dbapi()
     except ImportError as exc:
-        raise MergeMixError(f"cannot open Optuna storage {storage_url}: its database driver is not installed "
+        raise MergeMixError(f"cannot open Optuna storage {shown}: its database driver is not installed "
                             f"({exc}); PostgreSQL: pip install -e .[postgres], postgresql+psycopg2://...") from exc
     except Exception as exc:  # SQLAlchemy raises many kinds
-        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
+        raise MergeMixError(f"cannot open Optuna storage {shown}: {str(exc).splitlines()[0]}") from exc
     folder = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database else None
     if folder and not folder.is_dir():
-        raise MergeMixError(f"cannot open Optuna storage {storage_url}: {folder} is not a directory")
+        raise MergeMixError(f"cannot open Optuna storage {shown}: {folder} is not a directory")
 
 
 def check_config(cfg: dict) -> None:

@@ -16,14 +16,14 @@ from mergemix import __version__
 from mergemix.commands import COMMANDS, execute
 from mergemix.commands import quiet as _quiet
 from mergemix.compose import CONF_DIR, compose, label_strategy, sweep_jobs, to_plain
-from mergemix.errors import MergeMixError
+from mergemix.errors import MergeMixError, mask_secrets
 from mergemix.log import console, log
 
 __all__ = ["CONF_DIR", "_quiet", "compose", "execute", "main", "to_plain"]
 
 
 def _fail(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {mask_secrets(msg)}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -52,6 +52,7 @@ def _preflight(args) -> None:
     """Compose each job's config once (every value of a multirun sweep) and check that Hydra can write its
     outputs. Only the composition when Hydra just shows something (--cfg, --info); nothing for help/completion."""
     from mergemix.checks import check_writable
+    from mergemix.schema import check_names
 
     if args.help or args.hydra_help or args.shell_completion or args.experimental_rerun:
         return
@@ -59,6 +60,7 @@ def _preflight(args) -> None:
     for overrides in jobs:
         cfg = compose(overrides, args.config_dir)
         if not (args.cfg or args.info):
+            check_names(to_plain(cfg))  # run_name names Hydra's output directory, made before the job starts
             check_writable(to_plain(cfg)["paths"]["root"], "paths.root")  # Hydra's outputs
 
 
@@ -112,6 +114,25 @@ def _register_resolvers() -> None:
     OmegaConf.register_new_resolver("mergemix_pid", os.getpid, replace=True)
 
 
+def _mask_hydra_files(hc) -> None:
+    """Hydra wrote the job's config and overrides (.hydra/*.yaml, a sweep's multirun.yaml) as given: mask the
+    passwords of URLs (search.storage) in them."""
+    from pathlib import Path
+
+    from hydra.types import RunMode
+
+    from mergemix.artifacts import write_atomic
+
+    folder = Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
+    files = list(folder.glob("*.yaml")) if folder else []
+    if hc.mode == RunMode.MULTIRUN:
+        files.append(Path(hc.sweep.dir) / "multirun.yaml")
+    for f in files:
+        text = f.read_text() if f.is_file() else ""
+        if mask_secrets(text) != text:
+            write_atomic(f, mask_secrets(text))
+
+
 def _hydra_entry(command: str, mix_weights) -> None:
     import hydra
 
@@ -122,6 +143,7 @@ def _hydra_entry(command: str, mix_weights) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         console()  # after Hydra has configured logging for the job
+        _mask_hydra_files(HydraConfig.get())
         try:
             label_strategy(cfg, HydraConfig.get().runtime.choices)
             execute(command, to_plain(cfg), mix_weights)

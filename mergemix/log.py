@@ -1,12 +1,15 @@
 """The package's console messages: one logger, `mergemix`, whose records are emitted on the global rank 0 only
 (every rank of a distributed run executes the same stages) as plain lines, progress and results on stdout,
-warnings on stderr after `warning: `. Installed on import, idempotent; configure it with the `logging` module
-like any other (e.g. `logging.getLogger("mergemix").setLevel(logging.WARNING)` for warnings only)."""
+warnings on stderr after `warning: `, the passwords of URLs masked. Installed on import, idempotent; configure it
+with the `logging` module like any other (e.g. `logging.getLogger("mergemix").setLevel(logging.WARNING)` for
+warnings only)."""
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from mergemix.errors import mask_secrets
 
 log = logging.getLogger("mergemix")
 
@@ -26,7 +29,7 @@ class _Console(logging.Handler):
         try:
             warn = record.levelno >= logging.WARNING
             stream = sys.stderr if warn else sys.stdout
-            stream.write(("warning: " if warn else "") + self.format(record) + "\n")
+            stream.write(("warning: " if warn else "") + mask_secrets(self.format(record)) + "\n")
             stream.flush()
         except Exception:  # noqa: BLE001 - logging's own convention
             self.handleError(record)

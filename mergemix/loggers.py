@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from mergemix.errors import MergeMixError
+from mergemix.errors import MergeMixError, mask_secrets
 
 KINDS = ("wandb", "none")  # and "lightning": a logger config with `_target_`
 
@@ -101,6 +101,7 @@ class Tracker:
     def _open(self, name: str, job_type: str, config: dict) -> StageRun:
         if self.kind == "none":
             return StageRun()
+        config = mask_secrets(config)  # a storage URL's password is never tracked
         if self.kind == "lightning":
             logger = self._lightning_logger(name.replace(":", "-"))
             logger.log_hyperparams({"job_type": job_type, **config})

@@ -9,6 +9,7 @@ registries (domain files, benchmark items, back-end names) run after this, in `s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -230,8 +231,29 @@ class Config(Section):
         return self
 
 
+_NAME = re.compile(r"[^\s/\\\x00-\x1f\x7f]+")
+
+
+def check_names(cfg: dict) -> None:
+    """Names that become file or directory names (runs, domains, benchmark tasks) or blend.txt fields (domains)
+    stay one path component inside their root."""
+    def keys(section: str, key: str) -> list:
+        node = (cfg.get(section) or {}).get(key) if isinstance(cfg.get(section), dict) else None
+        return list(node) if isinstance(node, dict) else []
+
+    named = [("run_name", [cfg.get("run_name")]), ("domain", keys("domains", "sources")),
+             ("benchmark task", keys("benchmarks", "tasks"))]
+    for what, names in named:
+        for name in names:
+            text = str(name)
+            if not _NAME.fullmatch(text) or ".." in text or text.startswith("."):
+                raise MergeMixError(f"{what} {text!r} cannot name a file: use one path component without '/', "
+                                    f"'\\', '..', whitespace or a leading '.'")
+
+
 def check(cfg: dict) -> None:
     """Validate a composed config (a plain dict) against the schema; the first violation is a MergeMixError."""
+    check_names(cfg)
     try:
         Config.model_validate(cfg)
     except ValidationError as exc:

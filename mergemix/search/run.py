@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mergemix.errors import mask_secrets
 from mergemix.log import log
 from mergemix.merging import ExpertBank
 from mergemix.models import load_checkpoint
@@ -216,7 +217,8 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path, study_na
         "evaluations": objective.cache.misses + objective.cache.joined,
         "evaluations_by_workers": objective.cache.joined, "verified_result": chosen, "wall_s": round(time.time() - t0, 1),
         "calibration": objective.calibration, "merge_scale": objective.scale,
-        "info": {k: v for k, v in outcome.info.items() if k not in ("alphas", "results")}}, indent=2, default=float))
+        "info": mask_secrets({k: v for k, v in outcome.info.items() if k not in ("alphas", "results")})},
+        indent=2, default=float))
     return {"alpha_star": alpha_star, "predicted": mixture["predicted"], "verified": mixture["verified"],
             "best_seed": mixture["best_seed"], "surrogate_cv_spearman": cv, "n_evaluated": len(searched),
             "cost": ledger, "task_vector_norms": objective.bank.task_vector_norms(),

@@ -19,7 +19,8 @@ READS = {
 
 
 # search settings that change only the wall time of back-ends evaluating designs known in advance (fanout.py);
-# Optuna's workers propose in parallel, so there they stay in the key
+# Optuna's workers propose in parallel, so there they stay in the key. `search.storage` (the study's database URL)
+# is keyed as null: a study is identified by the search's inputs, and a URL's password must not reach a manifest.
 LAYOUT = ("n_workers",)
 
 
@@ -33,5 +34,7 @@ def config_inputs(cfg: dict, stage: str) -> dict:
         out[dotted.rsplit(".", 1)[-1]] = node
     search = out.get("search")
     if isinstance(search, dict) and search.get("backend") != "optuna":  # the same trials on any number of workers
-        out["search"] = {k: v for k, v in search.items() if k not in LAYOUT}
+        out["search"] = search = {k: v for k, v in search.items() if k not in LAYOUT}
+    if isinstance(search, dict) and "storage" in search:  # where the study is kept (with its password) is not
+        out["search"] = {**search, "storage": None}      # what it is: the key stays that of a null storage
     return out
