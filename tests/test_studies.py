@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import micro_cfg
 
 NAMES = ["a", "b", "c"]
