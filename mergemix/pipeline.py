@@ -213,7 +213,7 @@ class Pipeline:
                  "mixtures": {k: str(v) for k, v in mixtures.items()},
                  **({"alpha_star_checkpoint": str(exports["checkpoint"])} if "checkpoint" in exports else {})}
         results = report.RunResults(rows, found, self.search_dir, self.domain_names, self.uniform_mixture,
-                                    self.token_counts, paths)
+                                    self.token_counts, paths, self.cfg["search"]["lgbm"], self.search_seed)
         return report.report_run(self.run_dir, results, self.suite.capabilities, self.capability_domains)
 
     @property

@@ -20,7 +20,7 @@ from mergemix.search.calibration import calibrate, recovery
 from mergemix.search.cost import trained_tokens
 from mergemix.search.run import choose_alpha
 from mergemix.search.surrogate import objective_std, result_utility, utility
-from mergemix.stages.report import verdict
+from mergemix.stages.verdict import ACT, ACT_FLAT, DO_NOT_TRUST, NO_SEARCH, verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,19 +115,52 @@ def test_manual_prior_equal_or_given():
         manual_prior({"a": 0.2, "b": 0.2}, ["a", "b"])
 
 
-def test_verdict_names_each_failed_check_with_a_fix():
-    calib = {"expert_gains": {"code": {"domain": "code", "clear": False, "sigmas": 1.2},
-                              "math": {"domain": "math", "clear": True, "sigmas": 6.0}},
-             "tradeoff": {"best_is_interior": False},
-             "responsiveness": {"code": {"responsive": False}, "math": {"responsive": True}}}
-    lines = verdict(calib, {"code": 0.2, "math": 0.9}, {"switched_to_best_merge": True})
-    text = "\n".join(lines)
-    assert len(lines) == 5
-    assert "expert:code does not clearly lift code" in text and "expert:math" not in text
-    assert "vertex" in text and "CV Spearman code 0.20" in text and "search.objective=[math]" in text
-    good = {"expert_gains": {"m": {"domain": "m", "clear": True, "sigmas": 5.0}},
-            "tradeoff": {"best_is_interior": True}, "responsiveness": {"m": {"responsive": True}}}
-    assert verdict(good, {"m": 0.8}, {"switched_to_best_merge": False}) == []
+def _calib(clear: dict, responsive: dict, interior=True):
+    return {"expert_gains": {c: {"domain": c, "clear": v, "sigmas": 6.0 if v else 1.2} for c, v in clear.items()},
+            "tradeoff": {"best_is_interior": interior},
+            "responsiveness": {c: {"responsive": v} for c, v in responsive.items()}}
+
+
+WORTH = {"merged_spread_std": 0.03, "item_noise_std": 0.005, "ratio": 6.0, "cv_spearman": 0.9}
+
+
+def _trained(u_diff=0.02, caps=None):
+    caps = caps or {}
+    return {"U_diff": u_diff, "noise_std": 0.005, "sigmas": u_diff / 0.005,
+            "capabilities_diff": {c: d for c, (d, _) in caps.items()},
+            "capabilities_std": {c: s for c, (_, s) in caps.items()}}
+
+
+def test_verdict_acts_when_every_check_passes_and_says_which_capabilities_are_just_flat():
+    v = verdict(_calib({"a": True, "b": True}, {"a": True, "b": True}), WORTH, {}, _trained())
+    assert v["action"] == ACT and v["line"].startswith("act on alpha*") and v["findings"] == []
+    # b: its expert does not lift it, no merge moves it, and the trained runs agree: flat, not a reason to distrust
+    v = verdict(_calib({"a": True, "b": False}, {"a": True, "b": False}), WORTH, {},
+                _trained(caps={"b": (0.001, 0.004)}))
+    assert v["action"] == ACT_FLAT and "b is just flat" in v["line"]
+    assert any("search.objective=[a]" in f for f in v["findings"])
+
+
+def test_verdict_distrusts_merges_that_hide_a_gain_or_a_trained_loss():
+    # an expert clearly lifts b, yet no merge moves it: the merges hide that domain's gain
+    v = verdict(_calib({"a": True, "b": True}, {"a": True, "b": False}), WORTH, {}, _trained())
+    assert v["action"] == DO_NOT_TRUST and "expert:b lifts b" in v["line"] and "strategy=refine" in v["line"]
+    # flat in merges, but alpha* and token-proportional trained apart on it beyond noise: hidden, not flat
+    v = verdict(_calib({"a": True, "b": False}, {"a": True, "b": False}), WORTH, {},
+                _trained(caps={"b": (-0.03, 0.005)}))
+    assert v["action"] == DO_NOT_TRUST and "no merge moves b" in v["line"]
+    v = verdict(_calib({"a": True}, {"a": True}), WORTH, {}, _trained(u_diff=-0.02))
+    assert v["action"] == DO_NOT_TRUST and "below token-proportional" in v["line"]
+    v = verdict(_calib({"a": True}, {"a": True}, interior=False), WORTH, {"switched_to_best_merge": True})
+    assert v["action"] == DO_NOT_TRUST and len(v["findings"]) == 2
+
+
+def test_verdict_says_when_a_search_is_not_worth_it():
+    flat_u = {**WORTH, "merged_spread_std": 0.004, "ratio": 0.8}
+    v = verdict(_calib({"a": True}, {"a": True}), flat_u)
+    assert v["action"] == NO_SEARCH and "within its item noise" in v["line"]
+    v = verdict(_calib({"a": True}, {"a": True}), {**WORTH, "cv_spearman": 0.1})
+    assert v["action"] == NO_SEARCH and "CV Spearman 0.10" in v["line"]
 
 
 # ------------------------------------------------------------------------------------------------ frontier ---

@@ -14,6 +14,7 @@ import numpy as np
 from mergemix.artifacts import write_atomic
 from mergemix.benchmarks.suite import paired_gap
 from mergemix.log import log
+from mergemix.stages.verdict import verdict
 
 
 def expert_gains(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
@@ -71,34 +72,16 @@ def responsiveness(seeds_csv: Path, names: list[str], base: dict, min_ratio: flo
     return out
 
 
-def verdict(calib: dict, cv_spearman: dict, choice: dict | None, min_cv: float = 0.5) -> list[str]:
-    """What the run's own checks say against trusting its merges, each with what to change; empty when none."""
-    out = []
-    for cap, g in calib["expert_gains"].items():
-        if not g["clear"]:
-            out.append(f"expert:{g['domain']} does not clearly lift {cap} ({g['sigmas']:+.1f} sigma): train it "
-                       f"longer or at a higher experts.lr, or check that its benchmark measures what its domain "
-                       f"teaches")
-    if not calib["tradeoff"]["best_is_interior"]:
-        out.append("the best seed merge is a vertex (no interior optimum): the capabilities do not trade off, "
-                   "its best merge is one domain's expert; check the benchmarks' coverage of the other domains")
-    low = {c: r for c, r in (cv_spearman or {}).items() if r is None or not r >= min_cv}
-    if low:
-        out.append("the surrogate ranks unseen merges poorly (CV Spearman " + ", ".join(
-            f"{c} {r:.2f}" for c, r in low.items()) + f" < {min_cv}): raise search.budget")
-    dead = [c for c, r in calib.get("responsiveness", {}).items() if not r["responsive"]]
-    if dead:
-        live = [c for c in calib["responsiveness"] if c not in dead]
-        fix = f"search on the others (search.objective=[{','.join(live)}])" if live else \
-            "no capability does: stronger experts or more benchmark items first"
-        out.append(f"capabilities {dead} do not respond to the mixture (merged spread within item noise): they "
-                   f"only add noise to U's ranking; give them more items, or {fix}")
-    if choice and choice.get("switched_to_best_merge"):
-        out.append("the surrogate's alpha* merged below the best seed merge beyond noise; alpha* is that merge "
-                   "(mixture.yaml alpha_choice): raise search.budget")
-    return out
+def u_check(seeds_csv: Path, names: list[str], base: dict, lgbm: dict, seed: int) -> dict:
+    """Is a search worth it here? Merged U's spread over the seed merges against its item noise (the base's
+    bootstrap std), and how well a surrogate of U ranks unseen merges (5-fold CV Spearman)."""
+    from mergemix.search.run import cross_validated_spearman, read_trials
 
-
+    alphas, columns = read_trials(seeds_csv, names)
+    spread, noise = float(np.std(columns["U"])), float(base["U_std"])
+    cv = cross_validated_spearman(alphas, {"U": columns["U"]}, lgbm, seed)["U"] if len(alphas) >= 10 else None
+    return {"merged_spread_std": spread, "item_noise_std": noise, "ratio": spread / max(noise, 1e-12),
+            "cv_spearman": cv}
 
 
 def log_gains(gains: dict) -> None:
@@ -111,7 +94,7 @@ def margin(a: dict, b: dict, capabilities: dict[str, list[str]]) -> dict:
     """U(a) - U(b) on the same benchmark items, with its paired-bootstrap standard deviation."""
     gap = paired_gap(a, b, capabilities)
     return {"U_diff": gap["U"], "noise_std": gap["U_std"], "sigmas": gap["U"] / max(gap["U_std"], 1e-12),
-            "capabilities_diff": gap["capabilities"]}
+            "capabilities_diff": gap["capabilities"], "capabilities_std": gap["capabilities_std"]}
 
 
 def _header_and_values(rows: dict[str, dict]) -> tuple[list[str], dict[str, list[float]]]:
@@ -182,6 +165,8 @@ class RunResults:
     uniform: dict[str, float]  # the token-proportional mixture
     token_counts: dict[str, int]
     artifacts: dict  # the paths summary.json names
+    lgbm: dict  # the surrogate's settings (search.lgbm), for the U-level check
+    seed: int  # the search seed
 
 
 def report_run(run_dir: Path, results: RunResults, capabilities: dict[str, list[str]],
@@ -194,13 +179,15 @@ def report_run(run_dir: Path, results: RunResults, capabilities: dict[str, list[
     copy_trials(results.search_dir / "seeds.csv", run_dir / "seeds.csv", names)
     table = write_table(run_dir, rows)
     calib = calibration(rows, cap_domain, capabilities, results.search_dir / "seeds.csv", names)
-    warnings = verdict(calib, search["surrogate_cv_spearman"], search.get("alpha_choice"))
+    worth = u_check(results.search_dir / "seeds.csv", names, rows["base"], results.lgbm, results.seed)
+    trained = margin(rows["mergemix (trained)"], rows["uniform (trained)"], capabilities)
+    judged = verdict(calib, worth, search.get("alpha_choice"), trained)
     summary = {
         "alpha_star": search["alpha_star"], "uniform_mixture": results.uniform, "predicted": search["predicted"],
         "rows": {k: {"capabilities": v["capabilities"], "capabilities_std": v["capabilities_std"],
                      "U": v["U"], "U_std": v["U_std"], "tasks": v["tasks"]} for k, v in rows.items()},
-        "mergemix_vs_uniform": margin(rows["mergemix (trained)"], rows["uniform (trained)"], capabilities),
-        "calibration": calib, "verdict": warnings, "surrogate_cv_spearman": search["surrogate_cv_spearman"],
+        "mergemix_vs_uniform": trained, "search_worth": worth,
+        "calibration": calib, "verdict": judged, "surrogate_cv_spearman": search["surrogate_cv_spearman"],
         "domain_tokens": results.token_counts, "artifacts": results.artifacts,
     }
     write_summary(run_dir, summary)
@@ -219,13 +206,14 @@ def log_summary(table: str, s: dict) -> None:
     log.info(f"  best merge interior: {t['best_is_interior']} (interior U {100 * t['best_interior_U']:.1f}"
              f" vs best vertex U {100 * (t['best_vertex_U'] or float('nan')):.1f}; seed U spread std"
              f" {100 * t['U_spread_std']:.1f})")
+    w = s["search_worth"]
+    log.info(f"  merged U spread over the seed merges {100 * w['merged_spread_std']:.2f} vs item noise "
+             f"{100 * w['item_noise_std']:.2f} ({w['ratio']:.1f}x); surrogate CV Spearman of U "
+             f"{'n/a' if w['cv_spearman'] is None else format(w['cv_spearman'], '.2f')}")
     m = s["mergemix_vs_uniform"]
-    log.info(f"MergeMix vs uniform (trained): U {100 * m['U_diff']:+.2f} (paired noise std"
-             f" {100 * m['noise_std']:.2f}, {m['sigmas']:+.1f} sigma)")
-    if s["verdict"]:
-        log.info("verdict: do not act on alpha* yet; the run's own checks found:")
-        for line in s["verdict"]:
-            log.info(f"  - {line}")
-    else:
-        log.info("verdict: every expert lifts its capability, the optimum is interior, the surrogate ranks unseen "
-                 "merges and every capability responds to the mixture")
+    log.info(f"MergeMix vs uniform (trained, one training seed): U {100 * m['U_diff']:+.2f} (paired item noise std"
+             f" {100 * m['noise_std']:.2f}, {m['sigmas']:+.1f} sigma; seed-to-seed noise is larger: "
+             "reports/frontier)")
+    for line in s["verdict"]["findings"]:
+        log.info(f"  - {line}")
+    log.info(f"verdict: {s['verdict']['line']}")
