@@ -221,6 +221,8 @@ def changed_value(path: tuple, value):
         return 1  # setting it to the current thread count changes nothing in this process
     if path[-1] == "eval_dtype":
         return "bfloat16"
+    if path[-1] == "seed" and value is None:
+        return 7  # a section's own seed (experts.seed), null by default
     if path[-1] == "kind" and value == "full":
         return "lora"  # the other kind of expert
     if isinstance(value, bool):

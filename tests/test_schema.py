@@ -10,7 +10,8 @@ from mergemix.cli import compose, to_plain
 from mergemix.errors import MergeMixError
 
 PRESETS = [["experiment=micro"], ["experiment=micro", "search=iterative"], ["experiment=micro", "baseline=regmix"],
-           ["experiment=micro", "experts.kind=lora"], ["experiment=micro", "model=micro_moe"]]
+           ["experiment=micro", "experts.kind=lora"], ["experiment=micro", "model=micro_moe"],
+           ["experiment=micro", "baseline=refine"]]
 
 
 @pytest.fixture(scope="module")
