@@ -203,9 +203,12 @@ def test_compare_sweep_writes_comparison(micro_root, tmp_path):
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads((tmp_path / name / "comparison.json").read_text())
 
-    table = sweep("sweep", "surrogate,proxy,uniform")
-    assert set(table) == {"surrogate", "proxy", "uniform"}
+    table = sweep("sweep", "surrogate,proxy,uniform,refine")
+    assert set(table) == {"surrogate", "proxy", "uniform", "refine"}
     assert table["proxy"]["train_tokens"] == 3 * 4096  # three proxy runs
+    # refine pays the merged search (its experts) and its three trained runs
+    assert table["refine"]["train_tokens"] == table["surrogate"]["train_tokens"] + 3 * 4096
+    assert table["refine"]["evaluations"] == table["surrogate"]["evaluations"] + 3
     # a rerun finds the study complete and its proxies cached, and still charges the search's cost
     assert sweep("again", "proxy")["proxy"]["train_tokens"] == 3 * 4096
     assert table["surrogate"]["cost_ratio_to_proxy"] > 0 and table["uniform"]["train_tokens"] == 0
