@@ -99,3 +99,59 @@ def test_forked_workers_do_not_hang_on_the_parents_thread_pool(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("a forked worker hung in a parallel region (OpenMP's pool does not survive fork)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0", "done-1"]
+
+
+SHARE_THREADS = """
+import os, sys, torch
+from mergemix.search.fanout import fan_out
+PARENT = os.getpid()
+torch.set_num_threads(4)
+x = torch.rand(3000, 3000)
+(x[:, None, :50] > x[None, :50, :50]).sum()  # the parent has used OpenMP's thread pool
+
+def work(share):
+    y = torch.rand(3000, 3000)
+    (y[:, None, :50] > y[None, :50, :50]).sum()  # a parallel region on the worker's share of threads
+    who = "parent" if os.getpid() == PARENT else "child"
+    open(f"{sys.argv[1]}/{who}-{torch.get_num_threads()}", "w").close()
+
+fan_out(work, [0, 1], 2)
+open(f"{sys.argv[1]}/after-{torch.get_num_threads()}", "w").close()
+"""
+
+
+def test_workers_share_the_parents_threads_and_the_parent_gets_its_own_back(tmp_path):
+    """W processes on T threads run T/W each (parent included) during the fan-out; a child with more than one
+    thread does not hang on the parent's OpenMP pool."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "4", "PYTHONPATH": str(Path(__file__).parents[1])}
+    try:
+        subprocess.run([sys.executable, "-c", SHARE_THREADS, str(tmp_path)], env=env, timeout=120, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a forked worker on two threads hung in a parallel region")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after-4", "child-2", "parent-2"]
+
+
+class _Process:
+    def __init__(self, target, args, kwargs):
+        self.kwargs, self.exitcode = kwargs, 0
+
+    def join(self):
+        pass
+
+
+def test_optuna_workers_share_the_threads(monkeypatch):
+    """The Optuna back-ends' parent waits while its W workers run: each gets threads / W."""
+    import torch
+
+    from mergemix.search import optuna_backend
+
+    started = []
+    monkeypatch.setattr(optuna_backend.mp, "get_context", lambda _: type("Ctx", (), {"Process": _Process}))
+    monkeypatch.setattr(optuna_backend, "start_workers",
+                        lambda procs, threads: started.append((threads, [p.kwargs["threads"] for p in procs])))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    optuna_backend.run_workers("postgresql://x", "s", ["a", "b"], "tpe", 0, 4, None, None, workers=2)
+    assert started == [(2, [2, 2])]

@@ -12,7 +12,7 @@ import numpy as np
 
 from mergemix.errors import MergeMixError
 from mergemix.registry import Registry
-from mergemix.search.fanout import forked
+from mergemix.search.fanout import forked, start_workers, thread_share
 from mergemix.search.space import alpha_of_trial, params_from_alpha, suggest_alpha
 from mergemix.search.types import Evaluate, Outcome
 
@@ -195,10 +195,10 @@ def run_workers(storage_url: str, study_name: str, names: Sequence[str], sampler
     if storage_url.startswith("sqlite"):
         _worker(*args, seed, budget, evaluate, util, only_waiting=True)
     ctx = mp.get_context("fork")  # workers inherit the loaded experts and benchmark requests
-    procs = [ctx.Process(target=forked, args=(_worker, *args, seed + i, budget, evaluate, util))
-             for i in range(workers)]
-    for p in procs:
-        p.start()
+    share = thread_share(workers)  # this process waits: the workers share its threads
+    procs = [ctx.Process(target=forked, args=(_worker, *args, seed + i, budget, evaluate, util),
+                         kwargs={"threads": share}) for i in range(workers)]
+    start_workers(procs, share)
     for p in procs:
         p.join()
     bad = [p.exitcode for p in procs if p.exitcode]
