@@ -95,16 +95,32 @@ class Diverged(Exception):
 class CausalLMModule(pl.LightningModule):
     def __init__(self, model, lr: float, total_steps: int, weight_decay: float = 0.1,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 0, schedule: str = "constant",
-                 decay_fraction: float = 0.2, min_lr_ratio: float = 0.1):
+                 decay_fraction: float = 0.2, min_lr_ratio: float = 0.1, speed: dict | None = None):
         super().__init__()
         self.model = model
+        self.speed = {k: v for k, v in (speed or {}).items() if v}  # speed.py: chunked_loss, compile, fused_adamw
         self.lr, self.total_steps, self.weight_decay, self.betas = lr, total_steps, weight_decay, tuple(betas)
         self.sched = {"warmup": warmup_steps, "schedule": schedule, "decay_fraction": decay_fraction,
                           "min_ratio": min_lr_ratio}
         self.last_loss = float("nan")
+        self._forward = None
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """The causal-LM loss: the model's own, or with trainer.chunked_loss the chunked one (equal up to float
+        rounding), through the compiled decoder with trainer.compile."""
+        from mergemix.speed import Compiled, chunked_lm_loss, lm_parts
+
+        parts = lm_parts(self.model) if self.speed.get("chunked_loss") else None
+        if self._forward is None:
+            self._forward = Compiled(parts[0] if parts else self.model, bool(self.speed.get("compile")),
+                                     batch.is_cuda)
+        if parts is None:
+            return self._forward(input_ids=batch, labels=batch).loss
+        hidden = self._forward(input_ids=batch).last_hidden_state
+        return chunked_lm_loss(hidden, parts[1].weight, batch, int(self.speed["chunked_loss"]))
 
     def training_step(self, batch: torch.Tensor, _idx: int) -> torch.Tensor:
-        loss = self.model(input_ids=batch, labels=batch).loss
+        loss = self.loss(batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True)
         self.last_loss = float(loss.detach())
         return loss
@@ -131,16 +147,21 @@ class CausalLMModule(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
+        from mergemix.speed import adamw_options
+
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas)
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas,
+                                **adamw_options(decay + no_decay, bool(self.speed.get("fused_adamw"))))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, self.total_steps, **self.sched))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+SPEED_KEYS = ("chunked_loss", "compile", "fused_adamw")  # speed.py: same numbers up to float rounding
 OWN_TRAINER_KEYS = {"accelerator", "devices", "precision", "enable_progress_bar", "gradient_clip_val", "num_nodes",
-                    "strategy", "micro_batch_size", "checkpoint_every_n_steps", "eval_dtype", "num_threads"}
+                    "strategy", "micro_batch_size", "checkpoint_every_n_steps", "eval_dtype", "num_threads",
+                    *SPEED_KEYS}
 MANAGED_TRAINER_KEYS = {"max_epochs", "max_steps", "logger", "callbacks", "enable_checkpointing",
                         "num_sanity_val_steps", "use_distributed_sampler", "accumulate_grad_batches",
                         "log_every_n_steps", "enable_model_summary"}
@@ -206,6 +227,7 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     callbacks = ([balance] if balance else []) + callbacks  # first: a step's checkpoint holds its bias update
     strategy = build_strategy(kwargs.pop("strategy", None), model)
     micro = kwargs.pop("micro_batch_size", None)  # sequences per forward pass; the rest is gradient accumulation
+    speed = {k: kwargs.pop(k, None) for k in SPEED_KEYS}
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer = pl.Trainer(max_epochs=1, logger=logger if logger is not None else False, strategy=strategy,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -221,7 +243,7 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     trainer.fit_loop.epoch_loop.max_steps = steps
     trainer.accumulate_grad_batches = per_device // micro
     trainer.log_every_n_steps = max(1, steps // 50)
-    module = CausalLMModule(model, lr=lr, total_steps=steps, **optim)
+    module = CausalLMModule(model, lr=lr, total_steps=steps, speed=speed, **optim)
     module.flops_per_batch = 6 * sum(p.numel() for p in model.parameters()) * micro * seq_len  # 6ND, per device
     trainer.callbacks.extend(monitors(logger, steps))
     resume = latest_checkpoint(checkpoint_dir)  # every rank looks before fit: none is written before all join

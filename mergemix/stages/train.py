@@ -70,7 +70,7 @@ def _train(job: TrainJob, cfg: dict, tokenizer_dir: Path, token_dirs: dict[str, 
     from mergemix.data.tokenizer import load_tokenizer
     from mergemix.models import build_model, load_checkpoint
     from mergemix.stages.tokenizer import load_arrays
-    from mergemix.training import train_causal_lm, trainer_passthrough
+    from mergemix.training import SPEED_KEYS, train_causal_lm, trainer_passthrough
 
     m, tr, spec = cfg["model"], cfg["trainer"], job.spec
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -84,7 +84,8 @@ def _train(job: TrainJob, cfg: dict, tokenizer_dir: Path, token_dirs: dict[str, 
                                           "gradient_clip_val")}
     trainer_kwargs.update(num_nodes=int(tr.get("num_nodes", 1)), strategy=tr.get("strategy"),
                           micro_batch_size=tr.get("micro_batch_size"),
-                          checkpoint_every_n_steps=tr.get("checkpoint_every_n_steps"), **trainer_passthrough(tr))
+                          checkpoint_every_n_steps=tr.get("checkpoint_every_n_steps"), **trainer_passthrough(tr),
+                          **{k: tr.get(k) for k in SPEED_KEYS})
     optim = {"weight_decay": cfg["optim"]["weight_decay"], "betas": cfg["optim"]["betas"],
              "warmup_steps": spec.get("warmup_steps", 0), "schedule": spec.get("schedule", "constant")}
     return train_causal_lm(model, tokenizer, load_arrays(token_dirs), job.ratios, out, int(spec["tokens"]),
