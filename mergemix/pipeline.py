@@ -212,9 +212,22 @@ class Pipeline:
                  "experts": {k: str(v) for k, v in self.expert_dirs.items()},
                  "mixtures": {k: str(v) for k, v in mixtures.items()},
                  **({"alpha_star_checkpoint": str(exports["checkpoint"])} if "checkpoint" in exports else {})}
+        alphas, merged = self.seed_merges()
         results = report.RunResults(rows, found, self.search_dir, self.domain_names, self.uniform_mixture,
-                                    self.token_counts, paths, self.cfg["search"]["lgbm"], self.search_seed)
+                                    self.token_counts, paths, merged, alphas, self.cfg["search"]["lgbm"],
+                                    self.search_seed)
         return report.report_run(self.run_dir, results, self.suite.capabilities, self.capability_domains)
+
+    def seed_merges(self) -> tuple[list, list[dict]]:
+        """The search's evaluated merges (seeds.csv) with their full results (items included) from the evaluation
+        cache; a merge the cache no longer holds is left out."""
+        from mergemix.search.evalcache import EvalCache, alpha_key
+        from mergemix.search.run import read_trials
+
+        alphas, _ = read_trials(self.search_dir / "seeds.csv", self.domain_names)
+        entries = EvalCache(self.merge_cache_path).entries
+        found = [(a, entries[alpha_key(a)]) for a in alphas if alpha_key(a) in entries]
+        return [a for a, _ in found], [r for _, r in found]
 
     @property
     def capability_domains(self) -> dict[str, str | None]:

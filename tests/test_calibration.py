@@ -32,12 +32,33 @@ def test_calibration_detects_clear_gains_and_interior_optimum(tmp_path):
             "expert:x": _row(base_a + 0.2, base_b - 0.1),  # clear gain on its capability
             "expert:y": _row(base_a, base_b + rng.normal(0, 0.3, 400) * 0.05)}  # noise only
     seeds = _seeds(tmp_path / "s.csv", [[1, 0, 0.30], [0, 1, 0.25], [0.5, 0.5, 0.40]])
-    cal = calibration(rows, {"a": "x", "b": "y"}, CAPS, seeds, ["x", "y"])
+    merged = [_row(base_a + 0.01 * i, base_b) for i in range(3)]
+    cal = calibration(rows, {"a": "x", "b": "y"}, CAPS, seeds, ["x", "y"], merged)
     assert cal["expert_gains"]["a"]["clear"] and not cal["expert_gains"]["b"]["clear"]
     assert not cal["all_experts_clear"]
     assert cal["tradeoff"]["best_is_interior"]
     vertex_best = _seeds(tmp_path / "v.csv", [[1, 0, 0.50], [0, 1, 0.25], [0.5, 0.5, 0.40]])
-    assert not calibration(rows, {"a": "x"}, CAPS, vertex_best, ["x", "y"])["tradeoff"]["best_is_interior"]
+    assert not calibration(rows, {"a": "x"}, CAPS, vertex_best, ["x", "y"], merged)["tradeoff"]["best_is_interior"]
+
+
+def test_responsiveness_weighs_the_merges_spread_against_their_paired_item_noise():
+    """Merges that shift every item of `a` a little move beyond the paired noise although far less than one model's
+    item std; merges that differ only by item noise on `b` do not; U is judged the same way."""
+    from mergemix.stages.report import merged_noise, responsiveness, u_check
+
+    rng = np.random.default_rng(0)
+    items_a, items_b = rng.random(800), rng.random(800)
+    merged = [_row(items_a + 0.002 * i, items_b + rng.normal(0, 0.01, 800)) for i in range(12)]
+    noise = merged_noise(merged, CAPS)
+    resp = responsiveness(merged, noise)
+    one_model_std = items_a.std() / np.sqrt(800)
+    assert resp["a"]["merged_spread_std"] < one_model_std  # unpaired, it would look flat
+    assert resp["a"]["responsive"] and resp["a"]["ratio"] > 10
+    assert not resp["b"]["responsive"] and resp["b"]["ratio"] < 2
+    lgbm = {"n_estimators": 20, "num_leaves": 3, "min_data_in_leaf": 1, "min_data_in_bin": 1, "verbose": -1}
+    check = u_check(merged, noise, rng.dirichlet(np.ones(2), 12), lgbm, 0)
+    assert check["ratio"] > 2 and check["item_noise_std"] == pytest.approx(noise["U"])
+    assert u_check([], {}, [], lgbm, 0)["ratio"] is None
 
 
 @pytest.mark.slow

@@ -158,7 +158,7 @@ def test_verdict_distrusts_merges_that_hide_a_gain_or_a_trained_loss():
 def test_verdict_says_when_a_search_is_not_worth_it():
     flat_u = {**WORTH, "merged_spread_std": 0.004, "ratio": 0.8}
     v = verdict(_calib({"a": True}, {"a": True}), flat_u)
-    assert v["action"] == NO_SEARCH and "within its item noise" in v["line"]
+    assert v["action"] == NO_SEARCH and "its paired item noise" in v["line"]
     v = verdict(_calib({"a": True}, {"a": True}), {**WORTH, "cv_spearman": 0.1})
     assert v["action"] == NO_SEARCH and "CV Spearman 0.10" in v["line"]
 

@@ -47,40 +47,50 @@ def tradeoff(seeds_csv: Path, names: list[str]) -> dict:
 
 
 def calibration(rows: dict[str, dict], cap_domain: dict[str, str | None], capabilities: dict[str, list[str]],
-                seeds_csv: Path, names: list[str], min_sigmas: float = 3.0) -> dict:
+                seeds_csv: Path, names: list[str], merged: list[dict], min_sigmas: float = 3.0) -> dict:
     """The testbed is informative only if each expert clearly lifts its own capability, the capabilities trade
-    off and differences exceed the evaluation noise."""
+    off and differences between mixtures exceed the evaluation noise (`merged`: the seed merges' results)."""
     gains = expert_gains(rows, cap_domain, capabilities, min_sigmas)
+    noise = merged_noise(merged, capabilities)
     return {"expert_gains": gains, "all_experts_clear": all(g["clear"] for g in gains.values()),
-            "tradeoff": tradeoff(seeds_csv, names), "responsiveness": responsiveness(seeds_csv, names, rows["base"])}
+            "tradeoff": tradeoff(seeds_csv, names), "merged_noise": noise,
+            "responsiveness": responsiveness(merged, noise)}
 
 
-def responsiveness(seeds_csv: Path, names: list[str], base: dict, min_ratio: float = 1.0) -> dict:
-    """Does each capability respond to the mixture? Its spread over the seed merges (std) against its item noise
-    (the base's bootstrap std): a capability whose merged scores move less than the noise cannot rank mixtures,
-    and in U it only adds noise."""
-    from mergemix.search.run import read_trials
+def merged_noise(merged: list[dict], capabilities: dict[str, list[str]], pairs: int = 10) -> dict[str, float]:
+    """The item noise that separates two merges, per capability and for U: the paired-bootstrap std of the
+    difference of consecutive seed merges (same items), over sqrt(2) (one merge's share), averaged over `pairs`
+    pairs. Two mixtures are told apart on the same items, so this, not one model's item std, is the yardstick."""
+    gaps = [paired_gap(a, b, capabilities) for a, b in list(zip(merged, merged[1:]))[:pairs]]
+    if not gaps:
+        return {}
+    out = {c: float(np.mean([g["capabilities_std"][c] for g in gaps]) / np.sqrt(2)) for c in capabilities}
+    return {**out, "U": float(np.mean([g["U_std"] for g in gaps]) / np.sqrt(2))}
 
-    _, columns = read_trials(seeds_csv, names)
+
+def responsiveness(merged: list[dict], noise: dict[str, float], min_ratio: float = 2.0) -> dict:
+    """Does each capability respond to the mixture? Its spread over the seed merges (std) against the paired item
+    noise of one merge: a capability whose merged scores move less than twice that cannot rank mixtures, and in U
+    it only adds noise."""
     out = {}
-    for cap, noise in (base.get("capabilities_std") or {}).items():
-        if cap not in columns:
-            continue
-        spread = float(np.std(columns[cap]))
-        out[cap] = {"merged_spread_std": spread, "item_noise_std": float(noise),
-                    "ratio": spread / max(float(noise), 1e-12), "responsive": bool(spread > min_ratio * noise)}
+    for cap in (c for c in noise if c != "U"):
+        spread = float(np.std([r["capabilities"][cap] for r in merged]))
+        out[cap] = {"merged_spread_std": spread, "item_noise_std": noise[cap],
+                    "ratio": spread / max(noise[cap], 1e-12), "responsive": bool(spread > min_ratio * noise[cap])}
     return out
 
 
-def u_check(seeds_csv: Path, names: list[str], base: dict, lgbm: dict, seed: int) -> dict:
-    """Is a search worth it here? Merged U's spread over the seed merges against its item noise (the base's
-    bootstrap std), and how well a surrogate of U ranks unseen merges (5-fold CV Spearman)."""
-    from mergemix.search.run import cross_validated_spearman, read_trials
+def u_check(merged: list[dict], noise: dict[str, float], alphas, lgbm: dict, seed: int) -> dict:
+    """Is a search worth it here? Merged U's spread over the seed merges against the paired item noise of one
+    merge, and how well a surrogate of U ranks unseen merges (5-fold CV Spearman)."""
+    from mergemix.search.run import cross_validated_spearman
 
-    alphas, columns = read_trials(seeds_csv, names)
-    spread, noise = float(np.std(columns["U"])), float(base["U_std"])
-    cv = cross_validated_spearman(alphas, {"U": columns["U"]}, lgbm, seed)["U"] if len(alphas) >= 10 else None
-    return {"merged_spread_std": spread, "item_noise_std": noise, "ratio": spread / max(noise, 1e-12),
+    u = np.array([r["U"] for r in merged])
+    if len(u) < 3 or not noise:  # the merges are no longer in the evaluation cache: nothing to check
+        return {"merged_spread_std": None, "item_noise_std": None, "ratio": None, "cv_spearman": None}
+    spread, item = float(u.std()), float(noise["U"])
+    cv = cross_validated_spearman(np.asarray(alphas), {"U": u}, lgbm, seed)["U"] if len(u) >= 10 else None
+    return {"merged_spread_std": spread, "item_noise_std": item, "ratio": spread / max(item, 1e-12),
             "cv_spearman": cv}
 
 
@@ -165,6 +175,8 @@ class RunResults:
     uniform: dict[str, float]  # the token-proportional mixture
     token_counts: dict[str, int]
     artifacts: dict  # the paths summary.json names
+    merged: list[dict]  # the seed merges' results (items included), in seeds.csv's order
+    merged_alphas: list  # their mixtures
     lgbm: dict  # the surrogate's settings (search.lgbm), for the U-level check
     seed: int  # the search seed
 
@@ -178,8 +190,8 @@ def report_run(run_dir: Path, results: RunResults, capabilities: dict[str, list[
     shutil.copy2(results.search_dir / "mixture.yaml", run_dir / "mixture.yaml")
     copy_trials(results.search_dir / "seeds.csv", run_dir / "seeds.csv", names)
     table = write_table(run_dir, rows)
-    calib = calibration(rows, cap_domain, capabilities, results.search_dir / "seeds.csv", names)
-    worth = u_check(results.search_dir / "seeds.csv", names, rows["base"], results.lgbm, results.seed)
+    calib = calibration(rows, cap_domain, capabilities, results.search_dir / "seeds.csv", names, results.merged)
+    worth = u_check(results.merged, calib["merged_noise"], results.merged_alphas, results.lgbm, results.seed)
     trained = margin(rows["mergemix (trained)"], rows["uniform (trained)"], capabilities)
     judged = verdict(calib, worth, search.get("alpha_choice"), trained)
     summary = {
@@ -207,9 +219,10 @@ def log_summary(table: str, s: dict) -> None:
              f" vs best vertex U {100 * (t['best_vertex_U'] or float('nan')):.1f}; seed U spread std"
              f" {100 * t['U_spread_std']:.1f})")
     w = s["search_worth"]
-    log.info(f"  merged U spread over the seed merges {100 * w['merged_spread_std']:.2f} vs item noise "
-             f"{100 * w['item_noise_std']:.2f} ({w['ratio']:.1f}x); surrogate CV Spearman of U "
-             f"{'n/a' if w['cv_spearman'] is None else format(w['cv_spearman'], '.2f')}")
+    if w["ratio"] is not None:
+        log.info(f"  merged U spread over the seed merges {100 * w['merged_spread_std']:.2f} vs paired item noise "
+                 f"{100 * w['item_noise_std']:.2f} ({w['ratio']:.1f}x); surrogate CV Spearman of U "
+                 f"{'n/a' if w['cv_spearman'] is None else format(w['cv_spearman'], '.2f')}")
     m = s["mergemix_vs_uniform"]
     log.info(f"MergeMix vs uniform (trained, one training seed): U {100 * m['U_diff']:+.2f} (paired item noise std"
              f" {100 * m['noise_std']:.2f}, {m['sigmas']:+.1f} sigma; seed-to-seed noise is larger: "

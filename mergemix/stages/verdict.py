@@ -18,13 +18,15 @@ from __future__ import annotations
 NO_SEARCH, DO_NOT_TRUST, ACT_FLAT, ACT = "no search", "do not trust", "act, flat", "act"
 
 
-def search_worth(u_check: dict, min_ratio: float = 1.0, min_cv: float = 0.5) -> list[str]:
-    """Why a search is not worth it here (empty: it is): merged U's spread over the seed merges against its item
-    noise, and the surrogate's cross-validated ranking of U."""
+def search_worth(u_check: dict, min_ratio: float = 2.0, min_cv: float = 0.5) -> list[str]:
+    """Why a search is not worth it here (empty: it is): merged U's spread over the seed merges against the paired
+    item noise of one merge (under twice that, the spread is mostly noise), and the surrogate's cross-validated
+    ranking of U."""
     out = []
-    if u_check["ratio"] <= min_ratio:
+    if u_check["ratio"] is not None and u_check["ratio"] <= min_ratio:
         out.append(f"merged U moves {100 * u_check['merged_spread_std']:.2f} U (std over the seed merges), within "
-                   f"its item noise {100 * u_check['item_noise_std']:.2f} U: no mixture scores apart from another")
+                   f"{min_ratio:g}x its paired item noise {100 * u_check['item_noise_std']:.2f} U: no mixture "
+                   "scores clearly apart from another")
     cv = u_check.get("cv_spearman")
     if cv is not None and not cv >= min_cv:
         out.append(f"the surrogate ranks unseen merges' U poorly (CV Spearman {cv:.2f} < {min_cv}): raise "
@@ -86,8 +88,10 @@ def verdict(calib: dict, u_check: dict, choice: dict | None = None, trained: dic
     findings = [*no_search, *bad, *weak_experts(calib)]
     if dull:
         others = [c for c in calib.get("responsiveness", {}) if c not in dull]
+        fix = f"search.objective=[{','.join(others)}] searches without them" if others else \
+            "no capability moves: stronger experts or more benchmark items first"
         findings.append(f"capabilities {dull} are flat here (no expert clearly lifts them, no merge moves them): "
-                        f"they only add noise to U; search.objective=[{','.join(others)}] searches without them")
+                        f"they only add noise to U; {fix}")
     if no_search:
         action, line = NO_SEARCH, (f"a search is not worth it here: {no_search[0]}; keep the token-proportional " \
             "mixture, or strengthen the experts or the benchmarks first")
