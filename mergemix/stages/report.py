@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from itertools import islice, pairwise
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def merged_noise(merged: list[dict], capabilities: dict[str, list[str]], pairs: 
     """The item noise that separates two merges, per capability and for U: the paired-bootstrap std of the
     difference of consecutive seed merges (same items), over sqrt(2) (one merge's share), averaged over `pairs`
     pairs. Two mixtures are told apart on the same items, so this, not one model's item std, is the yardstick."""
-    gaps = [paired_gap(a, b, capabilities) for a, b in list(zip(merged, merged[1:]))[:pairs]]
+    gaps = [paired_gap(a, b, capabilities) for a, b in islice(pairwise(merged), pairs)]
     if not gaps:
         return {}
     out = {c: float(np.mean([g["capabilities_std"][c] for g in gaps]) / np.sqrt(2)) for c in capabilities}
