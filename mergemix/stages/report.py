@@ -6,8 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from itertools import islice, pairwise
 from dataclasses import dataclass
+from itertools import islice, pairwise
 from pathlib import Path
 
 import numpy as np
