@@ -23,16 +23,17 @@ for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZER
 
 import torch
 
-from bench import common, evaluate, merge, report, scaling, streaming, train
+from bench import common, evaluate, merge, report, scaling, streaming, train, workers
 
 # What each mode measures: sizes, items per task, training steps, rounds.
 PLANS = {
     "quick": {"eval_sizes": ["tiny"], "items": 50, "train": [("tiny", "bf16-mixed")], "steps": 8, "warmup": 2,
-              "scaling_sizes": ["micro", "tiny"], "repeats": 3, "eval_repeats": 2, "train_repeats": 2},
+              "scaling_sizes": ["micro", "tiny"], "repeats": 3, "eval_repeats": 2, "train_repeats": 2,
+              "worker_repeats": 2},
     "full": {"eval_sizes": ["tiny", "small"], "items": 200,
              "train": [("tiny", "bf16-mixed"), ("small", "bf16-mixed")], "steps": 30,
              "warmup": 3, "scaling_sizes": ["micro", "tiny", "small"], "repeats": 5, "eval_repeats": 3,
-             "train_repeats": 3},
+             "train_repeats": 3, "worker_repeats": 3},
 }
 
 
@@ -78,12 +79,15 @@ def main(argv=None) -> dict:
         (scaling_rows, check), s = section(
             "scaling", lambda: scaling.run(plan["scaling_sizes"], tok, tasks, plan["repeats"]))
         sections.append(s)
+        (workers_row, worker_notes), s = section(
+            "search workers", lambda: workers.run(args.quick, work / "workers", plan["worker_repeats"]))
+        sections.append(s)
     args.out.mkdir(parents=True, exist_ok=True)
     scaling.plot(scaling_rows, args.out / "bench_scaling.png")
     info["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     result = report.assemble(info, args.quick, plan, merge_rows, eval_rows, train_rows, scaling_rows, check,
-                             merge_notes + eval_notes + stream_notes, sections, time.time() - t0,
-                             stream_rows=stream_rows)
+                             merge_notes + eval_notes + stream_notes + worker_notes, sections, time.time() - t0,
+                             stream_rows=stream_rows, workers_row=workers_row)
     report.write(result, args.out)
     print(report.headline(result), flush=True)
     return result

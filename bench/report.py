@@ -13,6 +13,7 @@ GOALS = {
     "eval_lmeval_speedup": ("lm-eval HFLM time / Evaluator time (fp32)", ">=", 10.0),
     "train_plain_ratio": ("Lightning tokens/s / plain loop tokens/s", ">=", 0.9),
     "stream_rss_ratio": ("streaming merge peak RSS / (1.2 x model size + largest tensor)", "<=", 1.0),
+    "search_workers_speedup": ("search wall time, 1 worker / 2 workers (same alpha*)", ">=", 1.6),
 }
 
 
@@ -22,7 +23,7 @@ def _largest(rows: list[dict], **match) -> dict | None:
 
 
 def assemble(info, quick, plan, merge_rows, eval_rows, train_rows, scaling_rows, check, notes, sections,
-             wall, stream_rows=None) -> dict:
+             wall, stream_rows=None, workers_row=None) -> dict:
     m = _largest(merge_rows, threads=max(r["threads"] for r in merge_rows))  # the session's threads
     e = _largest(eval_rows)
     t = _largest(train_rows, precision=plan["train"][-1][1])
@@ -34,6 +35,10 @@ def assemble(info, quick, plan, merge_rows, eval_rows, train_rows, scaling_rows,
     st = _largest(stream_rows or [])
     heads["stream_rss_ratio"] = (st["rss_goal_ratio"], (
         f"{st['size']} bf16, K={st['K']}: peak RSS {st['rss_model_ratio']:.2f} x model")) if st else (None, "-")
+    w = workers_row
+    heads["search_workers_speedup"] = (w["speedup"] if w and w["same_alpha"] else None, (
+        f"{w['setting']}, {w['torch_threads']} torch threads" + ("" if w["same_alpha"] else ": alpha* differs"))
+        if w else "-")
     goals = {}
     for key, (what, op, goal) in GOALS.items():
         value, at = heads[key]
@@ -51,7 +56,8 @@ def assemble(info, quick, plan, merge_rows, eval_rows, train_rows, scaling_rows,
         notes = notes + ["mergekit: not installed, comparison skipped"]
     return {**{k: v for k, (v, _) in heads.items()}, "goals": goals, "quick": quick, "wall_s": round(wall, 1),
             "machine": info, "notes": notes, "sections": sections, "merge": merge_rows, "eval": eval_rows,
-            "train": train_rows, "scaling": scaling_rows, "scaling_check": check, "streaming": stream_rows or []}
+            "train": train_rows, "scaling": scaling_rows, "scaling_check": check, "streaming": stream_rows or [],
+            "workers": [workers_row] if workers_row else []}
 
 
 # ---------------------------------------------------------------------------------------------- markdown ---
@@ -140,6 +146,13 @@ def markdown(res: dict) -> str:
                                      ("merge s", "merge_s", ".4f"), ("evaluate s", "evaluate_s", ".3f"),
                                      ("candidate s", "candidate_s", ".3f"), ("N=20 s", "N20_s", ".1f"),
                                      ("N=40 s", "N40_s", ".1f"), ("N=80 s", "N80_s", ".1f")])
+    lines += ["## Search workers: `search.n_workers` 1 vs 2", "",
+              ("The same search from the cached base and experts with a fresh evaluation cache each time, on one and "
+              "on two processes (fanout.py: each on half the torch threads); times include loading experts and "
+              "benchmarks."), ""]
+    lines += _table(res.get("workers", []), [("setting", "setting", ""), ("torch threads", "torch_threads", "d"),
+                                             ("W=1 s", "W1_s", ".1f"), ("W=2 s", "W2_s", ".1f"),
+                                             ("W=1 / W=2", "speedup", ".2f"), ("same alpha*", "same_alpha", "")])
     lines += ["## Sections", ""]
     lines += _table(res["sections"], [("section", "section", ""), ("wall s", "wall_s", ".1f"),
                                       ("load at start", "loadavg_1min", ".2f")])
