@@ -4,6 +4,7 @@ them as JSON to $OUT/reports/gpu_check.json (when OUT is set) and to --out-dir.
 
     scripts/gpu_check.sh                                  # one CUDA GPU, model llama_1b (a few minutes)
     python scripts/gpu_check.py --device cpu --tiny       # the same code path on the micro model (tests)
+    python scripts/gpu_check.py --plan --out reports/gpu_check/plan.md   # moe_8b/16b on 8 GPUs, on paper (no GPU)
 
 Data, tokenizer and benchmarks are the embedded micro testbed (built in seconds under --root); two experts are
 trained from one randomly initialised base, so the check measures the machinery, not model quality."""
@@ -174,6 +175,12 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--plan"]:  # arithmetic on the meta device: no GPU needed (mergemix/plan.py)
+        from mergemix.plan import main as plan
+
+        plan(argv[1:])
+        return 0
     args = parse(argv)
     args.steps = args.steps or (4 if args.tiny else 40)
     if args.steps < 4:
