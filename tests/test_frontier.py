@@ -262,6 +262,14 @@ def test_summary_reports_total_compute_multiples_crossings_and_intervals():
     assert s["discriminates"] and s["discrimination"]["p_value"] < 0.05
     text = markdown(s, "t")
     assert "reaches MergeMix's retrained U at 1.4" in text and "× total compute" in text
+    from mergemix.analysis.frontier_report import draw
+
+    fig = draw({"embedded": s})
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "embedded: retrained U vs total search compute" in ax.get_title() and "FLOPs" in ax.get_xlabel()
+    assert {"MergeMix", "proxy search, full", "MergeMix reference (mean)", "token-proportional (no search)"} <= set(
+        labels) and len(labels) == len(set(labels))
 
 
 def test_paired_interval_with_real_variance_is_the_t_interval():

@@ -252,6 +252,15 @@ STYLES = {"mergemix": ("C3", "*"), "refine": ("C4", "P"), "proxy": ("C0", "o"), 
 
 
 def plot(summaries: dict[str, dict], path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = draw(summaries)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def draw(summaries: dict[str, dict]):
+    """The frontier figure: one panel per testbed, retrained U against total compute, every line in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,5 +295,4 @@ def plot(summaries: dict[str, dict], path) -> None:
     seen = dict(zip(labels, handles))
     fig.legend(list(seen.values()), list(seen), fontsize=8, loc="lower center", ncol=4)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
