@@ -10,9 +10,9 @@ default computes, up to float rounding, so none is part of a training stage's ca
 
 from __future__ import annotations
 
-import warnings
-
 import torch
+
+from mergemix.log import log
 
 IGNORE = -100  # label of a position without a target (transformers' ignore_index)
 
@@ -83,7 +83,7 @@ class Compiled:
     def __init__(self, module: torch.nn.Module, enabled: bool, on_cuda: bool):
         self.module, self.fn, self.tried = module, None, False
         if enabled and not on_cuda:
-            warnings.warn("trainer.compile needs a CUDA device: training runs eagerly", stacklevel=2)
+            log.warning("trainer.compile needs a CUDA device: training runs eagerly")
         elif enabled:
             self.fn = torch.compile(module)
 
@@ -95,8 +95,8 @@ class Compiled:
         try:
             out = self.fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 -- any compiler failure: run eagerly
-            warnings.warn(f"trainer.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
-                          "training runs eagerly", stacklevel=2)
+            log.warning(f"trainer.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
+                        "training runs eagerly")
             self.fn = None
             return self.module(*args, **kwargs)
         self.tried = True
