@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # make test's pytest workers: one per core, at most 4 (each builds the session's micro run once)
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
-.PHONY: install demo test test-all test-postgres gpu-check lint bench reproduce frontier clean
+.PHONY: install demo test test-all test-postgres gpu-check gpu-plan lint bench reproduce frontier clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,11 @@ test-all: install  ## fast and slow tiers
 test-postgres: install  ## Optuna workers on a real PostgreSQL study (server: Debian's postgresql package)
 	WANDB_MODE=disabled $(BIN)/pytest -q -m slow tests/test_postgres.py
 
-gpu-check: install  ## one GPU: FSDP/bf16 training of a ~1B model, merge and evaluation; tokens/s and MFU
+gpu-check: install  ## one GPU: FSDP/bf16 training of a ~1B model, the candidate loop; tokens/s, MFU, candidates/h
 	scripts/gpu_check.sh
+
+gpu-plan: install  ## moe_8b/16b on 8 x H100 on paper (meta device, no GPU) -> reports/gpu_check/plan.md
+	$(BIN)/python scripts/gpu_check.py --plan --expert-tokens 1e9 --out reports/gpu_check/plan.md
 
 lint: install
 	$(BIN)/ruff check mergemix tests experiments bench scripts

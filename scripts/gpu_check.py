@@ -51,6 +51,13 @@ def parse(argv):
     ap.add_argument("--no-activation-checkpointing", action="store_true",
                     help="keep activations (recomputing them costs a third more compute than MFU counts)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="override the device's peak for the MFU")
+    ap.add_argument("--plain", action="store_true", help="training without trainer=gpu's speed settings "
+                    "(chunked loss, fused AdamW): the effect of those settings")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile the decoder (trainer.compile)")
+    ap.add_argument("--candidates", type=int, default=None, help="timed candidates of the search loop "
+                    "(default 5; 2 with --tiny; 0 skips it)")
+    ap.add_argument("--eval-tokens", type=int, default=None,
+                    help="benchmark tokens per candidate, at least (default 1,000,000; 20,000 with --tiny)")
     ap.add_argument("--root", default="outputs/gpu_check", help="cache of the micro testbed")
     ap.add_argument("--out-dir", default=None, help="also write gpu_check.json here")
     return ap.parse_args(argv)
@@ -79,6 +86,14 @@ def _step_timer(device: str):
     return StepTimer()
 
 
+def speed_settings(trainer_cfg: dict, args) -> dict:
+    """trainer=fsdp's speed settings (mergemix/speed.py), all off with --plain, compile with --compile."""
+    from mergemix.training import SPEED_KEYS
+
+    speed = {k: None if args.plain else trainer_cfg.get(k) for k in SPEED_KEYS}
+    return {**speed, "compile": bool(args.compile)}
+
+
 def train_expert(pipe, base_dir: Path, domain: str, out_dir: Path, args, strategy) -> dict:
     from mergemix.models import load_checkpoint
     from mergemix.training import train_causal_lm
@@ -86,7 +101,8 @@ def train_expert(pipe, base_dir: Path, domain: str, out_dir: Path, args, strateg
     m = pipe.cfg["model"]
     timer = _step_timer(args.device)
     trainer = {"accelerator": "gpu" if args.device == "cuda" else "cpu", "devices": 1, "precision": args.precision,
-               "enable_progress_bar": False, "gradient_clip_val": 1.0, "strategy": strategy, "callbacks": [timer]}
+               "enable_progress_bar": False, "gradient_clip_val": 1.0, "strategy": strategy, "callbacks": [timer],
+               **speed_settings(pipe.cfg["trainer"], args)}
     optim = {"weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_steps": 2, "schedule": "constant"}
     stats = train_causal_lm(load_checkpoint(base_dir), pipe.tokenizer, pipe.arrays, {domain: 1.0}, out_dir,
                             args.steps * m["batch_size"] * m["seq_len"], m["seq_len"], m["batch_size"], 1e-4, 0,
@@ -95,6 +111,59 @@ def train_expert(pipe, base_dir: Path, domain: str, out_dir: Path, args, strateg
     steady_steps = len(timer.times) - 1 - warm
     stats["steady_tokens_per_s"] = steady_steps * m["batch_size"] * m["seq_len"] / (timer.times[-1] - timer.times[warm])
     return stats
+
+
+def scaled_suite(pipe, min_tokens: int):
+    """The testbed's multiple-choice tasks, their items repeated until one evaluation feeds at least `min_tokens`
+    tokens (a suite the size of a paper's benchmark run; the scores themselves do not matter here)."""
+    import dataclasses
+    import math
+
+    from mergemix.benchmarks.suite import Suite
+
+    b = pipe.cfg["benchmarks"]
+    mc = {n: t for n, t in pipe.suite.tasks.items() if t.kind == "mc" and t.lmeval is None}
+    one = Suite(pipe.tokenizer, mc, {"all": list(mc)}, "prob", int(b["batch_size"]), int(b["max_length"]), 0)
+    reps = max(1, math.ceil(min_tokens / max(1, one.evaluator.n_tokens())))
+    tasks = {n: dataclasses.replace(t, items=t.items * reps) for n, t in mc.items()}
+    return Suite(pipe.tokenizer, tasks, {"all": list(tasks)}, "prob", int(b["batch_size"]), int(b["max_length"]), 0)
+
+
+def candidate_loop(target, bank, suite, device: str, n: int) -> dict:
+    """The search's inner loop on the device: merge theta(alpha) in place into `target` (the bank's base and task
+    vectors on the device, the model's own parameters as the one output buffer), then evaluate the suite; one
+    untimed candidate first. Against it, a bare batched forward over exactly the evaluator's packed batches."""
+    import numpy as np
+    import torch
+
+    ev, names = suite.evaluator, bank.names
+    alphas = [dict(zip(names, a)) for a in np.random.default_rng(0).dirichlet(np.ones(len(names)), n + 1)]
+    merge_s = eval_s = 0.0
+    for i, alpha in enumerate(alphas):
+        _sync(device)
+        t0 = time.perf_counter()
+        bank.merge_into(target, alpha)
+        _sync(device)
+        t1 = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            suite.evaluate(target)
+        _sync(device)
+        if i:  # the first candidate warms up the kernels and the allocator
+            merge_s, eval_s = merge_s + t1 - t0, eval_s + time.perf_counter() - t1
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+        for batches in ev.plan(ev.packs(target)).values():
+            for b in batches:
+                _ = target(**ev.forward_inputs(target, b), use_cache=False).logits
+    _sync(device)
+    forward_s, tokens = time.perf_counter() - t0, ev.n_tokens()
+    per_candidate = (merge_s + eval_s) / n
+    return {"candidates": n, "tokens_per_candidate": tokens, "merge_s": round(merge_s / n, 4),
+            "eval_s": round(eval_s / n, 3), "candidates_per_hour": round(3600 / per_candidate, 1),
+            "evaluator_tokens_per_s": round(tokens * n / eval_s, 1),
+            "forward_tokens_per_s": round(tokens / forward_s, 1),
+            "evaluator_vs_forward": round(forward_s * n / eval_s, 3)}
 
 
 def run(args) -> dict:
@@ -154,6 +223,8 @@ def run(args) -> dict:
         _sync(args.device)
         eval_s = time.perf_counter() - t
         eval_tokens = pipe.suite.evaluator.n_tokens()
+        loop = candidate_loop(target, bank, scaled_suite(pipe, args.eval_tokens), args.device, args.candidates) \
+            if args.candidates else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -162,6 +233,7 @@ def run(args) -> dict:
     return {
         "device": device_name, "peak_bf16_tflops": peak, "model": model, "params": n_params,
         "strategy": (strategy or {}).get("name", "single-process"), "precision": args.precision,
+        "speed": speed_settings(cfg["trainer"], args),
         "activation_checkpointing": bool((strategy or {}).get("activation_checkpointing")),
         "train": {"experts": domains, "steps_per_expert": args.steps, "batch_size": m["batch_size"],
                   "seq_len": m["seq_len"], "tokens_per_s": round(train_tps, 1), "mfu": mfu(n_params, train_tps, peak),
@@ -171,6 +243,7 @@ def run(args) -> dict:
         "merge": {"experts": len(domains), "seconds": round(merge_s, 4), "max_error": merge_err},
         "eval": {"seconds": round(eval_s, 2), "tokens": eval_tokens, "tokens_per_s": round(eval_tokens / eval_s, 1),
                  "mfu": mfu(n_params, eval_tokens / eval_s, peak, 2), "U": result["U"]},
+        "candidate_loop": loop and {**loop, "mfu": mfu(n_params, loop["evaluator_tokens_per_s"], peak, 2)},
     }
 
 
@@ -183,6 +256,8 @@ def main(argv=None) -> int:
         return 0
     args = parse(argv)
     args.steps = args.steps or (4 if args.tiny else 40)
+    args.candidates = (2 if args.tiny else 5) if args.candidates is None else args.candidates
+    args.eval_tokens = args.eval_tokens or (20_000 if args.tiny else 1_000_000)
     if args.steps < 4:
         print("error: --steps must be at least 4 (two warm-up steps are not timed)", file=sys.stderr)
         return 2
@@ -203,13 +278,20 @@ def main(argv=None) -> int:
     print(f"  merge: {report['merge']['experts']} experts in {report['merge']['seconds']:.3f} s "
           f"(max error {report['merge']['max_error']:.1e}); eval: {ev['tokens']:,} tokens in {ev['seconds']:.2f} s "
           f"({ev['tokens_per_s']:,.0f} tokens/s, MFU {pct(ev['mfu'])}), U {100 * ev['U']:.1f}")
+    loop = report["candidate_loop"]
+    if loop:
+        print(f"  candidate loop: {loop['candidates']} x (merge in place + {loop['tokens_per_candidate']:,} tokens): "
+              f"{loop['candidates_per_hour']:,.0f} candidates/h (merge {loop['merge_s']:.3f} s, evaluation "
+              f"{loop['eval_s']:.2f} s); evaluator {loop['evaluator_tokens_per_s']:,.0f} tokens/s = "
+              f"{loop['evaluator_vs_forward']:.2f} x a bare forward ({loop['forward_tokens_per_s']:,.0f} tokens/s)")
     text = json.dumps(report, indent=2)
     dirs = [Path(os.environ["OUT"]) / "reports"] if os.environ.get("OUT") else []
     dirs += [Path(args.out_dir)] if args.out_dir else []
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-        name = "gpu_check.json" if args.strategy == "fsdp" and not args.no_activation_checkpointing else \
-            f"gpu_check-{args.strategy}{'-nockpt' if args.no_activation_checkpointing else ''}.json"
+        tags = f"{'-nockpt' if args.no_activation_checkpointing else ''}{'-plain' if args.plain else ''}" \
+            f"{'-compile' if args.compile else ''}"
+        name = "gpu_check.json" if args.strategy == "fsdp" and not tags else f"gpu_check-{args.strategy}{tags}.json"
         (d / name).write_text(text)
         print(f"report: {d / name}")
     return 0

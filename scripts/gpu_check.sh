@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-GPU check (a few minutes, at most 10): FSDP/bf16 expert training of a ~1B dense model, a merge and an
-# evaluation on the GPU; prints tokens/s and MFU and writes $OUT/reports/gpu_check.json when OUT is set.
+# evaluation on the GPU, then the search's candidate loop (merge in place + >= 1M benchmark tokens, against a bare
+# forward); prints tokens/s, MFU and candidates/h and writes $OUT/reports/gpu_check.json when OUT is set.
 # Run from a checkout after `make install`; extra arguments go to scripts/gpu_check.py (e.g. --steps 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
