@@ -17,7 +17,8 @@ Memory per GPU (bytes; P parameters, G GPUs, b micro-batch, s sequence length, d
   at a time, speed.py): 6 c V + 4 b s d + 4 V d (one chunk's bf16 and fp32 logits, gradient buffers).
 Evaluation per GPU: the merged model in bf16 (2 P), or the bank that merges on the GPU: base, K deltas and the
 model, (K + 2) P x 2 (bf16) or x 4 (fp32, the ExpertBank of today); plus one batch's forward: 2 B S max_l a_l +
-6 B S V (B, S the benchmark batch and length).
+6 B S V (B, S the benchmark batch and length; an upper bound, as the Evaluator computes the LM head only at the
+positions it scores).
 Hours: training 6 A T K / (G peak MFU), evaluation 2 A E N / (G peak MFU) (A active parameters, T tokens per expert,
 E tokens per candidate, one search worker per GPU)."""
 
@@ -141,7 +142,9 @@ def plan(models: list[str], gpus: int, mfu: float, expert_tokens: float | None, 
         lines += [(f"## {name}: {sh['params'] / 1e9:.2f}B parameters, {sh['active'] / 1e9:.2f}B active, "
                   f"{gpus} x H100 80 GB"), "",
                   (f"Micro-batch {micro} x {m['seq_len']} tokens per GPU, loss chunk {chunk}; K = {k} experts "
-                  f"(the configured domains)."), "", ("| expert training, GiB per GPU | state | gathered | "
+                  f"(the configured domains)." + (f" model.batch_size {m['batch_size']} is less than {gpus} GPUs: "
+                  f"train with model.batch_size >= {gpus}; this plan assumes one sequence per GPU."
+                  if m["batch_size"] < gpus else "")), "", ("| expert training, GiB per GPU | state | gathered | "
                   "activations | loss | total |"), "|---|---|---|---|---|---|"]
         for ckpt in (False, True):
             mem = training_memory(sh, gpus, micro, m["seq_len"], ckpt, chunk)
@@ -153,8 +156,8 @@ def plan(models: list[str], gpus: int, mfu: float, expert_tokens: float | None, 
         h = hours(sh, k, tokens, candidates, eval_tokens, gpus, mfu)
         per_billion = hours(sh, 1, 1e9, 0, 0, gpus, mfu)["train_h"]
         lines += ["", (f"Candidate evaluation on one GPU (batch {b['batch_size']} x {b['max_length']} tokens: "
-                  f"{_gib(ev['batch'])} GiB): merged model in bf16 {_gib(ev['merged_bf16'])} GiB; the bank merging "
-                  f"on the GPU {_gib(ev['bank_bf16'])} GiB in bf16, {_gib(ev['bank_fp32'])} GiB in fp32."), "",
+                  f"{_gib(ev['batch'])} GiB at most): merged model in bf16 {_gib(ev['merged_bf16'])} GiB; the bank "
+                  f"merging on the GPU {_gib(ev['bank_bf16'])} GiB in bf16, {_gib(ev['bank_fp32'])} GiB in fp32."), "",
                   (f"Hours on the node at MFU {100 * mfu:.1f}%: {per_billion:.3g} h per expert and billion tokens; "
                   f"{k} experts x {tokens:,.0f} tokens {h['train_h']:.3g} h; {candidates} candidates x "
                   f"{eval_tokens:,.0f} tokens {h['eval_h']:.3g} h (one search worker per GPU); "
