@@ -17,7 +17,7 @@ from mergemix.commands import COMMANDS, execute
 from mergemix.commands import quiet as _quiet
 from mergemix.compose import CONF_DIR, compose, label_strategy, sweep_jobs, to_plain
 from mergemix.errors import MergeMixError, mask_secrets
-from mergemix.log import console, log
+from mergemix.log import console, log, mirror_job_log
 
 __all__ = ["CONF_DIR", "_quiet", "compose", "execute", "main", "to_plain"]
 
@@ -143,6 +143,7 @@ def _hydra_entry(command: str, mix_weights) -> None:
         from hydra.core.hydra_config import HydraConfig
 
         console()  # after Hydra has configured logging for the job
+        mirror_job_log()  # what the terminal shows, also in <run dir>/<command>.log
         _mask_hydra_files(HydraConfig.get())
         try:
             label_strategy(cfg, HydraConfig.get().runtime.choices)
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     if args.help:
         print(usage())
-    sys.argv = [sys.argv[0], *argv]
+    sys.argv = [sys.argv[0], *argv, f"hydra.job.name={command}"]  # the job's log file: <run dir>/<command>.log
     os.environ["MERGEMIX_COMMAND"] = json.dumps([command, mix_weights])  # for Lightning's per-device re-runs
     _hydra_entry(command, mix_weights)
 

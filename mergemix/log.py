@@ -47,3 +47,24 @@ def console() -> None:
 
 
 console()
+
+
+def mirror_job_log() -> None:
+    """Write the `mergemix` logger's records to the job's log file too: the FileHandlers Hydra's job logging gives
+    the root logger (`<run dir>/<command>.log`); those of an earlier job of a multirun are dropped."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for h in [h for h in log.handlers if isinstance(h, logging.FileHandler) and h not in files]:
+        log.removeHandler(h)
+    for h in files:
+        if h not in log.handlers:
+            h.addFilter(_Masked())
+            log.addHandler(h)
+
+
+class _Masked(logging.Filter):
+    """The passwords of URLs masked in a record's message, for handlers that format it themselves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = mask_secrets(record.getMessage()), ()
+        return True
+

@@ -136,3 +136,12 @@ def test_a_command_leaves_the_callers_warning_filters_as_they_were(capsys):
     execute("info", to_plain(compose(["experiment=micro"])))
     assert warnings.filters == before
     assert json.loads(capsys.readouterr().out)["name"] == "micro"  # the command ran
+
+
+def test_the_commands_log_file_holds_what_the_terminal_showed(micro_run, micro_root, tmp_path, capsys, monkeypatch):
+    code, out, _ = run_cli(["search", *MICRO, f"paths.root={micro_root}", f"hydra.run.dir={tmp_path}/job"], capsys,
+                           monkeypatch)
+    assert code == 0
+    logged = (tmp_path / "job" / "search.log").read_text()
+    shown = [ln for ln in out.splitlines() if ln.strip()]
+    assert shown and all(ln in logged for ln in shown[-3:])  # the results, as the terminal showed them
