@@ -159,6 +159,9 @@ class Trainer(Section):
     eval_dtype: field(one_of("bfloat16", "float16")) = None  # null: float32
     precision: field(PRECISION) = None
     accelerator: field(one_of("cpu", "gpu", "cuda", "mps", "tpu", "auto")) = None
+    chunked_loss: field(POS_INT) = None  # tokens per chunk of the LM loss (null: the model's own loss)
+    compile: field(FLAG) = None
+    fused_adamw: field(FLAG) = None
 
 
 class Baseline(Section):
