@@ -247,9 +247,13 @@ def test_summary_reports_total_compute_multiples_crossings_and_intervals():
                    _pt("proxy_full", {"runs": 1}, seed, ref_u - 0.04, 100.0),
                    _pt("proxy_full", {"runs": 2}, seed, ref_u - 0.02 + rng.normal(0, 0.003), 200.0),
                    _pt("proxy_full", {"runs": 4}, seed, ref_u + 0.02 + rng.normal(0, 0.003), 400.0),
+                   _pt("refine", {"runs": 3, "correction": "tilt"}, seed, ref_u + 0.015, 380.0, train=300.0),
                    _pt("token", {}, seed, 0.30 + rng.normal(0, 0.01), 0.0)]
     s = summarise(points, REF)
     assert s["reference"]["total_flops"] == pytest.approx(200.0)
+    (vs,) = s["refine_vs_strongest"]  # against full-horizon proxy search's 4 runs, the strongest trial point
+    assert vs["strongest"]["settings"] == {"runs": 4} and vs["seeds"] == 5
+    assert vs["diff"] == pytest.approx(-0.005, abs=0.003) and vs["compute_ratio"] == pytest.approx(0.95)
     row = next(r for r in s["points"] if r["family"] == "proxy_full" and r["settings"]["runs"] == 4)
     assert row["multiple_total"] == pytest.approx(2.0) and row["multiple_train"] == pytest.approx(4.0)
     m = s["match"]
@@ -295,6 +299,8 @@ def test_a_testbed_whose_strategies_differ_within_noise_claims_no_multiple():
     s = summarise(points, REF)
     assert not s["discriminates"] and s["discrimination"]["p_value"] > 0.05
     assert "does not discriminate" in markdown(s, "t") and "no multiple is claimed" in markdown(s, "t")
+    one_seed = summarise([p for p in points if p["seed"] == 0], REF)
+    assert one_seed["discriminates"] is None and "Too few seeds" in markdown(one_seed, "t")
 
 
 def test_a_family_that_never_matches_is_above_the_largest_multiple_tried():

@@ -106,8 +106,8 @@ def discrimination(rows: list[dict], points: list[dict], min_seeds: int = 3) -> 
 
     groups = [g for g in group(points).values() if len(g) >= min_seeds]
     u = [[p["U"] for p in g] for g in groups]
-    if len(u) < 2:
-        return {"discriminates": False, "p_value": None, "n_points": len(u), "spread_over_noise": None}
+    if len(u) < 2:  # too few seeds to tell: not tested (None), and no multiple is claimed
+        return {"discriminates": None, "p_value": None, "n_points": len(u), "spread_over_noise": None}
     f = stats.f_oneway(*u)
     means = [np.mean(x) for x in u]
     within = float(np.sqrt(np.mean([np.var(x, ddof=1) for x in u])))
@@ -130,10 +130,31 @@ def summarise(points: list[dict], reference: dict) -> dict:
     ref_row = next(r for r in rows if r["family"] == "mergemix" and r["settings"] == reference)
     by_family = {fam: match(points, ref, fam) for fam in TRIAL_FAMILIES if any(p["family"] == fam for p in points)}
     disc = discrimination(rows, points)
+    refine = refine_vs_strongest(rows, groups)
     return {"reference": {"settings": reference, **{k: ref_row[k] for k in (
                 "U_mean", "U_std", "seeds", "train_tokens", "train_flops", "eval_flops", "total_flops")}},
             "match": by_family.get(MATCH_FAMILY), "by_family": by_family, "discriminates": disc["discriminates"],
-            "discrimination": disc, "points": rows}
+            "discrimination": disc, "refine_vs_strongest": refine, "points": rows}
+
+
+def refine_vs_strongest(rows: list[dict], groups: dict[str, list[dict]]) -> list[dict]:
+    """Each refine point against the strongest trial-training point (highest mean retrained U among those with the
+    most seeds): the paired difference over their common seeds with its t interval, and the compute ratio."""
+    trials = [r for r in rows if r["family"] in TRIAL_FAMILIES]
+    if not trials:
+        return []
+    most = max(len(r["seeds"]) for r in trials)
+    best = max((r for r in trials if len(r["seeds"]) == most), key=lambda r: r["U_mean"])
+    by_seed = {p["seed"]: p for p in groups[best["family"] + json.dumps(best["settings"], sort_keys=True)]}
+    out = []
+    for r in (r for r in rows if r["family"] == "refine"):
+        ps = groups["refine" + json.dumps(r["settings"], sort_keys=True)]
+        d = [p["U"] - by_seed[p["seed"]]["U"] for p in ps if p["seed"] in by_seed]
+        out.append({"settings": r["settings"], "strongest": {"family": best["family"], "settings": best["settings"],
+                                                              "U_mean": best["U_mean"]},
+                    "seeds": len(d), "diff": float(np.mean(d)) if d else None, "diff_ci95": paired_ci(d),
+                    "compute_ratio": r["total_flops"] / best["total_flops"]})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ text ---
@@ -161,6 +182,9 @@ def multiple_text(m: dict | None, delta: str = "delta_0") -> str:
 def headline(summary: dict) -> str:
     """One sentence per testbed: what the frontier shows, worded by what it can claim."""
     m, d = summary["match"], summary["discrimination"]
+    if summary["discriminates"] is None:
+        return ("Too few seeds to test whether this testbed discriminates mixtures (fewer than two strategy points "
+                "with 3 seeds): no multiple is claimed yet.")
     if not summary["discriminates"]:
         return (f"This testbed does not discriminate mixtures (ANOVA over {d['n_points']} strategy points, "
                 f"p = {_f(d['p_value'], 2)}): their retrained U differ within seed noise, so no multiple is "
@@ -205,6 +229,12 @@ def markdown(summary: dict, title: str) -> str:
         lines.append(f"| {r['label']} | {settings_text(r['settings'])} | {len(r['seeds'])} | "
                      f"{_u(r['U_mean'])} ± {_u(r['U_std'])} | {_diff(r)} | {_f(r['multiple_total'])} | "
                      f"{_f(r['multiple_train'])} | {r['train_tokens']:.3g} | {r['evaluations']:.0f} |")
+    for c in summary.get("refine_vs_strongest", []):
+        st = c["strongest"]
+        lines += ["", (f"Refine ({settings_text(c['settings'])}) against the strongest trial-training point "
+                       f"({FAMILIES[st['family']]}, {settings_text(st['settings'])}): "
+                       f"{_diff({'diff_vs_reference': c['diff'], 'diff_ci95': c['diff_ci95']})} U over "
+                       f"{c['seeds']} common seeds, at {c['compute_ratio']:.2f}x its total compute.")]
     lines += ["", ("Crossing multiples (total compute at which the family's retrained U reaches MergeMix's, per seed, "
               "interpolated in log cost; median [95% seed-bootstrap interval]):"), "",
               "| family | δ = 0 | δ = 1 U | per seed (δ = 0) | largest tried |", "|---|---|---|---|---|"]
