@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from mergemix.errors import MergeMixError
-from mergemix.search.surrogate import Surrogate, candidates, result_utility, utility
+from mergemix.search.surrogate import Surrogate, candidates, out_of_fold, result_utility, utility
 
 CORRECTIONS = ("tilt", "gain")
 
@@ -121,18 +121,10 @@ class Refiner:
         return alpha, predicted, "corrected optimum"
 
 
-def _cv_rmse(alphas: np.ndarray, merged: Mapping, caps: list[str], lgbm: Mapping, seed: int,
-             folds: int = 5) -> np.ndarray:
+def _cv_rmse(alphas: np.ndarray, merged: Mapping, caps: list[str], lgbm: Mapping, seed: int) -> np.ndarray:
     """The surrogate's out-of-fold RMSE per capability on the seed merges [C]."""
-    idx = np.random.default_rng(seed).permutation(len(alphas))
-    err = np.zeros((len(alphas), len(caps)))
-    for f in range(min(folds, len(alphas))):
-        test = idx[f::folds]
-        train = np.setdiff1d(idx, test)
-        fit = Surrogate(lgbm, seed).fit(alphas[train], {c: np.asarray(merged[c])[train] for c in caps})
-        pred = fit.predict(alphas[test])
-        err[test] = np.column_stack([pred[c] - np.asarray(merged[c])[test] for c in caps])
-    return np.sqrt((err**2).mean(axis=0))
+    pred = out_of_fold(alphas, {c: merged[c] for c in caps}, lgbm, seed)
+    return np.array([np.sqrt(np.mean((pred[c] - np.asarray(merged[c])) ** 2)) for c in caps])
 
 
 def _tv(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from mergemix.search.calibration import calibrate, recovery
 from mergemix.search.cost import Ledger, trained_tokens
 from mergemix.search.evalcache import EvalCache
 from mergemix.search.fanout import fan_out
-from mergemix.search.surrogate import Surrogate, objective_std, result_utility
+from mergemix.search.surrogate import objective_std, out_of_fold, result_utility
 
 
 def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]], lgbm: dict, seed: int,
@@ -29,17 +29,8 @@ def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]],
     """How well the surrogate ranks unseen mixtures: Spearman rho of out-of-fold predictions, per capability."""
     from scipy.stats import spearmanr
 
-    idx = np.random.default_rng(seed).permutation(len(alphas))
-    out = {}
-    for cap, y in scores.items():
-        y = np.asarray(y)
-        pred = np.zeros_like(y)
-        for f in range(folds):
-            test = idx[f::folds]
-            train = np.setdiff1d(idx, test)
-            pred[test] = Surrogate(lgbm, seed).fit(alphas[train], {cap: y[train]}).predict(alphas[test])[cap]
-        out[cap] = float(spearmanr(pred, y).statistic)
-    return out
+    pred = out_of_fold(alphas, scores, lgbm, seed, folds)
+    return {cap: float(spearmanr(pred[cap], np.asarray(y)).statistic) for cap, y in scores.items()}
 
 
 class MergeObjective:

@@ -55,6 +55,22 @@ class Surrogate:
         return {cap: m.predict(np.atleast_2d(alphas)) for cap, m in self.models.items()}
 
 
+def out_of_fold(alphas: np.ndarray, scores: Mapping[str, Sequence[float]], lgbm: Mapping, seed: int,
+                folds: int = 5) -> dict[str, np.ndarray]:
+    """Each point's prediction by a surrogate fitted without its fold (folds of a seeded permutation)."""
+    alphas = np.asarray(alphas, dtype=float)
+    idx = np.random.default_rng(seed).permutation(len(alphas))
+    ys = {c: np.asarray(y, dtype=float) for c, y in scores.items()}
+    pred = {c: np.zeros_like(y) for c, y in ys.items()}
+    for f in range(min(folds, len(alphas))):
+        test = idx[f::folds]
+        train = np.setdiff1d(idx, test)
+        fold = Surrogate(lgbm, seed).fit(alphas[train], {c: y[train] for c, y in ys.items()}).predict(alphas[test])
+        for c in ys:
+            pred[c][test] = fold[c]
+    return pred
+
+
 def candidates(k: int, n: int, seed: int, extra: np.ndarray | None = None) -> np.ndarray:
     """Uniform (Dirichlet(1)) samples plus the finest grid that fits in n/10 points, plus `extra`."""
     rng = np.random.default_rng(seed)
