@@ -14,7 +14,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 2048  # the pipeline's default tokenizer size (mergemix/conf/config.yaml)
+VOCAB = 2048  # the pipeline's default tokenizer size (conf/config.yaml)
 
 
 # ------------------------------------------------------------------------------------------------ timing ---
@@ -75,8 +75,8 @@ def machine() -> dict:
 
 # ------------------------------------------------------------------------------------------------- models ---
 def model_cfg(name: str) -> dict:
-    """A named size from mergemix/conf/model/*.yaml, as `build_model` wants it."""
-    cfg = yaml.safe_load((ROOT / "mergemix" / "conf" / "model" / f"{name}.yaml").read_text())
+    """A named size from conf/model/*.yaml, as `build_model` wants it."""
+    cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
     return {**cfg, "max_position_embeddings": cfg["seq_len"]}
 
 

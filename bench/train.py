@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from bench.common import ROOT, alternate, build, med, model_cfg, n_params, ratio
 from mergemix.training import CausalLMModule, MixtureDataModule, WindowDataset
 
-CPU = yaml.safe_load((ROOT / "mergemix" / "conf" / "trainer" / "cpu.yaml").read_text())
+CPU = yaml.safe_load((ROOT / "conf" / "trainer" / "cpu.yaml").read_text())
 OPTIM = {"weight_decay": 0.1, "betas": (0.9, 0.95), "warmup_steps": 2, "schedule": "constant"}
 LR = 1e-3
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from importlib.resources import files
 from pathlib import Path
 
 from mergemix.errors import MergeMixError
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # shipped in the wheel (package data)
+CONF_DIR = Path(str(files("mergemix.conf")))  # the repository's conf/, shipped in the wheel as mergemix.conf
 
 
 def _group_options(message: str) -> list[str]:

@@ -41,7 +41,7 @@ def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--tiny", action="store_true", help="micro model and a few steps (a code-path check)")
-    ap.add_argument("--model", default="llama_1b", help="a mergemix/conf/model name (ignored with --tiny)")
+    ap.add_argument("--model", default="llama_1b", help="a conf/model name (ignored with --tiny)")
     ap.add_argument("--steps", type=int, default=None, help="training steps per expert (default 40; 4 with --tiny)")
     ap.add_argument("--seq-len", type=int, default=None, help="default: the model config's (2048 for llama_1b)")
     ap.add_argument("--batch-size", type=int, default=None, help="global (sequences per step on all devices); default: the model config's")

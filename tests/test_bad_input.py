@@ -45,7 +45,7 @@ CASES = [
     # ------------------------------------------------------------------------------------------ config ---
     Case("unknown-key", "config", "run no_such_key=1",
          "bad config: Could not override 'no_such_key'.",
-         "Check the key's spelling against mergemix/conf/config.yaml and its groups; add a new key with `+key=value`."),
+         "Check the key's spelling against conf/config.yaml and its groups; add a new key with `+key=value`."),
     Case("unknown-group-option", "config", "run logger=nope",
          "bad config: In 'config': Could not find 'logger/nope' (options: csv, mlflow, none, tensorboard, wandb)",
          "Pick one of the listed options, or add your YAML file with `--config-dir`."),

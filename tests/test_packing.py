@@ -79,7 +79,7 @@ def _reference(model, tok, item: dict) -> np.ndarray:
 def test_packed_rows_give_each_choice_its_own_forward(tok, arch, attention):
     from mergemix.models import build_model
 
-    cfg = yaml.safe_load((ROOT / "mergemix" / "conf" / "model" / f"{arch}.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "conf" / "model" / f"{arch}.yaml").read_text())
     model = build_model({**cfg, "max_position_embeddings": cfg["seq_len"]}, len(tok), 0).eval()
     model.set_attn_implementation(attention)
     items = _items(random.Random(1))

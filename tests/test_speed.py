@@ -146,7 +146,7 @@ def test_on_a_gpu_chunked_bf16_loss_compile_and_fused_adamw():
 def test_chunked_loss_of_an_moe_model():
     import yaml
 
-    spec = yaml.safe_load((Path(__file__).parents[1] / "mergemix/conf/model/micro_moe.yaml").read_text())
+    spec = yaml.safe_load((Path(__file__).parents[1] / "conf/model/micro_moe.yaml").read_text())
     spec = {k: v for k, v in spec.items() if k != "defaults"}
     ids = torch.randint(0, VOCAB, (2, 16))
     plain, chunked = (build_model({**spec, "max_position_embeddings": 16}, VOCAB, seed=0) for _ in range(2))

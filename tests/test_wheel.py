@@ -29,11 +29,12 @@ def test_wheel_installs_and_runs(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "mergemix", src / "mergemix", ignore=shutil.ignore_patterns("__pycache__"))
+    for tree in ("mergemix", "conf"):  # the configs live at the top, shipped as mergemix.conf
+        shutil.copytree(ROOT / tree, src / tree, ignore=shutil.ignore_patterns("__pycache__"))
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", src)
     wheel = next((tmp_path / "dist").glob("mergemix-*.whl"))
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
-    expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "mergemix" / "conf").rglob("*.yaml")}
+    expected = {"mergemix/" + p.relative_to(ROOT).as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert shipped == expected and "mergemix/conf/config.yaml" in shipped
 
     venv = tmp_path / "venv"
