@@ -29,11 +29,11 @@ def compose(*overrides: str, config_dir: str | None = None) -> dict:
 def pipeline(cfg: dict, run_dir: str | Path | None = None) -> Pipeline:
     """The pipeline on `cfg`, logging one run per stage as `cfg["logger"]` says; `run_dir` defaults to
     paths.run_dir, else <paths.root>/runs/<run_name>/<time>."""
-    from mergemix.loggers import Tracker
+    from mergemix.commands import tracker_for
 
     run_dir = Path(run_dir or cfg["paths"].get("run_dir") or Path(cfg["paths"]["root"]) / "runs" / cfg["run_name"]
                    / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    return Pipeline(cfg, run_dir, Tracker(cfg["logger"], run_dir, f"{cfg['run_name']}-{run_dir.name}"))
+    return Pipeline(cfg, run_dir, tracker_for(cfg, run_dir))
 
 
 def search(cfg: dict) -> dict:

@@ -130,18 +130,33 @@ def run_dir(cfg: dict) -> Path:
         return Path(cfg["paths"]["root"]) / "runs" / cfg["run_name"] / stamp
 
 
-def tracking_group(cfg: dict, out: Path) -> str:
-    """The tracking group of this job's stage runs: unique per run, and per sweep and job in a multirun."""
+def _sweep() -> tuple[str, int] | None:
+    """(the sweep directory's name, the job's number) in a multirun; None otherwise."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN:
-            return f"{cfg['run_name']}-{Path(hc.sweep.dir).name}-{hc.job.num}"
+            return Path(hc.sweep.dir).name, hc.job.num
     except ValueError:  # not under @hydra.main
         pass
-    return f"{cfg['run_name']}-{out.name}"
+    return None
+
+
+def tracking_group(cfg: dict, out: Path) -> str:
+    """The tracking group of this job's runs (its stages and its compare run): unique per run, and per sweep and
+    job in a multirun, so a view grouped by run group shows one line per job."""
+    sweep = _sweep()
+    return f"{cfg['run_name']}-{sweep[0]}-{sweep[1]}" if sweep else f"{cfg['run_name']}-{out.name}"
+
+
+def tracker_for(cfg: dict, out: Path):
+    """The job's Tracker: its group, and the settings that identify it (with the sweep) in every run's config."""
+    from mergemix.loggers import Tracker, identity
+
+    sweep = _sweep()
+    return Tracker(cfg["logger"], out, tracking_group(cfg, out), identity(cfg, sweep[0] if sweep else None))
 
 
 def quiet() -> None:
@@ -178,7 +193,7 @@ def execute(command: str, cfg: dict, args=None) -> None:
 def _execute(cmd: Command, command: str, cfg: dict, args) -> None:
     from mergemix import schema
     from mergemix.checks import writable_dir
-    from mergemix.loggers import Tracker, report_run_dir
+    from mergemix.loggers import report_run_dir
     from mergemix.pipeline import Pipeline
 
     schema.check(cfg)  # types, ranges, options and flags of every section, before any command-specific check
@@ -187,9 +202,9 @@ def _execute(cmd: Command, command: str, cfg: dict, args) -> None:
     if not cmd.pipeline:
         return cmd.run(cfg, args)
     out = writable_dir(run_dir(cfg), "run directory")
-    tracker = Tracker(cfg["logger"], out, tracking_group(cfg, out))
+    tracker = tracker_for(cfg, out)
     pipe = Pipeline(cfg, out, tracker)
     cmd.run(pipe, args)
-    with tracker.stage(command, "report", cfg) as run:
+    with tracker.stage(command, "report", {"composed": cfg}) as run:
         report_run_dir(run, out, cfg["logger"].get("log_checkpoint", False))
     log.info(f"run directory: {out}")

@@ -1,7 +1,9 @@
 """Experiment tracking: one run per stage, opened and finished in one place (`Tracker.stage`).
 
-A stage run carries the values that determine the stage as its config and the stage as its job type; what the
-stage reports (metrics per step, a summary, tables, images, files as artifacts) goes through `StageRun`. Kinds:
+A stage run carries the settings that identify its run (`identity`: model, domains, benchmarks, seeds, strategy,
+run name) and the values that determine the stage (`inputs`, with its `cache_key`) as its config, and the stage as
+its job type; one metric vocabulary everywhere: `U`, `U_std`, `score/<capability>`, `mixture/<domain>`, `cost/*`
+(per trial in history: `alpha/<domain>`, kept out of the summary). What the stage reports (metrics per step, a summary, tables, images, files as artifacts) goes through `StageRun`. Kinds:
 wandb (one W&B run per stage, grouped per pipeline run; offline unless WANDB_API_KEY is set: tables, images and
 artifacts too), none, or any Lightning logger named by `_target_` and its arguments (conf/logger/csv.yaml,
 tensorboard.yaml, mlflow.yaml: a new logger is a YAML file), one per stage: config as hyperparameters, metrics and
@@ -38,9 +40,15 @@ class StageRun:
         """The Lightning logger of this run, for a Trainer (None: train without a logger)."""
         return self._lightning
 
-    def log(self, metrics: dict, step: int | None = None) -> None:
+    def history_only(self, *patterns: str) -> None:
+        """Metrics (globs) whose last value is no result: kept out of the summary, in the history only."""
         if self.run is not None:
-            self.run.log(metrics, step=step)
+            for p in patterns:
+                self.run.define_metric(p, summary="none")
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        if self.run is not None:  # committed now: a step held back to the finish would overwrite the summary
+            self.run.log(metrics, step=step, commit=True)
         elif self._lightning is not None:
             self._lightning.log_metrics(metrics, step=step)
 
@@ -78,8 +86,9 @@ class Tracker:
     """`with tracker.stage(name, job_type, config) as run:` opens the stage's run and finishes it on exit (failed
     when the stage raised)."""
 
-    def __init__(self, logger_cfg: dict | None, run_dir: str | Path, group: str):
+    def __init__(self, logger_cfg: dict | None, run_dir: str | Path, group: str, identity: dict | None = None):
         self.cfg, self.run_dir, self.group = dict(logger_cfg or {"kind": "none"}), Path(run_dir), group
+        self.identity = dict(identity or {})  # in every run's config (`identity(cfg)`)
         self.kind = "lightning" if "_target_" in self.cfg else self.cfg.get("kind", "none")
         if self.kind not in (*KINDS, "lightning"):
             raise MergeMixError(f"unknown logger kind '{self.kind}' (wandb, none, or a Lightning logger's _target_ "
@@ -101,7 +110,7 @@ class Tracker:
     def _open(self, name: str, job_type: str, config: dict) -> StageRun:
         if self.kind == "none":
             return StageRun()
-        config = mask_secrets(config)  # a storage URL's password is never tracked
+        config = mask_secrets({**self.identity, **config})  # a storage URL's password is never tracked
         if self.kind == "lightning":
             logger = self._lightning_logger(name.replace(":", "-"))
             logger.log_hyperparams({"job_type": job_type, **config})
@@ -112,7 +121,7 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         run = wandb.init(project=self.cfg.get("project", "mergemix"), entity=self.cfg.get("entity"), name=name,
                          group=self.group, job_type=job_type, config=config, dir=str(self.run_dir), mode=self.mode,
-                         reinit="create_new")
+                         reinit="create_new", settings=wandb.Settings(silent=True))  # no banners
         return StageRun(run, WandbLogger(experiment=run))
 
     def _lightning_logger(self, name: str):
@@ -144,6 +153,17 @@ def open_run(logger_cfg: dict, out_dir: str | Path, group: str, name: str, job_t
     return Tracker(logger_cfg, out_dir, group).stage(name, job_type, config)
 
 
+def identity(cfg: dict, sweep: str | None = None) -> dict:
+    """The composed settings that identify a run, for filtering and grouping runs (flat, the same in every run of
+    a command): model, domains, benchmarks (tasks), seed, search_seed, strategy, run_name, and the sweep."""
+    kind = cfg.get("baseline", {}).get("kind", "none")
+    out = {"model": cfg["model"].get("name"), "domains": sorted(cfg["domains"]["sources"]),
+           "benchmarks": sorted(cfg["benchmarks"].get("tasks") or {}), "seed": cfg["seed"],
+           "search_seed": cfg["search_seed"], "strategy": cfg.get("strategy") if kind == "none" else kind,
+           "run_name": cfg["run_name"]}
+    return {**out, "sweep": sweep} if sweep else out
+
+
 def flat(prefix: str, values: dict) -> dict:
     return {f"{prefix}/{k}": v for k, v in values.items()}
 
@@ -171,6 +191,7 @@ def report_search(run: StageRun, search_dir: Path, names: list[str]) -> None:
     alphas, columns = read_trials(search_dir / "seeds.csv", names)
     head = [*(f"alpha/{n}" for n in names), *(c if c in ("U", "U_std") else f"score/{c}" for c in columns)]
     rows = [[*map(float, a), *(float(v[i]) for v in columns.values())] for i, a in enumerate(alphas)]
+    run.history_only("alpha/*")  # a trial's mixture; alpha* is in the summary
     for step, row in enumerate(rows):
         run.log(dict(zip(head, row)), step=step)
     run.table("trials", head, rows)

@@ -266,7 +266,7 @@ def test_compare_job_logs_its_trials_to_wandb(tmp_path, monkeypatch):
     def spy_init(**kwargs):
         run = real_init(**kwargs)
         seen["init"], real_log = kwargs, run.log
-        run.log = lambda data, step=None: (seen["steps"].append((step, data)), real_log(data, step=step))[1]
+        run.log = lambda data, step=None, **kw: (seen["steps"].append((step, data)), real_log(data, step=step, **kw))[1]
         return run
 
     monkeypatch.setattr(wandb, "init", spy_init)
@@ -276,10 +276,12 @@ def test_compare_job_logs_its_trials_to_wandb(tmp_path, monkeypatch):
     result = {"strategy": "tpe", "seed": 2, "alpha": {"a": 0.5, "b": 0.5}, "U": 0.25, "capabilities": {"x": 0.25},
               "cost": {"train_tokens": 1000, "flops": 3e9, "evaluations": 3}, "curve": curve}
     run_dir = log_to_wandb({"project": "mergemix"}, result, group="compare-sweep", out_dir=tmp_path)
-    assert seen["init"]["group"] == "compare-sweep" and seen["init"]["job_type"] == "tpe"
+    assert seen["init"]["group"] == "compare-sweep" and seen["init"]["job_type"] == "compare"
+    assert seen["init"]["config"]["strategy"] == "tpe" and seen["init"]["settings"].silent
     assert [s for s, _ in seen["steps"]] == [1, 2, 3]
-    assert seen["steps"][1][1]["search/utility"] == 0.3 and seen["steps"][1][1]["alpha/a"] == 0.5
-    assert seen["steps"][2][1]["search/flops"] == 3e9 and seen["steps"][2][1]["capability/x"] == 0.2
+    assert seen["steps"][1][1]["U"] == 0.3 and seen["steps"][1][1]["alpha/a"] == 0.5
+    assert seen["steps"][2][1]["cost/flops"] == 3e9 and seen["steps"][2][1]["score/x"] == 0.2
+    assert seen["steps"][2][1]["best_U"] == 0.2 and seen["steps"][2][1]["cost/train_tokens"] == 1000.0
     assert list(run_dir.glob("run-*.wandb"))  # the offline run was written
 
 

@@ -83,8 +83,11 @@ def test_offline_wandb_runs_of_a_micro_pipeline_carry_everything(micro_run, micr
     assert {"base", "expert", "search", "mixture", "report"} <= set(by_type), sorted(by_type)
     assert len(by_type["expert"]) == 4 and len(by_type["mixture"]) == 2
     assert len({r["group"] for r in runs}) == 1 and runs[0]["group"].startswith("micro-")
-    for r in runs:
-        assert r["config"], r["name"]
+    for r in runs:  # every run names its model, domains, seeds and strategy; no trial's alpha in a summary
+        assert {k: r["config"][k] for k in ("model", "run_name", "strategy", "search_seed")} == {
+            "model": "micro", "run_name": "micro", "strategy": "surrogate", "search_seed": 0}, r["name"]
+        assert r["config"]["domains"] == ["code", "math", "prose", "sft"]
+        assert not [k for k in r["summary"] if k.startswith("alpha/")], r["name"]
     (search,) = by_type["search"]
     alpha_star = yaml_load(run_dir / "mixture.yaml")["alpha_star"]
     assert {k: search["summary"][f"alpha_star/{k}"] for k in alpha_star} == alpha_star
@@ -126,7 +129,7 @@ def test_trained_mixture_logs_scores_learning_rate_and_throughput(micro_run, mic
     assert any(k.startswith("lr-") for k in mix["history"]), mix["history"]
     assert any("items_per_sec" in k for k in mix["history"]), mix["history"]
     assert mix["summary"]["mixture/sft"] == pytest.approx(0.4) and "U" in mix["summary"]
-    assert mix["summary"]["tokens_per_s"] > 0 and mix["config"]["ratios"]["sft"] == pytest.approx(0.4)
+    assert mix["summary"]["tokens_per_s"] > 0 and mix["config"]["inputs"]["ratios"]["sft"] == pytest.approx(0.4)
     assert runs["base"]["summary"]["cache_key"] == runs["base"]["config"]["cache_key"]
     again = logged(tmp_path / "again")["mixture"]  # served from the cache: same results, linked to the first run
     assert again["summary"]["produced_by_run"] == mix_id(micro_root, mix) == mix["id"] != again["id"]
@@ -140,23 +143,76 @@ def mix_id(root: Path, run: dict) -> str:
     return json.loads(manifest.read_text())["run_id"]
 
 
-def test_compare_run_summary_has_trained_scores_and_cost(tmp_path, monkeypatch):
+IDENTITY = {"model": "micro", "domains": ["a", "b"], "benchmarks": ["x_mc", "y_mc"], "seed": 0, "search_seed": 1,
+            "strategy": "tpe", "run_name": "micro"}
+
+
+def _offline_runs(tmp_path: Path) -> dict[str, dict]:
+    """A search stage run, a trained-mixture stage run and a compare run, as a pipeline and `compare` open them,
+    read back from their offline .wandb files: {job_type: run}."""
     import wandb
+    import yaml
 
     from mergemix.analysis.compare import log_to_wandb
+    from mergemix.loggers import Tracker, report_scores, report_search
 
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    curve = [{"evaluations": i + 1, "flops": 1e9 * (i + 1), "utility": u, "best_so_far": u, "alpha/a": 0.5}
-             for i, u in enumerate([0.1, 0.3])]
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "seeds.csv").write_text("alpha/a,alpha/b,score/x,score/y,U,U_std\n0.2,0.8,0.1,0.2,0.15,0.01\n"
+                                      "0.7,0.3,0.3,0.1,0.2,0.01\n")
+    (search / "mixture.yaml").write_text(yaml.safe_dump({"alpha_star": {"a": 0.6, "b": 0.4}}))
+    verified = {"U": 0.21, "U_std": 0.01, "capabilities": {"x": 0.3, "y": 0.12}}
+    (search / "search.json").write_text(json.dumps({"alpha_star": {"a": 0.6, "b": 0.4}, "verified_result": verified,
+                                                    "backend": "optuna", "objective": "U",
+                                                    "cost": {"flops": 1e9, "evaluations": 2}}))
+    tracker = Tracker({"kind": "wandb", "mode": "offline"}, tmp_path / "wb", "micro-job", IDENTITY)
+    with tracker.stage("search", "search", {"cache_key": "k1", "inputs": {"search": {"budget": 2}}}) as run:
+        report_search(run, search, ["a", "b"])
+    with tracker.stage("mix:mergemix", "mixture", {"cache_key": "k2", "inputs": {"ratios": {"a": 0.6}}}) as run:
+        report_scores(run, verified, {"a": 0.6, "b": 0.4})
+    curve = [{"evaluations": i + 1, "flops": 1e9 * (i + 1), "utility": u, "best_so_far": u, "alpha/a": 0.5,
+              "alpha/b": 0.5, "capability/x": u} for i, u in enumerate([0.1, 0.3])]
     result = {"strategy": "tpe", "seed": 1, "alpha": {"a": 0.5, "b": 0.5}, "U": 0.25, "U_std": 0.01,
               "capabilities": {"x": 0.2, "y": 0.3}, "cost": {"train_tokens": 1000, "flops": 3e9}, "curve": curve}
-    run_dir = log_to_wandb({"project": "mergemix"}, result, "compare-s", tmp_path)
-    wandb.teardown()  # the service writes the run's file out when it stops
-    run = read_offline_run(run_dir)
-    assert run["job_type"] == "tpe" and run["config"] == {"strategy": "tpe", "search_seed": 1}
-    assert run["summary"]["trained/U"] == 0.25 and run["summary"]["trained/y"] == 0.3
-    assert run["summary"]["mixture/a"] == 0.5 and run["summary"]["cost/flops"] == 3e9
-    assert {"search/utility", "alpha/a"} <= run["history"]
+    log_to_wandb({"project": "mergemix", "mode": "offline"}, result, "micro-job", tmp_path / "cmp", IDENTITY)
+    wandb.teardown()  # the service writes the runs' files out when it stops
+    dirs = [*(tmp_path / "wb" / "wandb").glob("offline-run-*"), *(tmp_path / "cmp" / "wandb").glob("offline-run-*")]
+    return {r["job_type"]: r for r in map(read_offline_run, dirs)}
+
+
+def test_stage_mixture_and_compare_runs_share_one_vocabulary(tmp_path, monkeypatch):
+    """Stage, mixture and compare runs: the same identifying config, the job type the stage (`compare`), results
+    under the same names (U, score/*, mixture/*, cost/*), no trial's alpha left in a summary, all in one group."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    runs = _offline_runs(tmp_path)
+    assert set(runs) == {"search", "mixture", "compare"}
+    for r in runs.values():
+        assert {k: r["config"][k] for k in IDENTITY} == IDENTITY and r["group"] == "micro-job"
+        assert not [k for k in r["summary"] if k.startswith("alpha/")], r["summary"]  # per trial: history only
+        assert not [k for k in r["summary"] if k.startswith(("trained/", "capability/"))]
+    mix, cmp, search = runs["mixture"], runs["compare"], runs["search"]
+    assert mix["config"]["cache_key"] == "k2" and mix["config"]["inputs"] == {"ratios": {"a": 0.6}}
+    assert cmp["config"]["strategy"] == "tpe" and cmp["name"] == "tpe-seed1"
+    results = {"U", "U_std", "score/x", "score/y", "mixture/a", "mixture/b"}
+    assert results <= set(mix["summary"]) and results <= set(cmp["summary"])
+    assert {"U", "U_std", "score/x", "score/y", "cost/flops"} <= set(search["summary"]) & set(cmp["summary"])
+    assert cmp["summary"]["U"] == 0.25 and cmp["summary"]["score/y"] == 0.3 and cmp["summary"]["cost/flops"] == 3e9
+    assert search["summary"]["alpha_star/a"] == 0.6 and search["summary"]["U"] == 0.21
+    assert {"U", "alpha/a", "score/x"} <= search["history"] & cmp["history"]
+    assert {"cost/flops", "best_U"} <= cmp["history"]
+
+
+def test_wandb_stays_off_the_console(tmp_path, monkeypatch, capfd):
+    """An offline run writes no banner (`wandb: ...` lines) to the terminal: the results stay in view."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    from mergemix.loggers import Tracker, report_scores
+
+    capfd.readouterr()
+    with Tracker({"kind": "wandb", "mode": "offline"}, tmp_path, "g", IDENTITY).stage("m", "mixture", {}) as run:
+        report_scores(run, {"U": 0.2, "U_std": 0.01, "capabilities": {"x": 0.2}}, {"a": 1.0})
+    out = capfd.readouterr()
+    assert "wandb:" not in out.out + out.err, (out.out + out.err)[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------- Optuna ---

@@ -39,24 +39,39 @@ def run_strategy(pipe: Pipeline) -> dict:
               "U_std": trained["U_std"], "capabilities": trained["capabilities"], "cost": cost, "curve": curve}
     write_atomic(pipe.run_dir / "result.json", json.dumps(result, indent=2, default=float))
     if cfg["logger"].get("kind") == "wandb":
-        log_to_wandb(cfg["logger"], result, group=f"compare-{pipe.run_dir.parent.name}", out_dir=pipe.run_dir)
+        log_to_wandb(cfg["logger"], result, group=pipe.tracker.group, out_dir=pipe.run_dir,
+                     identity=pipe.tracker.identity)
     return result
 
 
-def log_to_wandb(logger_cfg: dict, result: dict, group: str, out_dir: Path) -> Path:
-    """One W&B run per (strategy, seed), grouped per sweep: every trial's alpha, capability scores, U and
-    cumulative cost as a step; the trained U, per-capability scores, mixture and search cost in the summary, so a
-    table or parallel-coordinates view compares strategies. Returns the run's local directory."""
+CURVE_KEYS = {"utility": "U", "best_so_far": "best_U", "evaluations": "cost/evaluations", "flops": "cost/flops",
+              "train_tokens": "cost/train_tokens", "wall_s": "cost/wall_s"}  # a curve point's keys, as tracked
+
+
+def tracked_point(point: dict) -> dict:
+    """A search-curve point in the runs' vocabulary: U, best_U, alpha/<domain>, score/<capability>, cost/*."""
+    out = {}
+    for k, v in point.items():
+        k = "score/" + k.removeprefix("capability/") if k.startswith("capability/") else k
+        out[CURVE_KEYS.get(k, k if "/" in k else "search/" + k)] = v
+    return out
+
+
+def log_to_wandb(logger_cfg: dict, result: dict, group: str, out_dir: Path, identity: dict | None = None) -> Path:
+    """One W&B run per (strategy, seed), job type `compare`, in its job's group: every trial's alpha, scores, U
+    and cumulative cost as a step; the trained U, scores, mixture and search cost in the summary, under the names
+    stage runs use (U, score/*, mixture/*, cost/*), so one table or chart holds both. Returns the run's local
+    directory."""
     from mergemix.loggers import flat, open_run
 
-    config = {"strategy": result["strategy"], "search_seed": result["seed"]}
+    config = {**(identity or {}), "strategy": result["strategy"], "search_seed": result["seed"]}
     with open_run({**logger_cfg, "kind": "wandb"}, out_dir, group, f"{result['strategy']}-seed{result['seed']}",
-                  result["strategy"], config) as run:
+                  "compare", config) as run:
+        run.history_only("alpha/*")  # a trial's mixture; the chosen one is mixture/*
         for point in result["curve"]:
-            run.log({("search/" + k if "/" not in k else k): v for k, v in point.items()},
-                    step=int(point["evaluations"]))
-        run.summary({"trained/U": result["U"], "trained/U_std": result.get("U_std"),
-                     **flat("trained", result["capabilities"]), **flat("mixture", result["alpha"]),
+            run.log(tracked_point(point), step=int(point["evaluations"]))
+        run.summary({"U": result["U"], "U_std": result.get("U_std"), **flat("score", result["capabilities"]),
+                     **flat("mixture", result["alpha"]),
                      **flat("cost", {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))})})
         return Path(run.run.dir).parent
 

@@ -37,7 +37,7 @@ def run(store: ArtifactStore, tracker: Tracker, space: Any, inputs: dict, merge_
 
     key = artifacts.stage_key("search", inputs)
     study = study_path(store, key), study_name_for(inputs["search"].get("study_name"), inputs)
-    with tracker.stage("search", "search", {**inputs, "cache_key": key}) as tracked:
+    with tracker.stage("search", "search", {"cache_key": key, "inputs": inputs}) as tracked:
         path = store.get_or_build("search", inputs, lambda tmp: run_search(space, tmp, merge_cache, *study))
         if tracked.active:
             report_search(tracked, path, space.domain_names)

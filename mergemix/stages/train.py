@@ -54,7 +54,7 @@ def train_checkpoint(job: TrainJob, cfg: dict, store: ArtifactStore, tracker: Tr
 
     if parallel and is_secondary_rank():  # every rank trains (collectives); rank 0 alone writes and logs
         return store.follow(job.stage, inputs, lambda tmp: build(tmp, StageRun()), launch_id())
-    config = {**inputs, "cache_key": artifacts.stage_key(job.stage, inputs)}
+    config = {"cache_key": artifacts.stage_key(job.stage, inputs), "inputs": inputs}
     with tracker.stage(job.desc, job.stage, config) as run:
         path = store.get_or_build(job.stage, inputs, lambda tmp: build(tmp, run),
                                   leader=launch_id() if parallel else None)
