@@ -6,8 +6,11 @@ warnings only)."""
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import sys
+import time
 
 from mergemix.errors import mask_secrets
 
@@ -68,3 +71,35 @@ class _Masked(logging.Filter):
         record.msg, record.args = mask_secrets(record.getMessage()), ()
         return True
 
+
+
+def interactive() -> bool:
+    """Whether the console is a terminal (progress bars) rather than a log file (progress lines)."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
+
+
+class Progress:
+    """Progress as log lines where no bar can draw (a log file): `[desc] 40/200 steps (20%), 3.1 steps/s, ETA
+    0:00:52`, one every `every_s` seconds (default: MERGEMIX_PROGRESS_S, else 30) and the last one at the end
+    when any was written; nothing on a terminal. The rate counts from `start` (a resumed run's first step)."""
+
+    def __init__(self, desc: str, total: float, unit: str, every_s: float | None = None, start: float = 0):
+        self.desc, self.total, self.unit, self.done, self.start = desc, total, unit, start, start
+        self.every = float(os.environ.get("MERGEMIX_PROGRESS_S", "30")) if every_s is None else every_s
+        self.on, self.lines = not interactive(), 0
+        self.t0 = self.last = time.monotonic()
+
+    def advance(self, n: float = 1, note: str = "") -> None:
+        self.update(self.done + n, note)
+
+    def update(self, done: float, note: str = "") -> None:
+        self.done, now = done, time.monotonic()
+        if self.on and (now - self.last >= self.every or (done >= self.total and self.lines)):
+            self.last, self.lines = now, self.lines + 1
+            log.info(self.line(now) + (f", {note}" if note else ""))
+
+    def line(self, now: float) -> str:
+        rate = (self.done - self.start) / max(now - self.t0, 1e-9)
+        eta = str(datetime.timedelta(seconds=round((self.total - self.done) / rate))) if rate > 0 else "?"
+        return (f"[{self.desc}] {self.done:.0f}/{self.total:.0f} {self.unit} "
+                f"({100 * self.done / max(self.total, 1e-9):.0f}%), {rate:.3g} {self.unit}/s, ETA {eta}")

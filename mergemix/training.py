@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mergemix.data.sampler import MixturePlan, plan_mixture, trained_windows
-from mergemix.log import log
+from mergemix.log import Progress, interactive, log
 
 
 # ----------------------------------------------------------------------------------------------- schedule ---
@@ -187,6 +187,22 @@ def trainer_passthrough(trainer_cfg: dict) -> dict:
     return extra
 
 
+class LogProgress(pl.Callback):
+    """Training progress as log lines (log.Progress) with the loss and tokens/s, where no bar can draw."""
+
+    def __init__(self, desc: str, steps: int, tokens_per_step: int):
+        self.desc, self.steps, self.tokens_per_step, self.progress = desc, steps, tokens_per_step, None
+
+    def on_train_start(self, trainer, module) -> None:
+        self.progress = Progress(self.desc, self.steps, "steps", start=trainer.global_step)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step > self.progress.done:  # an optimizer step, not an accumulated micro-batch
+            p = self.progress
+            rate = (trainer.global_step - p.start) / max(time.monotonic() - p.t0, 1e-9)
+            p.update(trainer.global_step, f"loss {module.last_loss:.4g}, {rate * self.tokens_per_step:.3g} tokens/s")
+
+
 def monitors(logger, steps: int) -> list:
     """Learning rate and throughput (tokens/s, and MFU where Lightning knows the device's peak FLOPs)."""
     if logger is None:
@@ -228,6 +244,8 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     strategy = build_strategy(kwargs.pop("strategy", None), model)
     micro = kwargs.pop("micro_batch_size", None)  # sequences per forward pass; the rest is gradient accumulation
     speed = {k: kwargs.pop(k, None) for k in SPEED_KEYS}
+    bar = interactive()  # a terminal draws the bar; a log file gets progress lines instead
+    kwargs["enable_progress_bar"] = bar and kwargs.get("enable_progress_bar", True)
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer = pl.Trainer(max_epochs=1, logger=logger if logger is not None else False, strategy=strategy,
                          enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -245,7 +263,7 @@ def train_causal_lm(model, tokenizer, arrays: dict[str, np.ndarray], ratios: dic
     trainer.log_every_n_steps = max(1, steps // 50)
     module = CausalLMModule(model, lr=lr, total_steps=steps, speed=speed, **optim)
     module.flops_per_batch = 6 * sum(p.numel() for p in model.parameters()) * micro * seq_len  # 6ND, per device
-    trainer.callbacks.extend(monitors(logger, steps))
+    trainer.callbacks.extend(monitors(logger, steps) + ([] if bar else [LogProgress(desc, steps, batch_size * seq_len)]))
     resume = latest_checkpoint(checkpoint_dir)  # every rank looks before fit: none is written before all join
     log.info(f"[{desc}] {steps} steps x {batch_size} ({world} devices x {per_device // micro} x {micro}) x "
              f"{seq_len} tokens, lr {lr:g}, mixture " + ", ".join(f"{d}={r:.3f}" for d, r in sorted(ratios.items())))

@@ -13,6 +13,7 @@ import torch
 
 from mergemix.benchmarks.packing import Batch, Request, batches, prefix_tree, tree_mask
 from mergemix.benchmarks.tasks import Task
+from mergemix.log import Progress
 
 PACKED_ATTENTION = ("sdpa", "eager")  # attention implementations that take a custom 4D mask as given
 
@@ -40,6 +41,7 @@ class Evaluator:
                                           [-max_length:] for it in task.items]
         self.mc_batches = self._batches(packed=True)
         self._path_batches: dict[str, list[Batch]] | None = None  # built on first use
+        self._progress: Progress | None = None  # per_item's: items scored, as log lines in a log file
 
     # -------------------------------------------------------------------------------------------- prepare ---
     def _requests(self, task: Task) -> list[list[Request]]:
@@ -101,10 +103,12 @@ class Evaluator:
         flat = np.zeros(first_slot[-1])
         decoder, head = model.get_decoder(), model.get_output_embeddings()
         dev = model.device  # requests are built on the CPU; a GPU model gets them copied per batch
-        for b in self.plan(self.packs(model) if packed is None else packed)[name]:
+        plan = self.plan(self.packs(model) if packed is None else packed)[name]
+        for b in plan:
             hidden = decoder(**self.forward_inputs(model, b), use_cache=False).last_hidden_state
             logp = torch.log_softmax(head(hidden[b.sel_rows.to(dev), b.sel_cols.to(dev)]).float(), dim=-1)
             np.add.at(flat, b.slot, logp[b.gather_sel.to(dev), b.gather_tok.to(dev)].cpu().numpy())
+            self._tick(len(task.items) / len(plan))
         return [flat[first_slot[r]:first_slot[r + 1]] for r in range(len(task.items))]
 
     def _score_mc(self, model, name: str) -> dict[str, np.ndarray]:
@@ -142,11 +146,18 @@ class Evaluator:
                 text = self.tok.decode(toks, skip_special_tokens=True)
                 answer = task.items[i + j]["answer"]
                 hits[i + j] = float(text.lstrip(" ").split(newline)[0].strip() == answer)
+            self._tick(len(chunk))
         return {"exact_match": hits}
 
+    def _tick(self, items: float) -> None:
+        if self._progress is not None:
+            self._progress.advance(items)
+
     def per_item(self, model) -> dict[str, dict[str, np.ndarray]]:
-        """Per-item scores of every task: the raw material of scores and bootstrap noise."""
+        """Per-item scores of every task: the raw material of scores and bootstrap noise. In a log file (no
+        terminal), an evaluation that outlasts log.Progress's interval logs the items done, their rate and ETA."""
         model.eval()
+        self._progress = Progress("evaluate", sum(len(t.items) for t in self.tasks.values()), "items")
         return {name: (self._score_mc(model, name) if name in self.mc_batches else self._score_gen(model, name))
                 for name in self.tasks}
 
