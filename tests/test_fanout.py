@@ -153,5 +153,6 @@ def test_optuna_workers_share_the_threads(monkeypatch):
     monkeypatch.setattr(optuna_backend, "start_workers",
                         lambda procs, threads: started.append((threads, [p.kwargs["threads"] for p in procs])))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the real count stays as the session's
     optuna_backend.run_workers("postgresql://x", "s", ["a", "b"], "tpe", 0, 4, None, None, workers=2)
     assert started == [(2, [2, 2])]
