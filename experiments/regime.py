@@ -118,31 +118,52 @@ def markdown(table: dict, metric: str) -> str:
     return "\n".join(lines)
 
 
-def plot(table: dict, path: Path) -> None:
-    """ρ of U against how far the experts move (Σ η), for both metrics; the noise ceiling dashed."""
+def dodge(table: dict) -> dict[str, float]:
+    """Each regime's x (Σ η), regimes at the same Σ η spread side by side (log scale) instead of on top."""
+    same: dict[float, list[str]] = {}
+    for name, row in table.items():
+        same.setdefault(round(row["eta_T"], 6), []).append(name)
+    return {n: eta * 10 ** (0.03 * (j - (len(ns) - 1) / 2)) for eta, ns in same.items() for j, n in enumerate(ns)}
+
+
+def draw(table: dict):
+    """ρ of U against how far the experts move (Σ η), for both metrics; the noise ceiling dashed; one colour per
+    regime, named in the legend. Returns the Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4), sharey=True)
+    xs = dodge(table)
     for ax, metric in zip(axes, ("prob", "acc")):
-        for name, row in table.items():
+        for i, (name, row) in enumerate(table.items()):
             rho, lo, hi, ceiling = row[metric]["overall"]
-            marker = "o" if row["mix_tokens"] == 800_000 else "s"
-            ax.errorbar(row["eta_T"], rho, yerr=[[rho - lo], [hi - rho]], fmt=marker, capsize=3)
-            ax.annotate(name, (row["eta_T"], rho), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            x, marker = xs[name], "o" if row["mix_tokens"] == 800_000 else "s"
+            ax.errorbar(x, rho, yerr=[[rho - lo], [hi - rho]], fmt=marker, capsize=3, color=f"C{i}",
+                        label=f"{name}: {row['what']}")
             if ceiling is not None:
-                ax.hlines(ceiling, row["eta_T"] * 0.9, row["eta_T"] * 1.1, colors="grey", linestyles="--")
+                ax.hlines(ceiling, x * 0.94, x * 1.06, colors=f"C{i}", linestyles="--", lw=1)
         ax.axhline(0.9, lw=0.6, color="k", ls=":")
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks([0.01, 0.02, 0.05, 0.1, 0.2, 0.5], ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5"])
         ax.set_xlabel("expert Σ η (LR x steps)")
-        ax.set_title(f"U under {metric}: merged vs trained ρ (95% CI);\ndashed: noise ceiling; squares: 300k mixtures",
-                     fontsize=8)
+        ax.set_title(f"U under {metric}: merged vs trained ρ (95% CI)", fontsize=9)
+        ax.grid(alpha=0.3)
     axes[0].set_ylabel("Spearman ρ")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.suptitle("Merge-vs-train rank consistency by expert regime (dashes: noise ceiling; squares: 300k-token "
+                 "mixtures)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * ((len(table) + 1) // 2), 1, 1))
+    return fig
+
+
+def plot(table: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = draw(table)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -333,11 +333,17 @@ def _figures(monkeypatch) -> list:
 
 
 def test_cost_curves_separate_merge_and_proxy_objectives_and_seeds(tmp_path, monkeypatch):
+    """One line per strategy (the mean over its seeds) and a band from the lowest to the highest seed, instead of
+    every seed drawn on top of the others."""
+    import numpy as np
+
     from mergemix.analysis.compare import _plot_curves
 
     closed = _figures(monkeypatch)
     curve = [{"flops": 10.0 ** (9 + i), "best_so_far": 0.1 * i} for i in range(4)]
-    by = {s: [{"seed": seed, "curve": curve} for seed in (0, 1)] for s in ("tpe", "surrogate", "proxy")}
+    later = [{"flops": 3 * c["flops"], "best_so_far": c["best_so_far"] + 0.05} for c in curve]
+    by = {s: [{"seed": 0, "curve": curve}, {"seed": 1, "curve": later}] for s in ("tpe", "surrogate", "proxy")}
+    by["regmix"] = [{"seed": 0, "curve": curve}]
     by["uniform"] = [{"seed": 0, "curve": []}]
     _plot_curves(tmp_path / "c.png", by)
     (fig,) = closed
@@ -346,9 +352,13 @@ def test_cost_curves_separate_merge_and_proxy_objectives_and_seeds(tmp_path, mon
     assert "merged U" in merged.get_title() and "proxy" in proxy.get_title()
     for ax in fig.axes:
         assert "FLOPs" in ax.get_xlabel() and "x100" in ax.get_ylabel()
-    assert {line.get_label() for line in merged.get_lines()} == {f"{s} (seed {i})" for s in ("surrogate", "tpe")
-                                                               for i in (0, 1)}
-    assert len({line.get_marker() for line in merged.get_lines()}) == 2  # seeds distinguished
+    legend = [t.get_text() for t in merged.get_legend().get_texts()]
+    assert legend == [f"{s} (mean of 2 seeds, band: min–max)" for s in ("surrogate", "tpe")]
+    assert [t.get_text() for t in proxy.get_legend().get_texts()] == ["proxy (mean of 2 seeds, band: min–max)",
+                                                                      "regmix (1 seed)"]
+    assert len(merged.collections) == 2 and len(proxy.collections) == 1  # a band for each strategy of 2 seeds
+    x, y = merged.get_lines()[0].get_data()
+    assert y[np.searchsorted(x, 3e9)] == pytest.approx(100 * (0.0 + 0.05) / 2)  # seed 1's first point: the mean
     assert (tmp_path / "c.png").is_file()
 
 

@@ -105,8 +105,31 @@ def aggregate(sweep_dir: Path) -> dict:
 
 
 def _plot_curves(path: Path, by: dict) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = draw_curves(by)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def seed_band(runs: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Best-so-far U (x100) of each seed's curve on the FLOPs of all of them (a step function, NaN before a seed's
+    first trial): (flops, mean, min, max) over the seeds."""
+    curves = [r["curve"] for r in runs if r["curve"]]
+    x = np.unique([c["flops"] for curve in curves for c in curve])
+    ys = []
+    for curve in curves:
+        fx, fy = np.array([c["flops"] for c in curve]), np.array([100 * c["best_so_far"] for c in curve])
+        i = np.searchsorted(fx, x, side="right") - 1
+        ys.append(np.where(i >= 0, fy[np.clip(i, 0, None)], np.nan))
+    y = np.array(ys)
+    return x, np.nanmean(y, axis=0), np.nanmin(y, axis=0), np.nanmax(y, axis=0)
+
+
+def draw_curves(by: dict):
     """Best-so-far objective vs cumulative FLOPs: merge searches (merged U) and proxy searches (U of small trained
-    proxies) in separate panels, as their objectives differ; one colour per strategy, one marker per seed."""
+    proxies) in separate panels, as their objectives differ; per strategy the mean over seeds and a band from the
+    lowest to the highest seed. Returns the Figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,24 +141,24 @@ def _plot_curves(path: Path, by: dict) -> None:
               ("proxy searches: best proxy-trained U so far", [s for s in sorted(by) if s in proxies])]
     panels = [(t, ss) for t, ss in panels if any(r["curve"] for s in ss for r in by[s])]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.2), squeeze=False)
-    markers = "osD^vP*X"
     for ax, (title, strategies) in zip(axes[0], panels):
         for s in strategies:
-            j = sorted(by).index(s)
-            for r in sorted(by[s], key=lambda r: r["seed"]):
-                if r["curve"]:
-                    x = [c["flops"] for c in r["curve"]]
-                    y = [100 * c["best_so_far"] for c in r["curve"]]
-                    ax.step(x, y, where="post", color=f"C{j}", alpha=0.8, marker=markers[r["seed"] % len(markers)],
-                            markevery=max(1, len(x) // 8), ms=4, label=f"{s} (seed {r['seed']})")
+            n = sum(1 for r in by[s] if r["curve"])
+            if not n:
+                continue
+            x, mean, lo, hi = seed_band(by[s])
+            colour = f"C{sorted(by).index(s)}"
+            label = f"{s} (mean of {n} seeds, band: min–max)" if n > 1 else f"{s} (1 seed)"
+            ax.step(x, mean, where="post", color=colour, lw=1.6, label=label)
+            if n > 1:
+                ax.fill_between(x, lo, hi, step="post", color=colour, alpha=0.2, lw=0)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(numticks=6))
         ax.set_xlabel("cumulative compute (FLOPs, training + evaluation; log scale)")
         ax.set_ylabel("best-so-far U (x100 above chance)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.suptitle("Search objective vs compute, per strategy and seed")
+        ax.legend(fontsize=7)
+    fig.suptitle("Search objective vs compute, per strategy over its seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

@@ -174,8 +174,21 @@ def markdown(out: dict) -> str:
 def plot(path, scores: dict, rho: dict, metric: str) -> None:
     import matplotlib.pyplot as plt
 
+    fig = draw(scores, rho, metric)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw(scores: dict, rho: dict, metric: str):
+    """validation.png: merged vs trained score of every mixture, per capability and U, one marker per training
+    seed, Spearman ρ in each panel's title. Returns the Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     panels = list(scores["merged"])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6), squeeze=False)
     for ax, s in zip(axes[0], panels):
         y = 100 * np.asarray(scores["merged"][s])
         for (seed, ref), marker in zip(scores["trained"].items(), "os^vD"):
@@ -183,9 +196,10 @@ def plot(path, scores: dict, rho: dict, metric: str) -> None:
         r = rho["overall"] if s == "overall" else rho["capabilities"][s]
         ax.set_title(f"{'U' if s == 'overall' else s}: ρ = {_f(r)}", fontsize=9)
         ax.set_xlabel("trained (x100)", fontsize=8)
+        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"merged (x100, {metric})", fontsize=8)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Rank consistency: merged vs really trained mixtures (Spearman ρ)", fontsize=10)
+    axes[0][0].legend(fontsize=7, title="training seed", title_fontsize=7)
+    fig.suptitle(f"Rank consistency: merged vs really trained mixtures ({len(y)} mixtures, Spearman ρ)",
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

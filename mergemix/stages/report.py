@@ -122,7 +122,7 @@ def score_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_table(run_dir: Path, rows: dict[str, dict]) -> str:
+def write_table(run_dir: Path, rows: dict[str, dict], capabilities: dict[str, list[str]] | None = None) -> str:
     header, values = _header_and_values(rows)
     with open(run_dir / "table.csv", "w", newline="") as fh:
         w = csv.writer(fh)
@@ -131,30 +131,84 @@ def write_table(run_dir: Path, rows: dict[str, dict]) -> str:
     table = score_table(rows)
     write_atomic(run_dir / "table.md", "Capability scores, normalised against chance (x100); U = macro-average.\n\n"
                  + table + "\n")
-    plot_scores(run_dir / "table.png", rows)
+    plot_scores(run_dir / "table.png", rows, capabilities)
     return table
 
 
-def plot_scores(path: Path, rows: dict[str, dict]) -> None:
+def plot_scores(path: Path, rows: dict[str, dict], capabilities: dict[str, list[str]] | None = None) -> None:
     import matplotlib.pyplot as plt
 
-    n_cols = len(next(iter(rows.values()))["capabilities"]) + 1
-    fig, ax = plt.subplots(figsize=(1.6 * n_cols + 3, 4))
-    draw_scores(ax, rows)
-    fig.tight_layout()
+    fig = draw_table(rows, capabilities)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def draw_scores(ax, rows: dict[str, dict]) -> None:
-    """Grouped bars of each row's capability scores and U, with their bootstrap std, into `ax`."""
+def draw_table(rows: dict[str, dict], capabilities: dict[str, list[str]] | None = None):
+    """table.png: each model's scores (left) and its difference to the reference, uniform (trained) or else the
+    base, with the paired item noise that separates two models on the same items (right). Returns the Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = len(next(iter(rows.values()))["capabilities"]) + 1
+    ref = reference_row(rows)
+    fig, axes = plt.subplots(1, 2 if ref else 1, figsize=((2.4 if ref else 1.6) * n_cols + 4, 4.2), squeeze=False)
+    draw_scores(axes[0][0], rows, errors=False)
+    if ref:
+        draw_gaps(axes[0][1], rows, ref, capabilities)
+    fig.suptitle("Capability scores per model" + (f" and their difference to {ref}" if ref else ""), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reference_row(rows: dict[str, dict]) -> str | None:
+    """The row the others are compared with: uniform (trained), else the base; None if neither is there."""
+    return next((r for r in ("uniform (trained)", "base") if r in rows and len(rows) > 1), None)
+
+
+def gap_to(row: dict, ref: dict, capabilities: dict[str, list[str]] | None) -> tuple[dict, dict, bool]:
+    """(difference, its std, paired) per capability and U: the paired bootstrap over the same items when both
+    rows hold them, else the two item stds combined (unpaired: wider)."""
+    if capabilities and "items" in row and "items" in ref:
+        g = paired_gap(row, ref, capabilities)
+        return {**g["capabilities"], "U": g["U"]}, {**g["capabilities_std"], "U": g["U_std"]}, True
+    diff = {c: row["capabilities"][c] - ref["capabilities"][c] for c in row["capabilities"]}
+    std = {c: float(np.hypot(row["capabilities_std"][c], ref["capabilities_std"][c])) for c in row["capabilities"]}
+    return {**diff, "U": row["U"] - ref["U"]}, {**std, "U": float(np.hypot(row["U_std"], ref["U_std"]))}, False
+
+
+def draw_gaps(ax, rows: dict[str, dict], ref: str, capabilities: dict[str, list[str]] | None) -> None:
+    """Each model's score minus the reference's per capability and U (x100), error bars +-2 std of the
+    difference, colours as in draw_scores."""
+    cols = [*sorted(rows[ref]["capabilities"]), "U"]
+    width, paired = 0.8 / len(rows), True
+    for i, (name, r) in enumerate(rows.items()):
+        if name == ref:
+            continue
+        diff, std, p = gap_to(r, rows[ref], capabilities)
+        paired &= p
+        ax.bar(np.arange(len(cols)) + i * width, [100 * diff[c] for c in cols], width, color=f"C{i}",
+               yerr=[200 * std[c] for c in cols], capsize=2, label=name, error_kw={"lw": 0.8})
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
+    ax.set_ylabel(f"score minus {ref} (x100)")
+    ax.set_xlabel("capability (U: their macro-average)")
+    noise = "paired item noise, same items" if paired else "item noise of both (unpaired)"
+    ax.set_title(f"Difference to {ref} (error bars: ±2 std, {noise})", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def draw_scores(ax, rows: dict[str, dict], errors: bool = True) -> None:
+    """Grouped bars of each row's capability scores and U (with `errors`, their item bootstrap std), into `ax`."""
     caps = sorted(next(iter(rows.values()))["capabilities"])
     cols = [*caps, "U"]
     width = 0.8 / len(rows)
     for i, (name, r) in enumerate(rows.items()):
         vals = [100 * r["capabilities"][c] for c in caps] + [100 * r["U"]]
         errs = [100 * r["capabilities_std"][c] for c in caps] + [100 * r["U_std"]]
-        ax.bar(np.arange(len(cols)) + i * width, vals, width, yerr=errs, label=name, capsize=2)
+        ax.bar(np.arange(len(cols)) + i * width, vals, width, yerr=errs if errors else None, label=name, capsize=2,
+               color=f"C{i}")
     ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
     ax.set_ylabel("score above chance (x100)")
     ax.set_xlabel("capability (U: their macro-average)")
@@ -190,7 +244,7 @@ def report_run(run_dir: Path, results: RunResults, capabilities: dict[str, list[
     rows, search, names = results.rows, results.search, results.domain_names
     shutil.copy2(results.search_dir / "mixture.yaml", run_dir / "mixture.yaml")
     copy_trials(results.search_dir / "seeds.csv", run_dir / "seeds.csv", names)
-    table = write_table(run_dir, rows)
+    table = write_table(run_dir, rows, capabilities)
     calib = calibration(rows, cap_domain, capabilities, results.search_dir / "seeds.csv", names, results.merged)
     worth = u_check(results.merged, calib["merged_noise"], results.merged_alphas, results.lgbm, results.seed)
     trained = margin(rows["mergemix (trained)"], rows["uniform (trained)"], capabilities)
