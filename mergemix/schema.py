@@ -61,6 +61,14 @@ NONNEG = _number("a non-negative number", False, lambda v: v >= 0)
 FRACTION_OPEN_1 = _number("a fraction in [0, 1)", False, lambda v: 0 <= v < 1)
 FRACTION_OPEN_0 = _number("a fraction in (0, 1]", False, lambda v: 0 < v <= 1)
 INSIDE_01 = _number("a number strictly between 0 and 1", False, lambda v: 0 < v < 1)
+SEED = _number("an integer in [0, 2^32 - 1]", True, lambda v: 0 <= v < 2**32)  # numpy's and torch's seed range
+VOCAB = _number("an integer of at least 258 (the 256 byte symbols and 2 special tokens)", True, lambda v: v >= 258)
+MAX_LENGTH = _number("an integer of at least 2 (a context token and a continuation token)", True, lambda v: v >= 2)
+RESAMPLES = _number("an integer of at least 2 (a standard deviation needs 2 resamples)", True, lambda v: v >= 2)
+MERGE_SCALE = _number("a number in (0, 10]", False, lambda v: 0 < v <= 10)
+BETAS = Rule("two numbers in [0, 1)", lambda v: isinstance(v, (list, tuple)) and len(v) == 2
+             and all(FRACTION_OPEN_1.test(b) for b in v))
+DATA_PREFIX = Rule("a path containing '{domain}'", lambda v: isinstance(v, str) and "{domain}" in v)
 FLAG = Rule("true or false", lambda v: isinstance(v, bool))
 SCHEDULE = one_of("constant", "wsd", "cosine")
 PRECISION = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
@@ -75,7 +83,7 @@ class Section(BaseModel):
 
 
 class Tokenizer(Section):
-    vocab_size: field(POS_INT) = None
+    vocab_size: field(VOCAB) = None
     train_chars: field(POS_INT) = None
 
 
@@ -99,6 +107,15 @@ class Model(Section):
     intermediate_size: field(POS_INT) = None
     router_bias_update_rate: field(NONNEG) = None
 
+    @model_validator(mode="after")
+    def _shapes(self):
+        h, heads, kv = self.hidden_size, self.num_heads, self.num_kv_heads
+        if h and heads and h % heads:
+            raise MergeMixError(f"model.hidden_size ({h}) must be a multiple of model.num_heads ({heads})")
+        if heads and kv and heads % kv:
+            raise MergeMixError(f"model.num_heads ({heads}) must be a multiple of model.num_kv_heads ({kv})")
+        return self
+
 
 class Stage(Section):
     tokens: field(POS_INT) = None
@@ -114,13 +131,14 @@ class Lora(Section):
 
 
 class Experts(Stage):
-    seed: field(NONNEG_INT) = None  # the experts' data order (null: seed)
+    seed: field(SEED) = None  # the experts' data order (null: seed)
     kind: field(one_of("full", "lora")) = None
     lora: Lora | None = None
 
 
 class Optim(Section):
     weight_decay: field(NONNEG) = None
+    betas: field(BETAS) = None
 
 
 class Lgbm(Section):
@@ -136,7 +154,7 @@ class Lgbm(Section):
 class Search(Section):
     budget: field(POS_INT) = None
     n_workers: field(POS_INT) = None
-    merge_scale: field(POS) = None
+    merge_scale: field(MERGE_SCALE) = None
     n_candidates: field(POS_INT) = None
     top_k: field(POS_INT) = None
     grid_resolution: field(POS_INT) = None
@@ -146,10 +164,17 @@ class Search(Section):
     lgbm: Lgbm | None = None
 
 
+class Task(Section):
+    n: field(POS_INT) = None  # items of a generated task
+    limit: field(POS) = None  # items kept (lm-eval also takes a fraction below 1)
+    max_new_tokens: field(POS_INT) = None
+
+
 class Benchmarks(Section):
     batch_size: field(POS_INT) = None
-    max_length: field(POS_INT) = None
-    bootstrap: field(NONNEG_INT) = None
+    max_length: field(MAX_LENGTH) = None
+    bootstrap: field(RESAMPLES) = None
+    tasks: dict[str, Task | None] | None = None
 
 
 class Trainer(Section):
@@ -174,7 +199,7 @@ class Baseline(Section):
 class Validate(Section):
     n_mixtures: field(INT_3) = None
     design: field(one_of("dirichlet", "grid")) = None
-    bootstrap: field(NONNEG_INT) = None
+    bootstrap: field(RESAMPLES) = None
 
 
 class Curves(Section):
@@ -200,9 +225,13 @@ class Hierarchical(Section):
     train: field(FLAG) = None
 
 
+class Export(Section):
+    data_prefix: field(DATA_PREFIX) = None
+
+
 class Config(Section):
-    seed: field(NONNEG_INT) = None
-    search_seed: field(NONNEG_INT) = None
+    seed: field(SEED) = None
+    search_seed: field(SEED) = None
     tokenizer: Tokenizer | None = None
     domains: Domains | None = None
     data: Data | None = None
@@ -221,6 +250,7 @@ class Config(Section):
     transfer: Transfer | None = None
     dynamic: Dynamic | None = None
     hierarchical: Hierarchical | None = None
+    export: Export | None = None
 
     @model_validator(mode="after")
     def _together(self):
@@ -278,7 +308,7 @@ def leaves(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Rule]
         if rules:
             out[key] = rules[0].func
         nested = [a for a in getattr(info.annotation, "__args__", (info.annotation,))
-                  if isinstance(a, type) and issubclass(a, BaseModel)]
+                  if isinstance(a, type) and issubclass(a, BaseModel)]  # not those under a dict (named entries)
         if nested:
             out.update(leaves(nested[0], key + "."))
     return out

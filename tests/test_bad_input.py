@@ -62,7 +62,7 @@ CASES = [
     Case("negative-lr", "config", "run experts.lr=-0.001",
          "experts.lr must be a positive number, got -0.001", "Learning rates are positive."),
     Case("bad-seed", "config", "run seed=abc",
-         "seed must be a non-negative integer, got 'abc'", "Seeds are whole numbers >= 0."),
+         "seed must be an integer in [0, 2^32 - 1], got 'abc'", "Seeds are whole numbers >= 0."),
     Case("zero-budget", "config", "search search.budget=0",
          "search.budget must be a positive integer, got 0", "Give at least one merge evaluation."),
     Case("zero-baseline-budget", "config", "search baseline=proxy baseline.budget=0",
@@ -119,6 +119,53 @@ CASES = [
     Case("validate-too-few-mixtures", "config", "validate validate.n_mixtures=1",
          "validate.n_mixtures must be an integer of at least 3 (a rank correlation needs 3 mixtures), got 1",
          "Validate on 3 or more mixtures."),
+    Case("max-length-one", "config", "run benchmarks.max_length=1",
+         "benchmarks.max_length must be an integer of at least 2 (a context token and a continuation token), got 1",
+         "Leave room for a context and a continuation (the default: 256 tokens)."),
+    Case("bootstrap-zero", "config", "run benchmarks.bootstrap=0",
+         "benchmarks.bootstrap must be an integer of at least 2 (a standard deviation needs 2 resamples), got 0",
+         "Resample the items at least twice (the default: 200)."),
+    Case("merge-scale-huge", "config", "search search.merge_scale=1e30",
+         "search.merge_scale must be a number in (0, 10], got 1e+30",
+         "Scale the task vectors by at most 10 (1 is the paper's merge)."),
+    Case("vocab-below-bytes", "config", "run tokenizer.vocab_size=100",
+         "tokenizer.vocab_size must be an integer of at least 258 (the 256 byte symbols and 2 special tokens), "
+         "got 100", "A byte-level BPE needs its 256 byte symbols and 2 special tokens; give more for merges."),
+    Case("betas-out-of-range", "config", "run optim.betas=[0.9,1.5]",
+         "optim.betas must be two numbers in [0, 1), got [0.9, 1.5]", "Give two coefficients in [0, 1) (e.g. [0.9, 0.95])."),
+    Case("negative-weight-decay", "config", "run optim.weight_decay=-0.1",
+         "optim.weight_decay must be a non-negative number, got -0.1", "Decay the weights by 0 or more."),
+    Case("seed-too-large", "config", "run seed=4294967296",
+         "seed must be an integer in [0, 2^32 - 1], got 4294967296", "Seeds fit in 32 bits."),
+    Case("generation-length-zero", "config", "run benchmarks.tasks.math_gen.max_new_tokens=0",
+         "benchmarks.tasks.math_gen.max_new_tokens must be a positive integer, got 0", "Generate at least one token."),
+    Case("generated-task-empty", "config", "run benchmarks.tasks.math_mc.n=0",
+         "benchmarks.tasks.math_mc.n must be a positive integer, got 0", "Generate at least one item."),
+    Case("benchmark-limit-negative", "config",
+         "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/sums.jsonl, limit: -5}'",
+         "benchmarks.tasks.mine.limit must be a positive number, got -5",
+         "Keep a positive number of items, or `null` for all."),
+    Case("heads-do-not-divide", "config", "run model.num_heads=3",
+         "model.hidden_size (64) must be a multiple of model.num_heads (3)",
+         "Pick a head count that divides the hidden size."),
+    Case("kv-heads-do-not-divide", "config", "run model.num_kv_heads=3",
+         "model.num_heads (4) must be a multiple of model.num_kv_heads (3)",
+         "Pick a key/value head count that divides the head count."),
+    Case("warmup-longer-than-run", "config", "run base.warmup_steps=30",
+         "base.warmup_steps must not exceed the run's 19 steps (base.tokens / 2048 tokens per step), got 30",
+         "Shorten the warm-up or raise the run's tokens."),
+    Case("single-domain", "config", "run '~domains.sources.math' '~domains.sources.prose' '~domains.sources.sft'",
+         "a mixture needs at least 2 domains, got 1 (code): add domains under domains.sources",
+         "Configure two or more domains: a mixture of one domain has nothing to search."),
+    Case("budget-below-domains", "config", "run search.budget=3",
+         "search.budget must be at least the number of domains (4) for the surrogate back-end (its seed merges start "
+         "at the 4 vertices), got 3", "Give the surrogate at least one merge per domain (more: a better fit)."),
+    Case("objective-repeated", "config", "run 'search.objective=[code,code,math]'",
+         "search.objective lists a capability more than once (it would weigh more), got ['code', 'code', 'math']",
+         "List each capability once."),
+    Case("export-prefix-without-domain", "config", "run export.data_prefix=/data",
+         "export.data_prefix must be a path containing '{domain}', got '/data'",
+         "Put `{domain}` where each domain's name goes (e.g. `/data/{domain}`)."),
     # ------------------------------------------------------------------------------------------- files ---
     Case("domain-file-missing", "files", "run --config-dir <tmp>/conf domains=missing_file",
          "domain 'web': file not found: <tmp>/nope.txt", "Fix the path in the domain's `paths`.", micro=False),
@@ -230,6 +277,8 @@ CASES = [
          "cannot parse mix weights (weights={code: 0.5): while parsing a flow mapping",
          "Quote the mapping and close its brace."),
     Case("weights-missing", "ratios", "mix", "mix needs weights='{domain: weight, ...}'", "Give the mixture."),
+    Case("weight-as-text", "ratios", "run 'base.mixture={code: \"0.5\", math: 0.5, prose: 0, sft: 0}'",
+         "base.mixture must be numbers, got ['0.5', 0.5, 0, 0]", "Give numbers, not quoted text."),
     Case("merge-negative-weight", "ratios",
          "merge base=<base> experts=[<code>,<math>] weights=[1.5,-0.5] out=<tmp>/out_neg",
          "merge weights must be non-negative, got [1.5, -0.5]", "Weights are shares: 0 or more.", after_work=True),
@@ -267,6 +316,13 @@ CASES = [
     Case("benchmark-empty-prompt", "benchmarks", "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/empty_prompt.jsonl}'",
          "benchmark 'mine': <tmp>/empty_prompt.jsonl:2: a generation item needs a non-empty prompt and answer",
          "Give every generation item a prompt and an answer."),
+    Case("benchmark-null-field", "benchmarks",
+         "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/null_context.jsonl}'",
+         "benchmark 'mine': <tmp>/null_context.jsonl:1: context must be text, got null", "Give every item its text."),
+    Case("benchmark-duplicate-items", "benchmarks",
+         "run '+benchmarks.tasks.mine={source: jsonl, path: <tmp>/dup_items.jsonl}'",
+         "benchmark 'mine': <tmp>/dup_items.jsonl:3 repeats the item of line 1 (a repeated item counts twice and "
+         "understates the bootstrap noise)", "Remove the repeated items."),
     Case("lmeval-unknown-task", "benchmarks",
          "run '+benchmarks.tasks.extra={source: lmeval, task: toy_nope, include_path: <tmp>/lm_tasks}'",
          "benchmark 'extra': lm-eval task 'toy_nope' not found in <tmp>/lm_tasks",
@@ -311,8 +367,11 @@ def write_doc() -> None:
 
 # ----------------------------------------------------------------------------------- prepared inputs ---
 def _domain_conf(conf: Path, name: str, paths: list[Path]) -> None:
+    """Domain `web` from `paths`, beside a good domain `zz` (a mixture needs two)."""
+    good = conf.parent / "good_domain.jsonl"
     (conf / "domains" / f"{name}.yaml").write_text(
-        f"heldout_fraction: 0.05\nbase_mixture: token\nsources:\n  web: {{source: files, paths: {[str(p) for p in paths]}}}\n")
+        f"heldout_fraction: 0.05\nbase_mixture: token\nsources:\n  web: {{source: files, paths: {[str(p) for p in paths]}}}\n"
+        f"  zz: {{source: files, paths: ['{good}']}}\n")
 
 
 @pytest.fixture(scope="module")
@@ -338,6 +397,10 @@ def bad_dir(tmp_path_factory) -> Path:
     (d / "dup_choices.jsonl").write_text(mc % ('[" four", " five", " four"]', 0))
     (d / "bool_label.jsonl").write_text(mc % ('[" four", " five"]', "true"))
     (d / "empty_prompt.jsonl").write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "  ", "answer": "2"}\n')
+    (d / "null_context.jsonl").write_text(mc.replace('"2+2="', "null") % ('[" four", " five"]', 0))
+    (d / "dup_items.jsonl").write_text(mc % ('[" four", " five"]', 0) + mc % ('[" six", " five"]', 1)
+                                       + mc % ('[" four", " five"]', 0))
+    (d / "good_domain.jsonl").write_text("".join(f'{{"text": "a good document number {i}"}}\n' for i in range(20)))
     (d / "binary.txt").write_bytes(b"hello\n\xff\xfe world\n")
     (d / "binary_domain.jsonl").write_bytes(b'{"text": "fine"}\n{"text": "\xff"}\n')
     (d / "not_ckpt").mkdir()

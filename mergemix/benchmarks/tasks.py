@@ -30,6 +30,16 @@ class Task:
         return sum(1.0 / len(it["choices"]) for it in self.items) / len(self.items)
 
 
+def _text(item: dict, key: str, where: str, numbers: bool = False) -> str:
+    """A text field as a string: null, lists or objects are refused rather than turned into their repr."""
+    value = item[key]
+    ok = isinstance(value, str) or (numbers and isinstance(value, (int, float)) and not isinstance(value, bool))
+    if not ok:
+        raise MergeMixError(f"{where}: {key} must be {'text or a number' if numbers else 'text'}, "
+                            f"got {json.dumps(value)[:40]}")
+    return str(value)
+
+
 def _check_item(item, kind: str, where: str) -> dict:
     if not isinstance(item, dict):
         raise MergeMixError(f"{where}: expected a JSON object, got {json.dumps(item)[:40]}")
@@ -45,10 +55,10 @@ def _check_item(item, kind: str, where: str) -> dict:
             raise MergeMixError(f"{where}: choices repeat {sorted({c for c in choices if choices.count(c) > 1})}")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
             raise MergeMixError(f"{where}: label must be an integer index into choices, got {label!r}")
-        return {"context": str(item["context"]), "choices": choices, "label": label}
+        return {"context": _text(item, "context", where), "choices": choices, "label": label}
     if not {"prompt", "answer"} <= set(item):
         raise MergeMixError(f"{where}: a generation item needs prompt and answer")
-    prompt, answer = str(item["prompt"]), str(item["answer"]).strip()
+    prompt, answer = _text(item, "prompt", where), _text(item, "answer", where, numbers=True).strip()
     if not prompt.strip() or not answer:
         raise MergeMixError(f"{where}: a generation item needs a non-empty prompt and answer")
     return {"prompt": prompt, "answer": answer}
@@ -60,7 +70,7 @@ def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit:
     path = Path(path)
     if not path.is_file():
         raise MergeMixError(f"benchmark '{name}': file not found: {path}")
-    items = []
+    items, seen = [], {}
     try:
         lines = list(utf8_lines(path))
     except MergeMixError as exc:
@@ -74,6 +84,10 @@ def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit:
             raise MergeMixError(f"benchmark '{name}': {path}:{i} is not valid JSON ({exc.msg})") from exc
         item_kind = kind or ("mc" if isinstance(raw, dict) and "choices" in raw else "gen")
         items.append(_check_item(raw, item_kind, f"benchmark '{name}': {path}:{i}"))
+        first = seen.setdefault(json.dumps(items[-1], sort_keys=True), i)
+        if first != i:
+            raise MergeMixError(f"benchmark '{name}': {path}:{i} repeats the item of line {first} (a repeated item "
+                                "counts twice and understates the bootstrap noise)")
         kind = item_kind
     if not items:
         raise MergeMixError(f"benchmark '{name}': {path} holds no items")

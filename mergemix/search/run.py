@@ -128,7 +128,8 @@ def choose_alpha(outcome_alpha, verified: dict, searched: list, util, objective,
             "result": best if switched else verified, "switched": switched, "gap": float(gap), "gap_std": sd,
             "rule": f"best evaluated merge if it beats the proposal's verified merge by > {sigmas:g} sigma",
             "proposed": {"alpha": [float(a) for a in outcome_alpha], "objective": float(util(verified))},
-            "best_merge": {"alpha": [float(a) for a in best_alpha], "objective": float(util(best))}}
+            "best_merge": {"alpha": [float(a) for a in best_alpha], "objective": float(util(best)),
+                           "U": float(best["U"])}}
 
 
 def write_trials(path: Path, history, names, caps: list[str]) -> None:
@@ -184,7 +185,7 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path, study_na
                "verified": {"U": round(chosen["U"], 6), "U_std": round(chosen["U_std"], 6),
                             **{c: round(v, 6) for c, v in chosen["capabilities"].items()}},
                "best_seed": {"alpha": {n: round(a, 6) for n, a in zip(names, best["alpha"])},
-                             "U": round(best["objective"], 6)},
+                             "objective": round(best["objective"], 6), "U": round(best["U"], 6)},  # U: macro
                "alpha_choice": {"switched_to_best_merge": choice["switched"], "gap": round(choice["gap"], 6),
                                 "gap_std": round(choice["gap_std"], 6), "rule": choice["rule"]}}
     if choice["switched"]:

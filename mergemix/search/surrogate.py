@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from mergemix.log import log
 from mergemix.simplex import grid, grid_size
 
 
@@ -88,6 +89,10 @@ def fine_search(surrogate: Surrogate, k: int, n: int, top_k: int, seed: int, obj
     """alpha* = mean of the top-k candidates by predicted utility (tree models give plateaus; averaging picks
     the plateau's centre, as RegMix does). Returns alpha* and the regressors' prediction there."""
     cand = candidates(k, n, seed, extra)
+    if top_k > len(cand):
+        log.warning(f"search.top_k {top_k} exceeds the {len(cand)} candidates: capped at {len(cand)} (alpha* is "
+                    "their mean)")
+        top_k = len(cand)
     u = utility(surrogate.predict(cand), objective)
     top = cand[np.argsort(-u, kind="stable")[:top_k]]
     alpha = top.mean(axis=0)
