@@ -120,6 +120,26 @@ def open_nofollow(path: Path, flags: int) -> int:
 _VERIFIED: set[Path] = set()  # artifacts whose files this process has checked against their manifest
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+def no_space(exc: BaseException, path: Path, written: int | None = None):
+    """A full disk (ENOSPC, a quota; also as the text torch and safetensors wrap it in) as one MergeMixError line
+    naming the path, else None."""
+    from mergemix.errors import MergeMixError
+
+    text = str(exc)
+    if not ((isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+            or "No space left on device" in text or "os error 28" in text):
+        return None
+    where = Path(getattr(exc, "filename", None) or path)
+    existing = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
+    wrote = f"{written} bytes written, " if written is not None else ""
+    return MergeMixError(f"no space left on the device to write {where} ({wrote}{shutil.disk_usage(existing).free} "
+                         "bytes free); nothing half-written is kept: free space or point paths.root elsewhere")
+
+
 def stage_key(stage: str, inputs: dict) -> str:
     payload = canonical_json({"stage": stage, "version": CODE_VERSIONS[stage], "inputs": inputs})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -220,8 +240,11 @@ class ArtifactStore:
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover without manifest
                 os.rename(tmp, final)
                 shutil.rmtree(self.partial_dir(stage, inputs), ignore_errors=True)
-            except BaseException:
+            except BaseException as exc:
+                full = no_space(exc, tmp, _tree_bytes(tmp))
                 shutil.rmtree(tmp, ignore_errors=True)
+                if full:
+                    raise full from exc
                 raise
             finally:
                 if leader:
@@ -265,8 +288,15 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    with os.fdopen(open_nofollow(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "wb") as fh:
-        fh.write(data if isinstance(data, bytes) else data.encode())
+    try:
+        with os.fdopen(open_nofollow(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "wb") as fh:
+            fh.write(data if isinstance(data, bytes) else data.encode())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        full = no_space(exc, path)
+        if full:
+            raise full from exc
+        raise
     os.replace(tmp, path)
 
 
