@@ -3,34 +3,105 @@ split (`train.bin`, `heldout.bin`) described by `index.json` (dtype, token count
 
 Shards are tokenised in parallel (`num_workers` processes) into part files that are appended in shard order, so
 the result does not depend on the number of workers; `max_tokens` cuts the training stream at exactly that many
-tokens and stops reading further shards. Readers get `np.memmap`s: nothing is loaded into memory."""
+tokens and stops reading further shards. Readers get `np.memmap`s: nothing is loaded into memory.
+
+A long document is tokenised in pieces of about CHUNK_CHARS characters, cut only before a space or newline between
+two non-space characters: a byte-level BPE never merges across such a cut, so the ids are those of the whole
+document (`splits_at_spaces` checks a tokenizer; one that differs is warned about, and still cut) and memory stays
+bounded whatever the document's length."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from mergemix.data.domains import SPLITS, Shard
+from mergemix.log import log
 
 _TOKENIZERS: dict[str, object] = {}  # one loaded tokenizer per worker process
+CHUNK_CHARS = 1 << 19  # a longer document is tokenised in pieces of about this many characters
+BATCH_CHARS = 1 << 19  # characters tokenised in one call (the fast tokenizer holds ~300 bytes per character)
+PROGRESS_S = 30.0  # seconds between progress lines of a long tokenisation
+_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")  # before a lone space or newline: no pre-token spans it
+_SAFE: dict[int, bool] = {}  # id(tokenizer) -> ids of pieces == ids of the whole
+_progress = {"chars": 0, "t0": 0.0, "last": 0.0}
 
 
 def dtype_for(tokenizer) -> np.dtype:
     return np.dtype(np.uint16 if len(tokenizer) < 2**16 else np.uint32)
 
 
+def pieces(doc: str, size: int | None = None) -> Iterator[str]:
+    """`doc` cut into pieces of about `size` characters (CHUNK_CHARS; the whole when shorter), each cut before the
+    first lone space or newline from `size` on; a stretch of 2 x `size` without one is cut there."""
+    size, start = size or CHUNK_CHARS, 0
+    while len(doc) - start > size:
+        m = _CUT.search(doc, start + size, start + 2 * size + 1)  # +1: the look-ahead
+        end = m.start() if m else start + 2 * size
+        yield doc[start:end]
+        start = end
+    yield doc[start:]
+
+
+def splits_at_spaces(tokenizer) -> bool:
+    """Whether the tokenizer gives the same ids for text cut into `pieces` as for the whole (checked once)."""
+    if id(tokenizer) not in _SAFE:
+        text = "x = f(a, b)\n  for i in range(10):\n\tprint('it''s 42.5%') ; don't  stop\n\n" * 40
+        cut = list(pieces(text, 60))
+        ids = [i for p in cut for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
+        _SAFE[id(tokenizer)] = ids == tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not _SAFE[id(tokenizer)]:
+            log.warning("this tokenizer merges across spaces: long documents are tokenised in pieces of "
+                        f"{CHUNK_CHARS} characters, each cut may change a token")
+    return _SAFE[id(tokenizer)]
+
+
+def _report(chars: int) -> None:
+    """A progress line every PROGRESS_S seconds of one long tokenisation."""
+    now = time.monotonic()
+    if now - _progress["last"] > 10 * PROGRESS_S:  # a new run of work
+        _progress.update(chars=0, t0=now, last=now)
+    _progress["chars"] += chars
+    if now - _progress["last"] >= PROGRESS_S:
+        _progress["last"] = now
+        mib = _progress["chars"] / 2**20
+        log.info(f"tokens: {mib:.0f} MiB of text tokenised ({mib / max(now - _progress['t0'], 1e-9):.1f} MiB/s)")
+
+
 def pack(tokenizer, docs, batch: int = 256) -> np.ndarray:
-    """Token ids of `docs`, each followed by EOS, as one array."""
+    """Token ids of `docs`, each followed by EOS, as one array (at most `batch` pieces, about BATCH_CHARS
+    characters, in one tokenizer call)."""
     eos, dtype = tokenizer.eos_token_id, dtype_for(tokenizer)
-    docs, parts = list(docs), []
-    for i in range(0, len(docs), batch):
-        for ids in tokenizer(docs[i:i + batch], add_special_tokens=False)["input_ids"]:
-            parts.append(np.asarray(ids + [eos], dtype=dtype))
+    parts, texts, ends, chars = [], [], [], 0
+
+    def flush() -> None:
+        for ids, end in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], ends):
+            parts.append(np.asarray(ids + [eos] if end else ids, dtype=dtype))
+        _report(sum(map(len, texts)))
+        texts.clear()
+        ends.clear()
+
+    for doc in docs:
+        if len(doc) > CHUNK_CHARS:
+            splits_at_spaces(tokenizer)
+        cut = list(pieces(doc))
+        for j, piece in enumerate(cut):
+            texts.append(piece)
+            ends.append(j == len(cut) - 1)
+            chars += len(piece)
+            if len(texts) >= batch or chars >= BATCH_CHARS:
+                flush()
+                chars = 0
+    if texts:
+        flush()
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
@@ -47,7 +118,7 @@ def _pack_shard(job: tuple[Shard, str, str, int]) -> dict[str, int]:
     shard, tokenizer_dir, prefix, batch = job
     tok = _tokenizer(tokenizer_dir)
     pending: dict[str, list[str]] = {s: [] for s in SPLITS}
-    counts = dict.fromkeys(SPLITS, 0)
+    counts, chars = dict.fromkeys(SPLITS, 0), dict.fromkeys(SPLITS, 0)
     with contextlib.ExitStack() as stack:
         files = {s: stack.enter_context(open(f"{prefix}.{s}.bin", "wb")) for s in SPLITS}
 
@@ -55,11 +126,12 @@ def _pack_shard(job: tuple[Shard, str, str, int]) -> dict[str, int]:
             arr = pack(tok, pending[split], batch)
             arr.tofile(files[split])
             counts[split] += len(arr)
-            pending[split] = []
+            pending[split], chars[split] = [], 0
 
         for split, doc in shard.documents():
             pending[split].append(doc)
-            if len(pending[split]) >= batch:
+            chars[split] += len(doc)
+            if len(pending[split]) >= batch or chars[split] >= BATCH_CHARS:
                 flush(split)
         for split in SPLITS:
             flush(split)

@@ -3,7 +3,7 @@ domain tokenised by it into one memory-mapped token file per split."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +24,27 @@ def build_tokenizer(store: ArtifactStore, cfg: dict, corpus: dict[str, Path]) ->
     inputs = {"corpus": {n: p.name for n, p in corpus.items()}, **config_inputs(cfg, "tokenizer")}
 
     def texts() -> Iterator[str]:
-        per_domain = tc["train_chars"] // len(corpus)
         for name, corpus_dir in corpus.items():
-            used = 0
-            for doc in data.docs(cfg, name, corpus_dir, "train"):
-                if used >= per_domain:
-                    break
-                used += len(doc)
-                yield doc
+            yield from training_texts(data.docs(cfg, name, corpus_dir, "train"), tc["train_chars"] // len(corpus))
 
     def build(tmp: Path) -> None:
         train_tokenizer(texts(), tc["vocab_size"], tmp)
 
     return store.get_or_build("tokenizer", inputs, build)
+
+
+def training_texts(docs: Iterable[str], chars: int) -> Iterator[str]:
+    """A domain's documents for the tokenizer until `chars` characters are taken (the last one whole); a long
+    document comes in pieces (tok_store.pieces), and is cut at exactly `chars`."""
+    used = 0
+    for doc in docs:
+        for piece in tok_store.pieces(doc):
+            if used >= chars:
+                return
+            if len(doc) > tok_store.CHUNK_CHARS:
+                piece = piece[:chars - used]
+            used += len(piece)
+            yield piece
 
 
 def tokenize_domains(store: ArtifactStore, cfg: dict, corpus: dict[str, Path], tokenizer_dir: Path) -> dict[str, Path]:
