@@ -42,7 +42,8 @@ gpu-plan: install  ## moe_8b/16b on 8 x H100 on paper (meta device, no GPU) -> r
 	$(BIN)/python scripts/gpu_check.py --plan --expert-tokens 1e9 --out reports/gpu_check/plan.md
 
 lint: install
-	$(BIN)/ruff check mergemix tests experiments bench scripts
+	$(BIN)/ruff check mergemix tests experiments bench scripts conf
+	$(BIN)/ruff format --check mergemix tests experiments bench scripts conf
 
 bench: install  ## hot paths vs their baselines -> reports/bench.{md,json,png} (~10 min; BENCH_ARGS="--quick" or "--threads 1")
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)

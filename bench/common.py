@@ -26,7 +26,7 @@ def alternate(sides: dict[str, Callable[[], float | None]], repeats: int, warmup
             fn()
     times: dict[str, list] = {k: [] for k in sides}
     for r in range(repeats):
-        for k in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+        for k in list(sides) if r % 2 == 0 else list(reversed(sides)):
             t0 = time.perf_counter()
             own = sides[k]()
             times[k].append(own if isinstance(own, float) else time.perf_counter() - t0)
@@ -64,13 +64,25 @@ def mem_available() -> int:
 def machine() -> dict:
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").is_file():
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(_meminfo("MemTotal") / 2**30, 1),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
-            **{p: _version(p) for p in ("transformers", "pytorch-lightning", "lm-eval", "mergekit")},
-            "loadavg_1min_start": round(os.getloadavg()[0], 2)}
+        cpu = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")
+            ),
+            cpu,
+        )
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(_meminfo("MemTotal") / 2**30, 1),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "python": platform.python_version(),
+        **{p: _version(p) for p in ("transformers", "pytorch-lightning", "lm-eval", "mergekit")},
+        "loadavg_1min_start": round(os.getloadavg()[0], 2),
+    }
 
 
 # ------------------------------------------------------------------------------------------------- models ---
@@ -105,5 +117,7 @@ def tokenizer_and_tasks(workdir: Path, n_items: int) -> tuple[object, dict]:
     def single(word: str) -> bool:
         return len(tok(" " + word, add_special_tokens=False)["input_ids"]) == 1
 
-    return tok, {"prose_cloze": bench_tasks.cloze("prose_cloze", prose_held, n_items, 0, 400, 150, single),
-                 "math_mc": bench_tasks.synthetic_mc("math_mc", "math", n_items, 0)}
+    return tok, {
+        "prose_cloze": bench_tasks.cloze("prose_cloze", prose_held, n_items, 0, 400, 150, single),
+        "math_mc": bench_tasks.synthetic_mc("math_mc", "math", n_items, 0),
+    }

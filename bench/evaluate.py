@@ -70,6 +70,7 @@ def _under(bf16: bool, fn):
     def side() -> None:
         with autocast(bf16):
             fn()
+
     return side
 
 
@@ -86,10 +87,16 @@ def measure(size: str, tok, tasks: dict, repeats: int, tm=None) -> dict:
             sides[f"lm_eval{sfx}"] = _under(bf16, lmeval_runner(model, tok, tm, list(tasks), lm_fwd[sfx]))
     t = alternate(sides, repeats)
     plan = [b for bs in ev.plan(ev.packs(model)).values() for b in bs]
-    row = {"size": size, "params": n_params(model), "items": sum(len(x.items) for x in tasks.values()),
-           "rows": sum(int(b.input_ids.shape[0]) for b in plan), "batches": len(plan),
-           "tokens": sum(b.n_tokens for b in plan), "padded_tokens": sum(b.input_ids.numel() for b in plan),
-           **{f"{k}_s": med(v) for k, v in t.items()}}
+    row = {
+        "size": size,
+        "params": n_params(model),
+        "items": sum(len(x.items) for x in tasks.values()),
+        "rows": sum(int(b.input_ids.shape[0]) for b in plan),
+        "batches": len(plan),
+        "tokens": sum(b.n_tokens for b in plan),
+        "padded_tokens": sum(b.input_ids.numel() for b in plan),
+        **{f"{k}_s": med(v) for k, v in t.items()},
+    }
     for sfx in ("", "_bf16"):
         row[f"forward_ratio{sfx}"] = ratio(t[f"evaluator{sfx}"], t[f"forward{sfx}"])
         if tm is not None:
@@ -116,7 +123,13 @@ def run(sizes: list[str], tok, tasks: dict, workdir: Path, repeats: int) -> tupl
     for size in sizes:
         rows.append(measure(size, tok, tasks, repeats, tm))
         r = rows[-1]
-        print(f"  eval {size}: evaluator / bare forward {r['forward_ratio']:.2f}"
-              + (f", lm-eval / evaluator {r['lmeval_speedup']:.1f}x, acc identical {r['acc_identical']}"
-                 if tm is not None else ""), flush=True)
+        print(
+            f"  eval {size}: evaluator / bare forward {r['forward_ratio']:.2f}"
+            + (
+                f", lm-eval / evaluator {r['lmeval_speedup']:.1f}x, acc identical {r['acc_identical']}"
+                if tm is not None
+                else ""
+            ),
+            flush=True,
+        )
     return rows, notes

@@ -13,13 +13,25 @@ from bench.common import alternate, build, med, mem_available, model_cfg, ratio
 from mergemix.merging import ExpertBank
 
 COPY_CHUNK = 256 * 2**20  # bytes: the least size of each copy buffer
-NOISE = 1e-3              # experts = base + small random noise
+NOISE = 1e-3  # experts = base + small random noise
 
 # Synthetic Llama shapes with a Llama-2-sized vocabulary; HUGE is TinyLlama's shape (1.03B with tied embeddings).
-LARGE = {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "num_kv_heads": 12, "intermediate_size": 2048,
-         "max_position_embeddings": 1024}
-HUGE = {"hidden_size": 2048, "num_layers": 22, "num_heads": 32, "num_kv_heads": 4, "intermediate_size": 5632,
-        "max_position_embeddings": 2048}
+LARGE = {
+    "hidden_size": 768,
+    "num_layers": 12,
+    "num_heads": 12,
+    "num_kv_heads": 12,
+    "intermediate_size": 2048,
+    "max_position_embeddings": 1024,
+}
+HUGE = {
+    "hidden_size": 2048,
+    "num_layers": 22,
+    "num_heads": 32,
+    "num_kv_heads": 4,
+    "intermediate_size": 5632,
+    "max_position_embeddings": 2048,
+}
 
 
 def count(cfg: dict, vocab: int) -> int:
@@ -36,7 +48,9 @@ def synthetic_bank(base, k: int, seed: int = 0) -> ExpertBank:
     bank = ExpertBank.__new__(ExpertBank)
     bank.names = [f"e{i}" for i in range(k)]
     bank.base_params = {n: p.detach().clone() for n, p in base.named_parameters()}
-    bank.deltas = {n: torch.randn(k, p.numel(), generator=gen).mul_(NOISE) for n, p in base.named_parameters()}
+    bank.deltas = {
+        n: torch.randn(k, p.numel(), generator=gen).mul_(NOISE) for n, p in base.named_parameters()
+    }
     return bank
 
 
@@ -50,7 +64,7 @@ def copier(numels: list[int], k: int):
         off = 0
         for n in calls:
             off = 0 if off + n > cap else off
-            dst[off:off + n].copy_(src[off:off + n])
+            dst[off : off + n].copy_(src[off : off + n])
             off += n
 
     return copy_all
@@ -69,10 +83,19 @@ def measure(cfg: dict, vocab: int, k: int, repeats: int, threads: list[int]) -> 
             t = alternate({"merge": lambda: bank.merge_into(model, weights), "copy": copy}, repeats)
         finally:
             torch.set_num_threads(default)
-        rows.append({"params": sum(numels), "K": k, "threads": n, "gb_moved": n_bytes / 1e9,
-                     "merge_s": med(t["merge"]), "copy_s": med(t["copy"]),
-                     "merge_gbps": n_bytes / 1e9 / med(t["merge"]), "copy_gbps": n_bytes / 1e9 / med(t["copy"]),
-                     "ratio": ratio(t["copy"], t["merge"])})
+        rows.append(
+            {
+                "params": sum(numels),
+                "K": k,
+                "threads": n,
+                "gb_moved": n_bytes / 1e9,
+                "merge_s": med(t["merge"]),
+                "copy_s": med(t["copy"]),
+                "merge_gbps": n_bytes / 1e9 / med(t["merge"]),
+                "copy_gbps": n_bytes / 1e9 / med(t["copy"]),
+                "ratio": ratio(t["copy"], t["merge"]),
+            }
+        )
     return rows
 
 
@@ -97,13 +120,18 @@ def run(quick: bool, repeats: int) -> tuple[list[dict], list[str]]:
         if cfg is not None:
             plan.append((f"{count(cfg, 32000) / 1e9:.2f}B", cfg, 32000, (2,)))
         notes += [note] if note else []
-        notes.append("K > 2 at 1B does not fit in RAM (the bank holds base + K task vectors in fp32); "
-                     "streaming merges are a separate piece of work")
+        notes.append(
+            "K > 2 at 1B does not fit in RAM (the bank holds base + K task vectors in fp32); "
+            "streaming merges are a separate piece of work"
+        )
     rows = []
     for label, cfg, vocab, ks in plan:
         for k in ks:
             for row in measure(cfg, vocab, k, repeats, threads):
                 rows.append({"size": label, **row})
-                print(f"  merge {label} K={k} threads={row['threads']}: {row['ratio']:.2f} of copy bandwidth "
-                      f"({row['merge_gbps']:.1f} vs {row['copy_gbps']:.1f} GB/s)", flush=True)
+                print(
+                    f"  merge {label} K={k} threads={row['threads']}: {row['ratio']:.2f} of copy bandwidth "
+                    f"({row['merge_gbps']:.1f} vs {row['copy_gbps']:.1f} GB/s)",
+                    flush=True,
+                )
     return rows, notes

@@ -33,8 +33,17 @@ def measure(size: str, tok, tasks: dict, repeats: int) -> list[dict]:
 
         t = alternate({"merge": merge, "evaluate": evaluate}, repeats)
         cost = med(t["merge"]) + med(t["evaluate"])
-        rows.append({"size": size, "params": n_params(model), "K": k, "merge_s": med(t["merge"]),
-                     "evaluate_s": med(t["evaluate"]), "candidate_s": cost, **{f"N{n}_s": n * cost for n in NS}})
+        rows.append(
+            {
+                "size": size,
+                "params": n_params(model),
+                "K": k,
+                "merge_s": med(t["merge"]),
+                "evaluate_s": med(t["evaluate"]),
+                "candidate_s": cost,
+                **{f"N{n}_s": n * cost for n in NS},
+            }
+        )
     return rows
 
 
@@ -66,9 +75,20 @@ def plot(rows: list[dict], path: Path) -> None:
         a.plot([r["K"] for r in mine], [r["merge_s"] for r in mine], "x:", color=color)
         for r, style in zip(mine, (":", "--", "-")):
             b.plot(NS, [r[f"N{n}_s"] for n in NS], style, color=color, marker="o", label=f"{s} K={r['K']}")
-    a.set(xlabel="experts K", ylabel="seconds per candidate", yscale="log", xticks=list(KS),
-          title="one candidate (solid) and its merge (dotted)")
-    b.set(xlabel="seed candidates N", ylabel="seconds", yscale="log", xticks=list(NS), title="search: N candidates")
+    a.set(
+        xlabel="experts K",
+        ylabel="seconds per candidate",
+        yscale="log",
+        xticks=list(KS),
+        title="one candidate (solid) and its merge (dotted)",
+    )
+    b.set(
+        xlabel="seed candidates N",
+        ylabel="seconds",
+        yscale="log",
+        xticks=list(NS),
+        title="search: N candidates",
+    )
     a.legend(fontsize=8)
     b.legend(fontsize=7, ncol=len(sizes))
     fig.tight_layout()
@@ -80,8 +100,11 @@ def run(sizes: list[str], tok, tasks: dict, repeats: int) -> tuple[list[dict], d
     rows = []
     for size in sizes:
         rows += measure(size, tok, tasks, repeats)
-        print(f"  scaling {size}: " + ", ".join(f"K={r['K']} {r['candidate_s']:.3f}s" for r in rows[-len(KS):]),
-              flush=True)
+        print(
+            f"  scaling {size}: "
+            + ", ".join(f"K={r['K']} {r['candidate_s']:.3f}s" for r in rows[-len(KS) :]),
+            flush=True,
+        )
     check = check_linear(sizes[0], tok, tasks)
     pred = next(r for r in rows if r["size"] == check["size"] and r["K"] == check["K"])["candidate_s"]
     check["predicted_s"] = check["N"] * pred

@@ -58,14 +58,20 @@ def write_checkpoint(path: Path, cfg: dict, specs, noise_seed: int | None) -> in
     from mergemix.streaming import _write_header
 
     path.mkdir(parents=True)
-    hf_config({**cfg, "seq_len": cfg["max_position_embeddings"]}, VOCAB).to_json_file(str(path / "config.json"))
+    hf_config({**cfg, "seq_len": cfg["max_position_embeddings"]}, VOCAB).to_json_file(
+        str(path / "config.json")
+    )
     with open(path / "model.safetensors", "wb") as fh:
         _write_header(fh, [(n, s, "BF16") for n, s in specs])
         for i, (_, shape) in enumerate(specs):
             t = torch.randn(shape, generator=torch.Generator().manual_seed(i)).mul_(0.02)
             if noise_seed is not None:
-                t.add_(torch.randn(shape, generator=torch.Generator().manual_seed(10_000 * (noise_seed + 1) + i)),
-                       alpha=NOISE)
+                t.add_(
+                    torch.randn(
+                        shape, generator=torch.Generator().manual_seed(10_000 * (noise_seed + 1) + i)
+                    ),
+                    alpha=NOISE,
+                )
             fh.write(t.to(torch.bfloat16).reshape(-1).view(torch.uint8).numpy().tobytes())
     return sum(2 * math.prod(s) for _, s in specs)
 
@@ -75,7 +81,11 @@ def measure(cfg: dict, label: str, work: Path) -> dict:
     params = sum(math.prod(s) for _, s in specs)
     need = (K + 2) * 2 * params * 2.2  # base + experts + output, with room to spare
     if shutil.disk_usage(work).free < need:
-        return {"size": label, "params": params, "skipped": f"needs {need / 2**30:.1f} GiB free disk in {work}"}
+        return {
+            "size": label,
+            "params": params,
+            "skipped": f"needs {need / 2**30:.1f} GiB free disk in {work}",
+        }
     root = work / f"stream-{label}"
     shutil.rmtree(root, ignore_errors=True)
     try:
@@ -85,8 +95,13 @@ def measure(cfg: dict, label: str, work: Path) -> dict:
         for k, p in enumerate(experts):
             write_checkpoint(p, cfg, specs, k)
         write_s = time.perf_counter() - t0
-        res = subprocess.run([sys.executable, "-c", SCRIPT, str(root / "base"), str(root / "out"),
-                              *map(str, experts)], capture_output=True, text=True, cwd=ROOT, check=False)
+        res = subprocess.run(
+            [sys.executable, "-c", SCRIPT, str(root / "base"), str(root / "out"), *map(str, experts)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"streaming merge failed: {res.stderr.strip().splitlines()[-1:]}")
         m = json.loads(res.stdout.strip().splitlines()[-1])
@@ -94,13 +109,23 @@ def measure(cfg: dict, label: str, work: Path) -> dict:
         shutil.rmtree(root, ignore_errors=True)
     largest = 2 * max(math.prod(s) for _, s in specs)
     limit = 1.2 * model_bytes + largest
-    return {"size": label, "params": params, "K": K, "model_gb": model_bytes / 1e9, "largest_gb": largest / 1e9,
-            "write_s": write_s, "merge_s": m["merge_s"], "read_gbps": (K + 1) * model_bytes / 1e9 / m["merge_s"],
-            "rss_before_gb": m["rss_before"] / 1e9, "rss_peak_gb": m["rss_peak"] / 1e9,
-            "rss_model_ratio": m["rss_peak"] / model_bytes,
-            "rss_merge_ratio": (m["rss_peak"] - m["rss_before"]) / model_bytes,
-            "limit_ratio": limit / model_bytes, "rss_goal_ratio": m["rss_peak"] / limit,
-            "in_memory_gb": (K + 2) * 4 * params / 1e9}
+    return {
+        "size": label,
+        "params": params,
+        "K": K,
+        "model_gb": model_bytes / 1e9,
+        "largest_gb": largest / 1e9,
+        "write_s": write_s,
+        "merge_s": m["merge_s"],
+        "read_gbps": (K + 1) * model_bytes / 1e9 / m["merge_s"],
+        "rss_before_gb": m["rss_before"] / 1e9,
+        "rss_peak_gb": m["rss_peak"] / 1e9,
+        "rss_model_ratio": m["rss_peak"] / model_bytes,
+        "rss_merge_ratio": (m["rss_peak"] - m["rss_before"]) / model_bytes,
+        "limit_ratio": limit / model_bytes,
+        "rss_goal_ratio": m["rss_peak"] / limit,
+        "in_memory_gb": (K + 2) * 4 * params / 1e9,
+    }
 
 
 def run(quick: bool, work: Path) -> tuple[list[dict], list[str]]:
@@ -109,6 +134,9 @@ def run(quick: bool, work: Path) -> tuple[list[dict], list[str]]:
     row = measure(cfg, label, work)
     if "skipped" in row:
         return [], [f"streaming merge at {label} skipped: {row['skipped']}"]
-    print(f"  stream merge {label}: peak RSS {row['rss_peak_gb']:.2f} GB = {row['rss_model_ratio']:.2f} x model "
-          f"({row['model_gb']:.2f} GB; goal <= {row['limit_ratio']:.2f} x), {row['merge_s']:.1f} s", flush=True)
+    print(
+        f"  stream merge {label}: peak RSS {row['rss_peak_gb']:.2f} GB = {row['rss_model_ratio']:.2f} x model "
+        f"({row['model_gb']:.2f} GB; goal <= {row['limit_ratio']:.2f} x), {row['merge_s']:.1f} s",
+        flush=True,
+    )
     return [row], []

@@ -32,10 +32,21 @@ class _Clock(pl.Callback):
 def lightning_run(model, data, steps: int, precision: str) -> list[float]:
     """Batch-end timestamps of a Lightning fit, Trainer built as in `train_causal_lm`."""
     clock = _Clock()
-    trainer = pl.Trainer(max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=max(1, steps // 50),
-                         accelerator="cpu", devices=1, precision=precision, enable_progress_bar=False,
-                         gradient_clip_val=CPU["gradient_clip_val"], callbacks=[clock])
+    trainer = pl.Trainer(
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, steps // 50),
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        enable_progress_bar=False,
+        gradient_clip_val=CPU["gradient_clip_val"],
+        callbacks=[clock],
+    )
     trainer.fit(CausalLMModule(model, lr=LR, total_steps=steps, **OPTIM), datamodule=data)
     return clock.ends
 
@@ -45,8 +56,11 @@ def plain_run(model, data, steps: int, precision: str) -> list[float]:
     module = CausalLMModule(model, lr=LR, total_steps=steps, **OPTIM)
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if precision.startswith("bf16")
-           else contextlib.nullcontext())
+    amp = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if precision.startswith("bf16")
+        else contextlib.nullcontext()
+    )
     model.train()
     ends = []
     loader = DataLoader(WindowDataset(data.arrays, data.plan), batch_size=data.batch_size, shuffle=False)
@@ -82,15 +96,24 @@ def measure(size: str, steps: int, warmup: int, repeats: int, precision: str) ->
             ends = run(model, data, warmup + steps, precision)
             checksum[name] = sum(float(p.detach().double().sum()) for p in model.parameters())
             return ends[-1] - ends[warmup - 1]  # timed steps only, warm-up excluded
+
         return go
 
-    t = alternate({"lightning": side(lightning_run, "lightning"), "plain": side(plain_run, "plain")}, repeats,
-                  warmup=0)
+    t = alternate(
+        {"lightning": side(lightning_run, "lightning"), "plain": side(plain_run, "plain")}, repeats, warmup=0
+    )
     tokens = steps * seq * batch
-    return {"size": size, "params": n_params(model), "precision": precision, "steps": steps,
-            "tokens_per_step": seq * batch, "lightning_tok_s": tokens / med(t["lightning"]),
-            "plain_tok_s": tokens / med(t["plain"]), "ratio": ratio(t["plain"], t["lightning"]),
-            "same_weights": checksum["lightning"] == checksum["plain"]}  # both sides trained identically
+    return {
+        "size": size,
+        "params": n_params(model),
+        "precision": precision,
+        "steps": steps,
+        "tokens_per_step": seq * batch,
+        "lightning_tok_s": tokens / med(t["lightning"]),
+        "plain_tok_s": tokens / med(t["plain"]),
+        "ratio": ratio(t["plain"], t["lightning"]),
+        "same_weights": checksum["lightning"] == checksum["plain"],
+    }  # both sides trained identically
 
 
 def run(plan: list[tuple[str, str]], steps: int, warmup: int, repeats: int) -> list[dict]:
@@ -99,6 +122,9 @@ def run(plan: list[tuple[str, str]], steps: int, warmup: int, repeats: int) -> l
     for size, precision in plan:
         rows.append(measure(size, steps, warmup, repeats, precision))
         r = rows[-1]
-        print(f"  train {size} {precision}: Lightning / plain throughput {r['ratio']:.2f} "
-              f"({r['lightning_tok_s']:.0f} vs {r['plain_tok_s']:.0f} tokens/s)", flush=True)
+        print(
+            f"  train {size} {precision}: Lightning / plain throughput {r['ratio']:.2f} "
+            f"({r['lightning_tok_s']:.0f} vs {r['plain_tok_s']:.0f} tokens/s)",
+            flush=True,
+        )
     return rows

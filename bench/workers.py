@@ -64,12 +64,20 @@ def run(quick: bool, work: Path, repeats: int) -> tuple[dict, list[str]]:
         def go() -> float:
             seconds, alphas[w] = search_once(built, work, overrides, w, f"w{w}-{next(rounds)}")
             return seconds
+
         return go
 
     t = alternate({"W1": side(1), "W2": side(2)}, repeats)  # the untimed round loads what every search reuses
-    row = {"setting": " ".join(overrides), "torch_threads": torch.get_num_threads(), "W1_s": med(t["W1"]),
-           "W2_s": med(t["W2"]), "speedup": ratio(t["W1"], t["W2"]), "same_alpha": alphas[1] == alphas[2],
-           "alpha_star": alphas[1], "rounds_s": {k: [round(x, 2) for x in v] for k, v in t.items()}}
+    row = {
+        "setting": " ".join(overrides),
+        "torch_threads": torch.get_num_threads(),
+        "W1_s": med(t["W1"]),
+        "W2_s": med(t["W2"]),
+        "speedup": ratio(t["W1"], t["W2"]),
+        "same_alpha": alphas[1] == alphas[2],
+        "alpha_star": alphas[1],
+        "rounds_s": {k: [round(x, 2) for x in v] for k, v in t.items()},
+    }
     notes = [] if row["same_alpha"] else [f"search workers: W=2 found {alphas[2]}, W=1 {alphas[1]}"]
     return row, notes
 

@@ -23,11 +23,16 @@ REGIMES = {  # name: (what, overrides); the default recipe is experts 300k token
     "e50k": ("experts 50k tokens, LR 1e-3", ["experts.tokens=50000", "experts.lr=1e-3"]),
     "e100k": ("experts 100k tokens, LR 1e-3", ["experts.tokens=100000", "experts.lr=1e-3"]),
     "e300k": ("experts 300k tokens, LR 1e-3", ["experts.tokens=300000", "experts.lr=1e-3"]),
-    "e800k": ("experts 800k tokens (= the mixture horizon), LR 1e-3", ["experts.tokens=800000", "experts.lr=1e-3"]),
+    "e800k": (
+        "experts 800k tokens (= the mixture horizon), LR 1e-3",
+        ["experts.tokens=800000", "experts.lr=1e-3"],
+    ),
     "e300k_lr3e-4": ("experts 300k tokens, LR 3e-4 (the default)", []),
     "e300k_lr3e-3": ("experts 300k tokens, LR 3e-3", ["experts.tokens=300000", "experts.lr=3e-3"]),
-    "e300k_mix300k": ("experts 300k tokens, LR 1e-3, mixtures 300k tokens",
-                      ["experts.tokens=300000", "experts.lr=1e-3", "mix.tokens=300000"]),
+    "e300k_mix300k": (
+        "experts 300k tokens, LR 1e-3, mixtures 300k tokens",
+        ["experts.tokens=300000", "experts.lr=1e-3", "mix.tokens=300000"],
+    ),
 }
 
 
@@ -38,17 +43,33 @@ def testbed_args(testbed: str, home: Path) -> list[str]:
     sys.path.insert(0, str(ROOT / "experiments"))
     import testbed_files
 
-    return ["--config-dir", str(testbed_files.ensure(home / "testbeds" / "files")), "domains=files4",
-            "benchmarks=files4"]
+    return [
+        "--config-dir",
+        str(testbed_files.ensure(home / "testbeds" / "files")),
+        "domains=files4",
+        "benchmarks=files4",
+    ]
 
 
 def run(name: str, overrides: list[str], runs: Path) -> int:
     log = runs / f"{name}.log"
     print(f"[regime] {name}: {REGIMES[name][0]} (log: {log})", flush=True)
     with open(log, "w") as fh:
-        return subprocess.call([sys.executable, "-m", "mergemix.cli", "validate", *REGIMES[name][1], *overrides,
-                                f"paths.run_dir={runs / name}"], stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "mergemix.cli",
+                "validate",
+                *REGIMES[name][1],
+                *overrides,
+                f"paths.run_dir={runs / name}",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
 
 
 def split_config_dir(args: list[str]) -> tuple[list[str], str | None]:
@@ -56,7 +77,7 @@ def split_config_dir(args: list[str]) -> tuple[list[str], str | None]:
     if "--config-dir" not in args:
         return list(args), None
     i = args.index("--config-dir")
-    return [*args[:i], *args[i + 2:]], args[i + 1]
+    return [*args[:i], *args[i + 2 :]], args[i + 1]
 
 
 def expert_step_sum(overrides: list[str]) -> float:
@@ -68,8 +89,9 @@ def expert_step_sum(overrides: list[str]) -> float:
     cfg = to_plain(compose(*split_config_dir(list(overrides))))
     e, m = cfg["experts"], cfg["model"]
     steps = int(e["tokens"]) // (m["seq_len"] * m["batch_size"])
-    return float(e["lr"]) * sum(lr_factor(t, steps, int(e["warmup_steps"]), e["schedule"], 0.2, 0.1)
-                                for t in range(steps))
+    return float(e["lr"]) * sum(
+        lr_factor(t, steps, int(e["warmup_steps"]), e["schedule"], 0.2, 0.1) for t in range(steps)
+    )
 
 
 def summarise(runs: Path, overrides: list[str] = ()) -> dict:
@@ -80,17 +102,27 @@ def summarise(runs: Path, overrides: list[str] = ()) -> dict:
         if not path.is_file():
             continue
         v = json.loads(path.read_text())
-        row = {"what": REGIMES[name][0], "seeds": v["training_seeds"], "n": len(v["mixtures"]),
-               "eta_T": expert_step_sum([*REGIMES[name][1], *overrides]), "mix_tokens": v["mix_tokens"]}
+        row = {
+            "what": REGIMES[name][0],
+            "seeds": v["training_seeds"],
+            "n": len(v["mixtures"]),
+            "eta_T": expert_step_sum([*REGIMES[name][1], *overrides]),
+            "mix_tokens": v["mix_tokens"],
+        }
         for m, block in v["by_metric"].items():
             rho, nc = block["spearman"], block["noise_ceiling"]
 
             def at(b, s):
-                return (b["overall"], *b["interval"]["overall"]) if s == "overall" else \
-                    (b["capabilities"][s], *b["interval"]["capabilities"][s])
+                return (
+                    (b["overall"], *b["interval"]["overall"])
+                    if s == "overall"
+                    else (b["capabilities"][s], *b["interval"]["capabilities"][s])
+                )
 
-            row[m] = {s: [*at(rho, s), at(nc["spearman"], s)[0] if nc else None]
-                      for s in ["overall", *sorted(rho["capabilities"])]}
+            row[m] = {
+                s: [*at(rho, s), at(nc["spearman"], s)[0] if nc else None]
+                for s in ["overall", *sorted(rho["capabilities"])]
+            }
             scores = block["scores"]
             row[m]["merged_U_range"] = [min(scores["merged"]["overall"]), max(scores["merged"]["overall"])]
             trained = [u for t in scores["trained"].values() for u in t["overall"]]
@@ -100,21 +132,34 @@ def summarise(runs: Path, overrides: list[str] = ()) -> dict:
 
 
 def markdown(table: dict, metric: str) -> str:
-    intro = (f"Spearman ρ of merged vs trained over the same mixtures under `{metric}`, mean over training seeds "
-             "[95% bootstrap interval]; in brackets after it, the noise ceiling (trained seed vs trained seed).")
+    intro = (
+        f"Spearman ρ of merged vs trained over the same mixtures under `{metric}`, mean over training seeds "
+        "[95% bootstrap interval]; in brackets after it, the noise ceiling (trained seed vs trained seed)."
+    )
     series = [s for s in next(iter(table.values()))[metric] if not s.endswith("_range")]
-    lines = [intro, "",
-             "| regime | expert Σ η | " + " | ".join("U" if s == "overall" else s for s in series)
-             + " | merged U range | trained U range |", "|---" * (len(series) + 4) + "|"]
+    lines = [
+        intro,
+        "",
+        "| regime | expert Σ η | "
+        + " | ".join("U" if s == "overall" else s for s in series)
+        + " | merged U range | trained U range |",
+        "|---" * (len(series) + 4) + "|",
+    ]
     for row in table.values():
         r = row[metric]
         cells = []
         for s in series:
             rho, lo, hi, nc = r[s]
             cells.append(f"{rho:.2f} [{lo:.2f}, {hi:.2f}] ({'—' if nc is None else f'{nc:.2f}'})")
-        lines.append(f"| {row['what']} | {row['eta_T']:.3f} | " + " | ".join(cells) + " | "
-                     + " | ".join(f"{100 * a:.1f}–{100 * b:.1f}" for a, b in (r["merged_U_range"],
-                                                                            r["trained_U_range"])) + " |")
+        lines.append(
+            f"| {row['what']} | {row['eta_T']:.3f} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(
+                f"{100 * a:.1f}–{100 * b:.1f}" for a, b in (r["merged_U_range"], r["trained_U_range"])
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -123,7 +168,9 @@ def dodge(table: dict) -> dict[str, float]:
     same: dict[float, list[str]] = {}
     for name, row in table.items():
         same.setdefault(round(row["eta_T"], 6), []).append(name)
-    return {n: eta * 10 ** (0.03 * (j - (len(ns) - 1) / 2)) for eta, ns in same.items() for j, n in enumerate(ns)}
+    return {
+        n: eta * 10 ** (0.03 * (j - (len(ns) - 1) / 2)) for eta, ns in same.items() for j, n in enumerate(ns)
+    }
 
 
 def draw(table: dict):
@@ -140,8 +187,15 @@ def draw(table: dict):
         for i, (name, row) in enumerate(table.items()):
             rho, lo, hi, ceiling = row[metric]["overall"]
             x, marker = xs[name], "o" if row["mix_tokens"] == 800_000 else "s"
-            ax.errorbar(x, rho, yerr=[[rho - lo], [hi - rho]], fmt=marker, capsize=3, color=f"C{i}",
-                        label=f"{name}: {row['what']}")
+            ax.errorbar(
+                x,
+                rho,
+                yerr=[[rho - lo], [hi - rho]],
+                fmt=marker,
+                capsize=3,
+                color=f"C{i}",
+                label=f"{name}: {row['what']}",
+            )
             if ceiling is not None:
                 ax.hlines(ceiling, x * 0.94, x * 1.06, colors=f"C{i}", linestyles="--", lw=1)
         ax.axhline(0.9, lw=0.6, color="k", ls=":")
@@ -154,8 +208,11 @@ def draw(table: dict):
     axes[0].set_ylabel("Spearman ρ")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.suptitle("Merge-vs-train rank consistency by expert regime (dashes: noise ceiling; squares: 300k-token "
-                 "mixtures)", fontsize=10)
+    fig.suptitle(
+        "Merge-vs-train rank consistency by expert regime (dashes: noise ceiling; squares: 300k-token "
+        "mixtures)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.03 + 0.035 * ((len(table) + 1) // 2), 1, 1))
     return fig
 
@@ -186,8 +243,14 @@ def main() -> None:
     out = Path(args.report_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"regime{suffix}.json").write_text(json.dumps(table, indent=2))
-    (out / f"regime{suffix}.md").write_text("\n\n".join(f"### `{m}`\n\n{markdown(table, m)}" for m in ("prob", "acc")
-                                                         if table and m in next(iter(table.values()))) + "\n")
+    (out / f"regime{suffix}.md").write_text(
+        "\n\n".join(
+            f"### `{m}`\n\n{markdown(table, m)}"
+            for m in ("prob", "acc")
+            if table and m in next(iter(table.values()))
+        )
+        + "\n"
+    )
     if table:
         plot(table, out / f"regime{suffix}.png")
     print((out / f"regime{suffix}.md").read_text())

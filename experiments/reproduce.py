@@ -32,32 +32,53 @@ from pathlib import Path
 from mergemix.artifacts import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE_OVERRIDES = {"micro": ["experiment=micro"],  # tests: the micro experiment's own small budgets
-                  "tiny": ["experiment=reproduce"],
-                  # small, sized for 2 h on 2 cores (docs/DECISIONS.md, "Reproduction sizes"): as many base tokens
-                  # as 4 passes over prose allow; 300k-token mixture runs (= an expert's horizon), 2 training seeds
-                  # per validation mixture; proxy runs of 60k tokens (20 of them = the experts' 1.2M); 5 curve points
-                  "small": ["experiment=reproduce", "base.tokens=3500000", "mix.tokens=300000",
-                            "baseline.trial_tokens=60000", "validate.seeds=[0,1]",
-                            "curves.alphas=[0.1,0.3,0.5,0.7,0.9]"]}
+SIZE_OVERRIDES = {
+    "micro": ["experiment=micro"],  # tests: the micro experiment's own small budgets
+    "tiny": ["experiment=reproduce"],
+    # small, sized for 2 h on 2 cores (docs/DECISIONS.md, "Reproduction sizes"): as many base tokens
+    # as 4 passes over prose allow; 300k-token mixture runs (= an expert's horizon), 2 training seeds
+    # per validation mixture; proxy runs of 60k tokens (20 of them = the experts' 1.2M); 5 curve points
+    "small": [
+        "experiment=reproduce",
+        "base.tokens=3500000",
+        "mix.tokens=300000",
+        "baseline.trial_tokens=60000",
+        "validate.seeds=[0,1]",
+        "curves.alphas=[0.1,0.3,0.5,0.7,0.9]",
+    ],
+}
 STRATEGIES = "uniform,regmix,proxy,surrogate"
-TITLES = {"table1_6": "Tables 1 and 6 — mixtures found by each strategy, trained; search cost",
-          "table2": "Table 2 — rank consistency of merged vs trained models",
-          "table3": "Table 3 — cross-scale transfer of alpha*",
-          "curves": "Two-domain study (Sec. 4.2)", "landscape": "Landscapes and specialist mixtures",
-          "theory": "Theory diagnostics (Sec. 3.3)", "hierarchical": "Hierarchical MergeMix (top-down)",
-          "dynamic": "Dynamic re-optimisation at half of the mixture run"}
+TITLES = {
+    "table1_6": "Tables 1 and 6 — mixtures found by each strategy, trained; search cost",
+    "table2": "Table 2 — rank consistency of merged vs trained models",
+    "table3": "Table 3 — cross-scale transfer of alpha*",
+    "curves": "Two-domain study (Sec. 4.2)",
+    "landscape": "Landscapes and specialist mixtures",
+    "theory": "Theory diagnostics (Sec. 3.3)",
+    "hierarchical": "Hierarchical MergeMix (top-down)",
+    "dynamic": "Dynamic re-optimisation at half of the mixture run",
+}
 
 
 def commands(size: str, seeds: list[int], runs: Path, extra: list[str]) -> dict[str, list[str]]:
     base = [*SIZE_OVERRIDES[size], f"model={size}", *extra]
     seed_list = ",".join(map(str, seeds))
     steps = {
-        "table1_6": ["compare", "-m", f"strategy={STRATEGIES}", f"search_seed={seed_list}", *base,
-                     f"hydra.sweep.dir={runs / 'table1_6'}"],
+        "table1_6": [
+            "compare",
+            "-m",
+            f"strategy={STRATEGIES}",
+            f"search_seed={seed_list}",
+            *base,
+            f"hydra.sweep.dir={runs / 'table1_6'}",
+        ],
         "table2": ["validate", *base],
-        "table3": ["transfer", "transfer.source_model=tiny" if size != "tiny" else "transfer.source_model=micro",
-                   f"transfer.target_model={size}", *base],
+        "table3": [
+            "transfer",
+            "transfer.source_model=tiny" if size != "tiny" else "transfer.source_model=micro",
+            f"transfer.target_model={size}",
+            *base,
+        ],
         "curves": ["curves", *base],
         "landscape": ["landscape", *base],
         "theory": ["theory", *base],
@@ -75,10 +96,18 @@ def run_step(name: str, args: list[str], runs: Path) -> dict:
     print(f"[reproduce] {name}: mergemix {' '.join(args)}  (log: {log})", flush=True)
     t0 = time.time()
     with open(log, "w") as fh:
-        rc = subprocess.call([sys.executable, "-m", "mergemix.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
-                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        rc = subprocess.call(
+            [sys.executable, "-m", "mergemix.cli", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     wall = time.time() - t0
-    print(f"[reproduce] {name}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {wall / 60:.1f} min", flush=True)
+    print(
+        f"[reproduce] {name}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {wall / 60:.1f} min",
+        flush=True,
+    )
     return {"rc": rc, "wall_s": round(wall, 1), "command": relative("mergemix " + " ".join(args))}
 
 
@@ -96,14 +125,22 @@ def table1(sweep: Path) -> str:
     for r in results:
         by.setdefault(r["strategy"], []).append(r)
     caps = sorted(results[0]["capabilities"])
-    names = {"uniform": "uniform (token-proportional)", "regmix": "RegMix", "proxy": "proxy-training search",
-             "surrogate": "MergeMix"}
-    lines = ["| strategy | " + " | ".join([*caps, "U (average)"]) + " | mixture (first seed) |",
-             "|---" * (len(caps) + 3) + "|"]
+    names = {
+        "uniform": "uniform (token-proportional)",
+        "regmix": "RegMix",
+        "proxy": "proxy-training search",
+        "surrogate": "MergeMix",
+    }
+    lines = [
+        "| strategy | " + " | ".join([*caps, "U (average)"]) + " | mixture (first seed) |",
+        "|---" * (len(caps) + 3) + "|",
+    ]
     order = [s for s in ("uniform", "regmix", "proxy", "surrogate") if s in by] + sorted(set(by) - set(names))
     for s in order:
         rs = by[s]
-        cells = [_mean_std([r["capabilities"][c] for r in rs]) for c in caps] + [_mean_std([r["U"] for r in rs])]
+        cells = [_mean_std([r["capabilities"][c] for r in rs]) for c in caps] + [
+            _mean_std([r["U"] for r in rs])
+        ]
         mix = ", ".join(f"{d} {w:.2f}" for d, w in rs[0]["alpha"].items())
         lines.append(f"| {names.get(s, s)} | " + " | ".join(cells) + f" | {mix} |")
     return "\n".join(lines)
@@ -112,15 +149,22 @@ def table1(sweep: Path) -> str:
 def table6(sweep: Path, params: int | None) -> str:
     table = json.loads((sweep / "comparison.json").read_text())
     ours = table.get("surrogate", {}).get("train_tokens") or None
-    head = ("| strategy | runs x tokens (training) | FLOPs (6ND train + 2ND eval) | evaluations | "
-            "training tokens / MergeMix's |")
+    head = (
+        "| strategy | runs x tokens (training) | FLOPs (6ND train + 2ND eval) | evaluations | "
+        "training tokens / MergeMix's |"
+    )
     lines = [head, "|---|---|---|---|---|"]
     for s, t in sorted(table.items(), key=lambda kv: -kv[1]["train_tokens"]):
         ratio = f"{t['train_tokens'] / ours:.2f}x" if ours and t["train_tokens"] else "—"
-        lines.append(f"| {s} | {t['train_tokens']:.3g} | {t['flops']:.3g} | {t['evaluations']:.0f} | {ratio} |")
+        lines.append(
+            f"| {s} | {t['train_tokens']:.3g} | {t['flops']:.3g} | {t['evaluations']:.0f} | {ratio} |"
+        )
     note = f"Model size: {params:,} parameters. " if params else ""
-    return (note + "MergeMix's training is its K experts; merged-model evaluations are counted in FLOPs but, as in "
-            "the paper, not in the training-token ratio.\n\n" + "\n".join(lines))
+    return (
+        note
+        + "MergeMix's training is its K experts; merged-model evaluations are counted in FLOPs but, as in "
+        "the paper, not in the training-token ratio.\n\n" + "\n".join(lines)
+    )
 
 
 def _mean_std(xs: list[float]) -> str:
@@ -144,20 +188,35 @@ def write_report(size: str, runs: Path, out: Path, status: dict, seeds: list[int
     info = runs / "info.json"
     params = json.loads(info.read_text())["total_params"] if info.is_file() else None
     total = sum(s["wall_s"] for s in status.values())
-    intro = (f"Produced by `make reproduce` (`python experiments/reproduce.py --size {size} --seeds "
-             f"{' '.join(map(str, seeds))}`); steps of this run took {total / 60:.0f} min in all (cached steps "
-             "cost only their loading). Scores are x100 above chance. Each section names the command that made it; "
-             "rerun it to refresh one table (cached runs are reused).")
+    intro = (
+        f"Produced by `make reproduce` (`python experiments/reproduce.py --size {size} --seeds "
+        f"{' '.join(map(str, seeds))}`); steps of this run took {total / 60:.0f} min in all (cached steps "
+        "cost only their loading). Scores are x100 above chance. Each section names the command that made it; "
+        "rerun it to refresh one table (cached runs are reused)."
+    )
     lines = [f"# The paper's tables on the embedded testbed — `{size}` model", "", intro, ""]
     for name, st in status.items():
-        lines += [f"## {TITLES[name]}", "", f"`{relative(st['command'])}` — {st['wall_s'] / 60:.1f} min"
-                  + ("" if st["rc"] == 0 else f" — **FAILED (exit {st['rc']}), see {name}.log**"), ""]
+        lines += [
+            f"## {TITLES[name]}",
+            "",
+            f"`{relative(st['command'])}` — {st['wall_s'] / 60:.1f} min"
+            + ("" if st["rc"] == 0 else f" — **FAILED (exit {st['rc']}), see {name}.log**"),
+            "",
+        ]
         if st["rc"] != 0:
             continue
         if name == "table1_6":
             sweep = runs / "table1_6"
-            lines += ["### Table 1 analogue", "", table1(sweep), "", "### Table 6 analogue", "",
-                      table6(sweep, params), ""]
+            lines += [
+                "### Table 1 analogue",
+                "",
+                table1(sweep),
+                "",
+                "### Table 6 analogue",
+                "",
+                table6(sweep, params),
+                "",
+            ]
             if (sweep / "cost_curves.png").is_file():
                 shutil.copy2(sweep / "cost_curves.png", out / "cost_curves.png")
                 lines += ["![cost curves](cost_curves.png)", ""]
@@ -171,8 +230,12 @@ def write_report(size: str, runs: Path, out: Path, status: dict, seeds: list[int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="small", choices=sorted(SIZE_OVERRIDES))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="search seeds of the strategy comparison")
-    ap.add_argument("--only", nargs="+", choices=list(TITLES), help="run these steps (the report keeps the rest)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="search seeds of the strategy comparison"
+    )
+    ap.add_argument(
+        "--only", nargs="+", choices=list(TITLES), help="run these steps (the report keeps the rest)"
+    )
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from finished runs")
     ap.add_argument("--report-dir", help="default: reports/reproduce/<size>")
     ap.add_argument("overrides", nargs="*", help="hydra overrides for every step")
@@ -184,16 +247,27 @@ def main() -> None:
     status = json.loads(status_path.read_text()) if status_path.is_file() else {}
     steps = commands(args.size, args.seeds, runs, args.overrides)
     if not args.report_only:
-        info = subprocess.run([sys.executable, "-m", "mergemix.cli", "info", f"model={args.size}"],
-                              check=False, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        info = subprocess.run(
+            [sys.executable, "-m", "mergemix.cli", "info", f"model={args.size}"],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         if info.returncode == 0:
-            (runs / "info.json").write_text(info.stdout[info.stdout.index("{"):])
+            (runs / "info.json").write_text(info.stdout[info.stdout.index("{") :])
         for name in args.only or list(steps):
             done = run_step(name, steps[name], runs)  # other drivers may run other steps at the same time
             status = {**(json.loads(status_path.read_text()) if status_path.is_file() else {}), name: done}
             write_atomic(status_path, json.dumps(status, indent=2))
-    report = write_report(args.size, runs, Path(args.report_dir or ROOT / "reports" / "reproduce" / args.size),
-                          {n: status[n] for n in TITLES if n in status}, args.seeds)
+    report = write_report(
+        args.size,
+        runs,
+        Path(args.report_dir or ROOT / "reports" / "reproduce" / args.size),
+        {n: status[n] for n in TITLES if n in status},
+        args.seeds,
+    )
     print(f"[reproduce] report: {report}")
     failed = [n for n, s in status.items() if s["rc"] != 0]
     if failed:

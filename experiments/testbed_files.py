@@ -20,8 +20,8 @@ import json
 import subprocess
 from pathlib import Path
 
-CHARS = 3_000_000       # per domain (~0.8-1M tokens with the 2,048-token BPE)
-ITEMS = 800             # cloze items per benchmark
+CHARS = 3_000_000  # per domain (~0.8-1M tokens with the 2,048-token BPE)
+ITEMS = 800  # cloze items per benchmark
 SOURCES = {
     "c": ["/usr/include/**/*.h"],
     "perl": ["/usr/share/perl/**/*.pm", "/usr/share/perl5/**/*.pm"],
@@ -37,8 +37,13 @@ def _rank(path: str) -> str:
 
 def read_text(domain: str, path: str) -> str | None:
     if domain == "manual":
-        out = subprocess.run(["man", "-l", path], capture_output=True, check=False,
-                             env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin"}, timeout=30)
+        out = subprocess.run(
+            ["man", "-l", path],
+            capture_output=True,
+            check=False,
+            env={"MANWIDTH": "80", "PATH": "/usr/bin:/bin"},
+            timeout=30,
+        )
         raw = subprocess.run(["col", "-b"], input=out.stdout, capture_output=True, check=False).stdout
     else:
         raw = Path(path).read_bytes()
@@ -83,8 +88,12 @@ def write(out: Path) -> dict:
         (out / "bench").mkdir(exist_ok=True)
         with open(out / "bench" / f"{domain}.jsonl", "w") as fh:
             fh.writelines(json.dumps(it) + "\n" for it in task.items)
-        summary[domain] = {"train_docs": len(train), "train_chars": sum(map(len, train)),
-                           "heldout_docs": len(held), "items": len(task.items)}
+        summary[domain] = {
+            "train_docs": len(train),
+            "train_chars": sum(map(len, train)),
+            "heldout_docs": len(held),
+            "items": len(task.items),
+        }
     write_conf(out)
     (out / "testbed.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -98,12 +107,22 @@ def write_conf(out: Path) -> Path:
     conf = out / "conf"
     (conf / "domains").mkdir(parents=True, exist_ok=True)
     (conf / "benchmarks").mkdir(parents=True, exist_ok=True)
-    domains = {"heldout_fraction": 0.05, "base_mixture": "token",
-               "sources": {d: {"source": "files", "paths": [str(root / "data" / d)]} for d in SOURCES}}
-    bench = {"metric": "prob", "batch_size": 64, "max_length": 256, "bootstrap": 200,
-             "capabilities": {CAPABILITIES[d]: {"domain": d, "tasks": [f"{d}_cloze"]} for d in SOURCES},
-             "tasks": {f"{d}_cloze": {"source": "jsonl", "path": str(root / "bench" / f"{d}.jsonl"), "kind": "mc"}
-                       for d in SOURCES}}
+    domains = {
+        "heldout_fraction": 0.05,
+        "base_mixture": "token",
+        "sources": {d: {"source": "files", "paths": [str(root / "data" / d)]} for d in SOURCES},
+    }
+    bench = {
+        "metric": "prob",
+        "batch_size": 64,
+        "max_length": 256,
+        "bootstrap": 200,
+        "capabilities": {CAPABILITIES[d]: {"domain": d, "tasks": [f"{d}_cloze"]} for d in SOURCES},
+        "tasks": {
+            f"{d}_cloze": {"source": "jsonl", "path": str(root / "bench" / f"{d}.jsonl"), "kind": "mc"}
+            for d in SOURCES
+        },
+    }
     (conf / "domains" / "files4.yaml").write_text(json.dumps(domains, indent=1) + "\n")  # JSON is valid YAML
     (conf / "benchmarks" / "files4.yaml").write_text(json.dumps(bench, indent=1) + "\n")
     return conf

@@ -4,4 +4,6 @@ import os
 
 __version__ = "0.1.0"
 
-os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files: matplotlib's file-only back-end unless one is chosen
+os.environ.setdefault(
+    "MPLBACKEND", "Agg"
+)  # figures are files: matplotlib's file-only back-end unless one is chosen

@@ -31,8 +31,11 @@ def pipeline(cfg: dict, run_dir: str | Path | None = None) -> Pipeline:
     paths.run_dir, else <paths.root>/runs/<run_name>/<time>."""
     from mergemix.commands import tracker_for
 
-    run_dir = Path(run_dir or cfg["paths"].get("run_dir") or Path(cfg["paths"]["root"]) / "runs" / cfg["run_name"]
-                   / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    run_dir = Path(
+        run_dir
+        or cfg["paths"].get("run_dir")
+        or Path(cfg["paths"]["root"]) / "runs" / cfg["run_name"] / time.strftime("%Y-%m-%d_%H-%M-%S")
+    )
     return Pipeline(cfg, run_dir, tracker_for(cfg, run_dir))
 
 

@@ -23,8 +23,15 @@ from mergemix.log import log
 
 # Bump a stage's version when its code changes what it produces.
 CODE_VERSIONS = {
-    "corpus": 1, "tokenizer": 1, "tokens": 1, "base": 1, "expert": 1, "benchmarks": 1,
-    "search": 1, "mixture": 1, "eval": 2,  # eval 2: lm-eval's exact context truncation
+    "corpus": 1,
+    "tokenizer": 1,
+    "tokens": 1,
+    "base": 1,
+    "expert": 1,
+    "benchmarks": 1,
+    "search": 1,
+    "mixture": 1,
+    "eval": 2,  # eval 2: lm-eval's exact context truncation
 }
 
 
@@ -42,8 +49,11 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def content_digest(path: Path) -> dict[str, str]:
     """sha256 of every file of an artifact directory but its manifest, by relative path."""
-    return {str(f.relative_to(path)): file_digest(f) for f in sorted(path.rglob("*"))
-            if f.is_file() and f.name != "manifest.json"}
+    return {
+        str(f.relative_to(path)): file_digest(f)
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and f.name != "manifest.json"
+    }
 
 
 SMALL_FILE = 1 << 20  # files up to this size are hashed on every read: no timestamp is trusted for them
@@ -66,7 +76,9 @@ def cached_digest(path: Path, memo: dict) -> str:
 def tree_digest(path: Path, memo: dict) -> str:
     """One sha256 over the contents of a file or of every file under a directory (by relative path)."""
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    listing = {str(f.relative_to(path)) if path.is_dir() else path.name: cached_digest(f, memo) for f in files}
+    listing = {
+        str(f.relative_to(path)) if path.is_dir() else path.name: cached_digest(f, memo) for f in files
+    }
     return hashlib.sha256(canonical_json(listing).encode()).hexdigest()
 
 
@@ -107,13 +119,17 @@ def open_nofollow(path: Path, flags: int) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):
-            raise MergeMixError(f"{path} is a symbolic link or a special file: mergemix only uses regular files in "
-                                f"its cache; remove it") from None
+            raise MergeMixError(
+                f"{path} is a symbolic link or a special file: mergemix only uses regular files in "
+                f"its cache; remove it"
+            ) from None
         raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise MergeMixError(f"{path} is a symbolic link or a special file: mergemix only uses regular files in its "
-                            f"cache; remove it")
+        raise MergeMixError(
+            f"{path} is a symbolic link or a special file: mergemix only uses regular files in its "
+            f"cache; remove it"
+        )
     return fd
 
 
@@ -130,14 +146,19 @@ def no_space(exc: BaseException, path: Path, written: int | None = None):
     from mergemix.errors import MergeMixError
 
     text = str(exc)
-    if not ((isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
-            or "No space left on device" in text or "os error 28" in text):
+    if not (
+        (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+        or "No space left on device" in text
+        or "os error 28" in text
+    ):
         return None
     where = Path(getattr(exc, "filename", None) or path)
     existing = next((p for p in (where, *where.parents) if p.exists()), Path("/"))
     wrote = f"{written} bytes written, " if written is not None else ""
-    return MergeMixError(f"no space left on the device to write {where} ({wrote}{shutil.disk_usage(existing).free} "
-                         "bytes free); nothing half-written is kept: free space or point paths.root elsewhere")
+    return MergeMixError(
+        f"no space left on the device to write {where} ({wrote}{shutil.disk_usage(existing).free} "
+        "bytes free); nothing half-written is kept: free space or point paths.root elsewhere"
+    )
 
 
 def stage_key(stage: str, inputs: dict) -> str:
@@ -213,8 +234,9 @@ class ArtifactStore:
         _VERIFIED.add(path)
         return True
 
-    def get_or_build(self, stage: str, inputs: dict, build: Callable[[Path], dict | None],
-                     leader: str | None = None) -> Path:
+    def get_or_build(
+        self, stage: str, inputs: dict, build: Callable[[Path], dict | None], leader: str | None = None
+    ) -> Path:
         """`leader` (a distributed launch's id) is announced while building, so that the other ranks of the same
         launch join the build (`follow`) while those of another launch wait for the result."""
         key = stage_key(stage, inputs)
@@ -233,8 +255,14 @@ class ArtifactStore:
                 write_atomic(marker, leader)
             try:
                 extra = build(tmp) or {}
-                manifest = {"stage": stage, "key": key, "inputs": inputs, "created": time.time(), **extra,
-                            "digest": content_digest(tmp)}
+                manifest = {
+                    "stage": stage,
+                    "key": key,
+                    "inputs": inputs,
+                    "created": time.time(),
+                    **extra,
+                    "digest": content_digest(tmp),
+                }
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
                 honour_umask(tmp)
                 shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover without manifest
@@ -254,8 +282,14 @@ class ArtifactStore:
     def _leader_marker(self, stage: str, key: str) -> Path:
         return self.root / ".locks" / f"{stage}-{key}.leader"
 
-    def follow(self, stage: str, inputs: dict, build: Callable[[Path], dict | None], leader: str,
-               timeout_s: float = 3600) -> Path:
+    def follow(
+        self,
+        stage: str,
+        inputs: dict,
+        build: Callable[[Path], dict | None],
+        leader: str,
+        timeout_s: float = 3600,
+    ) -> Path:
         """For a secondary rank of a distributed build: once rank 0 of the same launch (`leader`) announces that it
         builds this artifact, run `build` into a scratch directory (it takes part in the collectives, writes nothing
         that is kept); return when the artifact is complete, also when another launch built it."""
@@ -267,9 +301,12 @@ class ArtifactStore:
             if deadline is None and marker.is_file() and marker.read_text() == leader:
                 with tempfile.TemporaryDirectory(prefix=f"mergemix-{stage}-") as scratch:
                     build(Path(scratch))
-                deadline = time.time() + timeout_s  # rank 0 writes the manifest right after the last collective
+                deadline = (
+                    time.time() + timeout_s
+                )  # rank 0 writes the manifest right after the last collective
             elif deadline is not None and time.time() > deadline:
                 from mergemix.errors import MergeMixError
+
                 raise MergeMixError(f"rank 0 did not complete {stage}/{key} within {timeout_s:.0f} s")
             time.sleep(0.2)
         return self.path(stage, key)

@@ -26,7 +26,9 @@ class RouterBalance(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:  # after a resumed run's step counter is restored
         self._routers = routers(pl_module)
-        self._counts = [torch.zeros_like(r.e_score_correction_bias, dtype=torch.float64) for r in self._routers]
+        self._counts = [
+            torch.zeros_like(r.e_score_correction_bias, dtype=torch.float64) for r in self._routers
+        ]
         self._hooks = [r.register_forward_hook(self._counter(i)) for i, r in enumerate(self._routers)]
         self._step = trainer.global_step
 
@@ -34,7 +36,9 @@ class RouterBalance(pl.Callback):
         def hook(router, _inputs, output) -> None:
             indices = output[-1]  # (router logits, top-k weights, top-k indices)
             self._counts[i] += torch.bincount(indices.reshape(-1), minlength=self._counts[i].numel()).to(
-                self._counts[i])
+                self._counts[i]
+            )
+
         return hook
 
     @torch.no_grad()
@@ -42,15 +46,19 @@ class RouterBalance(pl.Callback):
         if not self._routers or trainer.global_step == self._step:  # still accumulating gradients
             return
         self._step = trainer.global_step
-        loads = [trainer.strategy.reduce(c.to(r.e_score_correction_bias.device), reduce_op="sum")
-                 for c, r in zip(self._counts, self._routers)]
+        loads = [
+            trainer.strategy.reduce(c.to(r.e_score_correction_bias.device), reduce_op="sum")
+            for c, r in zip(self._counts, self._routers)
+        ]
         ratios = []
         for router, load, count in zip(self._routers, loads, self._counts):
             bias = router.e_score_correction_bias
             bias += (self.rate * torch.sign(load.mean() - load)).to(bias.dtype)
             ratios.append(float(load.max() / load.mean().clamp_min(1)))
             count.zero_()
-        self.history.append({"moe/load_imbalance": sum(ratios) / len(ratios), "moe/load_imbalance_max": max(ratios)})
+        self.history.append(
+            {"moe/load_imbalance": sum(ratios) / len(ratios), "moe/load_imbalance_max": max(ratios)}
+        )
         pl_module.log_dict(self.history[-1], on_step=True, on_epoch=False)
 
     def teardown(self, trainer, pl_module, stage) -> None:

@@ -33,7 +33,10 @@ def writable_dir(path: str | Path, what: str) -> Path:
 
 def check_paths(cfg: dict) -> None:
     """User checkpoints and tokenizers named in the config exist; the cache directory can be written."""
-    tokenizer, checkpoint = (cfg.get("tokenizer") or {}).get("path"), (cfg.get("base") or {}).get("checkpoint")
+    tokenizer, checkpoint = (
+        (cfg.get("tokenizer") or {}).get("path"),
+        (cfg.get("base") or {}).get("checkpoint"),
+    )
     if tokenizer:
         from mergemix.data.tokenizer import load_tokenizer
 
@@ -54,8 +57,10 @@ def check_storage(storage_url: str) -> None:
         url = make_url(storage_url)
         url.get_dialect().import_dbapi()
     except ImportError as exc:
-        raise MergeMixError(f"cannot open Optuna storage {shown}: its database driver is not installed "
-                            f"({exc}); PostgreSQL: pip install -e .[postgres], postgresql+psycopg2://...") from exc
+        raise MergeMixError(
+            f"cannot open Optuna storage {shown}: its database driver is not installed "
+            f"({exc}); PostgreSQL: pip install -e .[postgres], postgresql+psycopg2://..."
+        ) from exc
     except Exception as exc:  # SQLAlchemy raises many kinds
         raise MergeMixError(f"cannot open Optuna storage {shown}: {str(exc).splitlines()[0]}") from exc
     folder = Path(url.database).parent if url.get_backend_name() == "sqlite" and url.database else None

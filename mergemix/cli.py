@@ -67,10 +67,18 @@ def _preflight(args) -> None:
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {cmd.summary}" for name, cmd in COMMANDS.items()]
-    return "\n".join(["usage: mergemix [COMMAND] [OVERRIDES] [HYDRA FLAGS]   (COMMAND defaults to run)",
-                      "", "commands:", *lines,
-                      f"  {'merge':<{width}}  base=DIR experts=[DIR,...] weights=[w,...] out=DIR: one merge, no config",
-                      "", "mergemix --version: the version; the config groups and flags follow.", ""])
+    return "\n".join(
+        [
+            "usage: mergemix [COMMAND] [OVERRIDES] [HYDRA FLAGS]   (COMMAND defaults to run)",
+            "",
+            "commands:",
+            *lines,
+            f"  {'merge':<{width}}  base=DIR experts=[DIR,...] weights=[w,...] out=DIR: one merge, no config",
+            "",
+            "mergemix --version: the version; the config groups and flags follow.",
+            "",
+        ]
+    )
 
 
 def _parse_dotlist(args: list[str], what: str) -> dict:
@@ -89,8 +97,10 @@ def _merge(args: list[str]) -> None:
     opts = _parse_dotlist(args, "merge arguments")
     unknown = sorted(set(opts) - {"base", "experts", "weights", "out", "stream"})
     if unknown:
-        raise MergeMixError(f"unknown merge argument(s) {unknown}; use base=, experts=[...], weights=[...], out=, "
-                            "and optionally stream=true|false")
+        raise MergeMixError(
+            f"unknown merge argument(s) {unknown}; use base=, experts=[...], weights=[...], out=, "
+            "and optionally stream=true|false"
+        )
     missing = [k for k in ("base", "experts", "weights", "out") if k not in opts]
     if missing:
         raise MergeMixError(f"merge needs {', '.join(f'{k}=' for k in missing)}")
@@ -101,8 +111,10 @@ def _merge(args: list[str]) -> None:
         raise MergeMixError(f"weights have {len(weights)} entries but there are {len(experts)} experts")
     stream = opts.get("stream")
     if stream not in (None, True, False):
-        raise MergeMixError(f"stream must be true or false (default: stream when the merge would not fit in RAM), "
-                            f"got {stream!r}")
+        raise MergeMixError(
+            f"stream must be true or false (default: stream when the merge would not fit in RAM), "
+            f"got {stream!r}"
+        )
     out = export_merge(opts["base"], experts, weights, opts["out"], stream=stream)
     log.info(f"merged checkpoint: {out}")
 
@@ -158,7 +170,9 @@ def _mix_weights(argv: list[str]) -> tuple[dict, list[str]]:
     weights = [a for a in argv if a.startswith("weights=")]
     if not weights:
         raise MergeMixError("mix needs weights='{domain: weight, ...}'")
-    return _parse_dotlist(weights[:1], "mix weights")["weights"], [a for a in argv if not a.startswith("weights=")]
+    return _parse_dotlist(weights[:1], "mix weights")["weights"], [
+        a for a in argv if not a.startswith("weights=")
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,7 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail(str(exc))
     if args.help:
         print(usage())
-    sys.argv = [sys.argv[0], *argv, f"hydra.job.name={command}"]  # the job's log file: <run dir>/<command>.log
+    sys.argv = [
+        sys.argv[0],
+        *argv,
+        f"hydra.job.name={command}",
+    ]  # the job's log file: <run dir>/<command>.log
     os.environ["MERGEMIX_COMMAND"] = json.dumps([command, mix_weights])  # for Lightning's per-device re-runs
     _hydra_entry(command, mix_weights)
 

@@ -74,7 +74,11 @@ def _mix(pipe: Pipeline, weights) -> None:
 
     path = pipe.train_mixture(check_weights(weights, pipe.domain_names, "mix weights"), "custom")
     result = pipe.evaluate_checkpoint(path)
-    print(json.dumps({"checkpoint": str(path), "U": result["U"], "capabilities": result["capabilities"]}, indent=2))
+    print(
+        json.dumps(
+            {"checkpoint": str(path), "U": result["U"], "capabilities": result["capabilities"]}, indent=2
+        )
+    )
 
 
 def _compare(pipe: Pipeline, _args) -> None:
@@ -82,8 +86,10 @@ def _compare(pipe: Pipeline, _args) -> None:
 
     result = run_strategy(pipe)
     aggregate(pipe.run_dir.parent)
-    log.info(f"strategy {result['strategy']} (seed {result['seed']}): trained U {100 * result['U']:.2f}, "
-          f"training tokens {result['cost']['train_tokens']:.3g}; comparison: {pipe.run_dir.parent / 'comparison.md'}")
+    log.info(
+        f"strategy {result['strategy']} (seed {result['seed']}): trained U {100 * result['U']:.2f}, "
+        f"training tokens {result['cost']['train_tokens']:.3g}; comparison: {pipe.run_dir.parent / 'comparison.md'}"
+    )
 
 
 REPORTS = {"validate": "validation"}  # a study's report files when not <name>.{json,md,png}
@@ -106,12 +112,14 @@ COMMANDS: dict[str, Command] = {
     "run": Command("all stages (= make demo); the last line names the run directory", _run),
     "experts": Command("the pipeline up to the experts (expert_domain=NAME trains one)", _experts),
     "search": Command("the pipeline up to the search: alpha* and its exports", _search),
-    "search-worker": Command("one more worker on a search (its seed design, or its shared Optuna study)",
-                             _search_worker),
+    "search-worker": Command(
+        "one more worker on a search (its seed design, or its shared Optuna study)", _search_worker
+    ),
     "mix": Command("train and evaluate one mixture from the base: weights='{code: 0.5, ...}'", _mix),
     "info": Command("the composed config's model size and domains as JSON", _info, pipeline=False),
-    "compare": Command("one strategy's mixture, trained and scored; sweep with -m strategy=a,b search_seed=0,1",
-                       _compare),
+    "compare": Command(
+        "one strategy's mixture, trained and scored; sweep with -m strategy=a,b search_seed=0,1", _compare
+    ),
     **{name: _study(name, summary) for name, summary in STUDIES.items()},
 }
 
@@ -175,8 +183,13 @@ def quiet() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning_fabric",
-                 "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in (
+        "pytorch_lightning",
+        "pytorch_lightning.utilities.rank_zero",
+        "lightning_fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -58,9 +58,11 @@ def label_strategy(cfg, choices) -> None:
     ran = choices.get("baseline") if choices.get("baseline") not in (None, "none") else choices.get("search")
     chosen = choices.get("strategy")
     if chosen and chosen != ran:
-        raise MergeMixError(f"bad config: strategy={chosen} conflicts with search={choices.get('search')} "
-                            f"baseline={choices.get('baseline')}: choose with strategy= alone, or with search= "
-                            "and baseline=")
+        raise MergeMixError(
+            f"bad config: strategy={chosen} conflicts with search={choices.get('search')} "
+            f"baseline={choices.get('baseline')}: choose with strategy= alone, or with search= "
+            "and baseline="
+        )
     with open_dict(cfg):
         cfg.strategy = ran
 
@@ -96,4 +98,6 @@ def to_plain(cfg) -> dict:
         return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except Exception as exc:
         key = getattr(exc, "full_key", None)  # OmegaConf's errors name the key on a later line
-        raise MergeMixError(f"bad config: {str(exc).splitlines()[0]}{f' (key {key})' if key else ''}") from exc
+        raise MergeMixError(
+            f"bad config: {str(exc).splitlines()[0]}{f' (key {key})' if key else ''}"
+        ) from exc

@@ -72,7 +72,6 @@ class _Masked(logging.Filter):
         return True
 
 
-
 def interactive() -> bool:
     """Whether the console is a terminal (progress bars) rather than a log file (progress lines)."""
     return sys.stdout.isatty() and sys.stderr.isatty()
@@ -101,5 +100,7 @@ class Progress:
     def line(self, now: float) -> str:
         rate = (self.done - self.start) / max(now - self.t0, 1e-9)
         eta = str(datetime.timedelta(seconds=round((self.total - self.done) / rate))) if rate > 0 else "?"
-        return (f"[{self.desc}] {self.done:.0f}/{self.total:.0f} {self.unit} "
-                f"({100 * self.done / max(self.total, 1e-9):.0f}%), {rate:.3g} {self.unit}/s, ETA {eta}")
+        return (
+            f"[{self.desc}] {self.done:.0f}/{self.total:.0f} {self.unit} "
+            f"({100 * self.done / max(self.total, 1e-9):.0f}%), {rate:.3g} {self.unit}/s, ETA {eta}"
+        )

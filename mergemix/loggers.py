@@ -25,7 +25,10 @@ class StageRun:
     """What one stage reports. Without a tracking backend every method does nothing."""
 
     def __init__(self, run=None, lightning=None):
-        self.run, self._lightning = run, lightning  # a wandb Run (kind wandb), a Lightning logger (csv, wandb)
+        self.run, self._lightning = (
+            run,
+            lightning,
+        )  # a wandb Run (kind wandb), a Lightning logger (csv, wandb)
 
     @property
     def active(self) -> bool:
@@ -86,16 +89,23 @@ class Tracker:
     """`with tracker.stage(name, job_type, config) as run:` opens the stage's run and finishes it on exit (failed
     when the stage raised)."""
 
-    def __init__(self, logger_cfg: dict | None, run_dir: str | Path, group: str, identity: dict | None = None):
+    def __init__(
+        self, logger_cfg: dict | None, run_dir: str | Path, group: str, identity: dict | None = None
+    ):
         self.cfg, self.run_dir, self.group = dict(logger_cfg or {"kind": "none"}), Path(run_dir), group
         self.identity = dict(identity or {})  # in every run's config (`identity(cfg)`)
         self.kind = "lightning" if "_target_" in self.cfg else self.cfg.get("kind", "none")
         if self.kind not in (*KINDS, "lightning"):
-            raise MergeMixError(f"unknown logger kind '{self.kind}' (wandb, none, or a Lightning logger's _target_ "
-                                f"as in conf/logger/csv.yaml)")
+            raise MergeMixError(
+                f"unknown logger kind '{self.kind}' (wandb, none, or a Lightning logger's _target_ "
+                f"as in conf/logger/csv.yaml)"
+            )
         if self.kind == "wandb":
-            self.mode = self.cfg.get("mode") or os.environ.get("WANDB_MODE") or (
-                "online" if os.environ.get("WANDB_API_KEY") else "offline")
+            self.mode = (
+                self.cfg.get("mode")
+                or os.environ.get("WANDB_MODE")
+                or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+            )
 
     @contextlib.contextmanager
     def stage(self, name: str, job_type: str, config: dict | None = None) -> Iterator[StageRun]:
@@ -119,9 +129,18 @@ class Tracker:
         from pytorch_lightning.loggers import WandbLogger
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        run = wandb.init(project=self.cfg.get("project", "mergemix"), entity=self.cfg.get("entity"), name=name,
-                         group=self.group, job_type=job_type, config=config, dir=str(self.run_dir), mode=self.mode,
-                         reinit="create_new", settings=wandb.Settings(silent=True))  # no banners
+        run = wandb.init(
+            project=self.cfg.get("project", "mergemix"),
+            entity=self.cfg.get("entity"),
+            name=name,
+            group=self.group,
+            job_type=job_type,
+            config=config,
+            dir=str(self.run_dir),
+            mode=self.mode,
+            reinit="create_new",
+            settings=wandb.Settings(silent=True),
+        )  # no banners
         return StageRun(run, WandbLogger(experiment=run))
 
     def _lightning_logger(self, name: str):
@@ -137,8 +156,9 @@ class Tracker:
             return instantiate(spec)
         except InstantiationException as exc:
             cause = exc.__cause__ or exc
-            raise MergeMixError(f"cannot create the logger {self.cfg['_target_']}: "
-                                f"{str(cause).strip().splitlines()[0]}") from exc
+            raise MergeMixError(
+                f"cannot create the logger {self.cfg['_target_']}: {str(cause).strip().splitlines()[0]}"
+            ) from exc
 
     @staticmethod
     def _finish(run: StageRun, failed: bool) -> None:
@@ -157,10 +177,15 @@ def identity(cfg: dict, sweep: str | None = None) -> dict:
     """The composed settings that identify a run, for filtering and grouping runs (flat, the same in every run of
     a command): model, domains, benchmarks (tasks), seed, search_seed, strategy, run_name, and the sweep."""
     kind = cfg.get("baseline", {}).get("kind", "none")
-    out = {"model": cfg["model"].get("name"), "domains": sorted(cfg["domains"]["sources"]),
-           "benchmarks": sorted(cfg["benchmarks"].get("tasks") or {}), "seed": cfg["seed"],
-           "search_seed": cfg["search_seed"], "strategy": cfg.get("strategy") if kind == "none" else kind,
-           "run_name": cfg["run_name"]}
+    out = {
+        "model": cfg["model"].get("name"),
+        "domains": sorted(cfg["domains"]["sources"]),
+        "benchmarks": sorted(cfg["benchmarks"].get("tasks") or {}),
+        "seed": cfg["seed"],
+        "search_seed": cfg["search_seed"],
+        "strategy": cfg.get("strategy") if kind == "none" else kind,
+        "run_name": cfg["run_name"],
+    }
     return {**out, "sweep": sweep} if sweep else out
 
 
@@ -171,14 +196,26 @@ def flat(prefix: str, values: dict) -> dict:
 def report_training(run: StageRun, manifest: dict) -> None:
     """A training stage's results (also when served from the cache: linked to the run that produced it)."""
     keys = ("final_loss", "steps", "train_tokens", "tokens_per_s", "wall_s", "world_size")
-    run.summary({**{k: manifest[k] for k in keys if k in manifest}, **flat("tokens", manifest.get("realised_tokens", {})),
-                 "cache_key": manifest.get("key"), "produced_by_run": manifest.get("run_id")})
+    run.summary(
+        {
+            **{k: manifest[k] for k in keys if k in manifest},
+            **flat("tokens", manifest.get("realised_tokens", {})),
+            "cache_key": manifest.get("key"),
+            "produced_by_run": manifest.get("run_id"),
+        }
+    )
 
 
 def report_scores(run: StageRun, result: dict, mixture: dict[str, float] | None = None) -> None:
     """A checkpoint's benchmark result (and the mixture it was trained on) in the run's summary."""
-    run.summary({"U": result["U"], "U_std": result["U_std"], **flat("score", result["capabilities"]),
-                 **flat("mixture", mixture or {})})
+    run.summary(
+        {
+            "U": result["U"],
+            "U_std": result["U_std"],
+            **flat("score", result["capabilities"]),
+            **flat("mixture", mixture or {}),
+        }
+    )
 
 
 def report_search(run: StageRun, search_dir: Path, names: list[str]) -> None:
@@ -197,10 +234,19 @@ def report_search(run: StageRun, search_dir: Path, names: list[str]) -> None:
     run.table("trials", head, rows)
     s = json.loads((search_dir / "search.json").read_text())
     verified = s["verified_result"]
-    run.summary({**flat("alpha_star", s["alpha_star"]), **flat("predicted", s.get("predicted") or {}),
-                 "U": verified["U"], "U_std": verified["U_std"], **flat("score", verified["capabilities"]),
-                 "backend": s["backend"], "objective": s["objective"], "evaluations": s.get("evaluations"),
-                 **flat("cost", {k: v for k, v in s.get("cost", {}).items() if isinstance(v, (int, float))})})
+    run.summary(
+        {
+            **flat("alpha_star", s["alpha_star"]),
+            **flat("predicted", s.get("predicted") or {}),
+            "U": verified["U"],
+            "U_std": verified["U_std"],
+            **flat("score", verified["capabilities"]),
+            "backend": s["backend"],
+            "objective": s["objective"],
+            "evaluations": s.get("evaluations"),
+            **flat("cost", {k: v for k, v in s.get("cost", {}).items() if isinstance(v, (int, float))}),
+        }
+    )
     run.artifact("mixture", "mixture", [search_dir / "mixture.yaml"], {"alpha_star": s["alpha_star"]})
 
 

@@ -30,8 +30,11 @@ def linear_targets(model) -> str:
     from mergemix.models import routed_expert_params
 
     head, moe = model.get_output_embeddings(), routed_expert_params(model)[0] > 0
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and m is not head and not (moe and ".mlp." in n)]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m is not head and not (moe and ".mlp." in n)
+    ]
     return "|".join(re.escape(n) for n in names)
 
 
@@ -40,13 +43,20 @@ def wrap(model, spec: Mapping):
     `linear_targets`); only the adapters train."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=int(spec["r"]), lora_alpha=float(spec["alpha"]), lora_dropout=float(spec.get("dropout", 0)),
-                     target_modules=spec.get("target_modules") or linear_targets(model), bias="none",
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=int(spec["r"]),
+        lora_alpha=float(spec["alpha"]),
+        lora_dropout=float(spec.get("dropout", 0)),
+        target_modules=spec.get("target_modules") or linear_targets(model),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, cfg)
     if model.peft_config["default"].target_parameters:
-        raise MergeMixError(f"experts.lora.target_modules {spec.get('target_modules')!r} reach an MoE's stacked "
-                            "expert tensors, which LoRA merging does not cover; target attention layers")
+        raise MergeMixError(
+            f"experts.lora.target_modules {spec.get('target_modules')!r} reach an MoE's stacked "
+            "expert tensors, which LoRA merging does not cover; target attention layers"
+        )
     return model
 
 
@@ -69,12 +79,17 @@ def load_adapter(path: str | Path) -> tuple[float, dict[str, tuple[torch.Tensor,
     path = Path(path)
     cfg = json.loads((path / ADAPTER_CONFIG).read_text())
     unsupported = [k for k in ("rank_pattern", "alpha_pattern", "target_parameters") if cfg.get(k)]
-    unsupported += [k for k in ("use_dora", "fan_in_fan_out", "modules_to_save", "lora_bias",
-                                "trainable_token_indices") if cfg.get(k)]
+    unsupported += [
+        k
+        for k in ("use_dora", "fan_in_fan_out", "modules_to_save", "lora_bias", "trainable_token_indices")
+        if cfg.get(k)
+    ]
     unsupported += ["bias"] if cfg.get("bias", "none") != "none" else []
     if cfg.get("peft_type") != "LORA" or unsupported:
-        raise MergeMixError(f"adapter {path}: only plain LoRA adapters merge (peft_type LORA without "
-                            f"{', '.join(unsupported) or 'other options'})")
+        raise MergeMixError(
+            f"adapter {path}: only plain LoRA adapters merge (peft_type LORA without "
+            f"{', '.join(unsupported) or 'other options'})"
+        )
     r = int(cfg["r"])
     scaling = float(cfg["lora_alpha"]) / (math.sqrt(r) if cfg.get("use_rslora") else r)
     state = load_file(str(path / "adapter_model.safetensors"))
@@ -82,7 +97,7 @@ def load_adapter(path: str | Path) -> tuple[float, dict[str, tuple[torch.Tensor,
     factors = {}
     for key in state:
         if key.endswith(".lora_A.weight"):
-            module = key[len(prefix):-len(".lora_A.weight")]
+            module = key[len(prefix) : -len(".lora_A.weight")]
             factors[f"{module}.weight"] = (state[key].float(), state[key.replace("lora_A", "lora_B")].float())
     return scaling, factors
 
@@ -118,18 +133,24 @@ class LoraBank(ExpertBank):
             scaling, factors = adapters[name]
             for pname, (a, b) in factors.items():
                 if pname not in self.base_params or self.base_params[pname].shape != (b.shape[0], a.shape[1]):
-                    raise MergeMixError(f"LoRA expert '{name}' adapts {pname}, which the base lacks or shapes "
-                                        "otherwise")
+                    raise MergeMixError(
+                        f"LoRA expert '{name}' adapts {pname}, which the base lacks or shapes otherwise"
+                    )
                 if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                    raise MergeMixError(f"expert '{name}' has NaN or Inf weights (first in {pname}); refusing to "
-                                        "merge it")
+                    raise MergeMixError(
+                        f"expert '{name}' has NaN or Inf weights (first in {pname}); refusing to merge it"
+                    )
                 parts.setdefault(pname, []).append((i, scaling, a, b))
         self.factors = {}
         for pname, ps in parts.items():
             owner = torch.cat([torch.full((a.shape[0],), i) for i, _, a, _ in ps])
             scale = torch.cat([torch.full((a.shape[0],), s) for _, s, a, _ in ps])
-            self.factors[pname] = (torch.cat([b for *_, b in ps], dim=1), torch.cat([a for *_, a, _ in ps]),
-                                   owner, scale)
+            self.factors[pname] = (
+                torch.cat([b for *_, b in ps], dim=1),
+                torch.cat([a for *_, a, _ in ps]),
+                owner,
+                scale,
+            )
         self.deltas = _LowRankDeltas(self)
 
     @classmethod

@@ -54,7 +54,9 @@ def mergeable(model) -> dict[str, torch.Tensor]:
 def check_finite(model, name: str) -> None:
     for pname, p in mergeable(model).items():
         if not torch.isfinite(p).all():
-            raise MergeMixError(f"expert '{name}' has NaN or Inf weights (first in {pname}); refusing to merge it")
+            raise MergeMixError(
+                f"expert '{name}' has NaN or Inf weights (first in {pname}); refusing to merge it"
+            )
 
 
 class ExpertBank:
@@ -123,13 +125,29 @@ def _fits_in_memory(base_path: str | Path, k: int) -> bool:
         size = checkpoint_bytes(base_path) * 2  # a bf16 checkpoint doubles in fp32
     except MergeMixError:
         return True  # not safetensors: only the in-memory path can read it
-    avail = next((int(ln.split()[1]) * 1024 for ln in Path("/proc/meminfo").read_text().splitlines()
-                  if ln.startswith("MemAvailable:")), None) if Path("/proc/meminfo").is_file() else None
+    avail = (
+        next(
+            (
+                int(ln.split()[1]) * 1024
+                for ln in Path("/proc/meminfo").read_text().splitlines()
+                if ln.startswith("MemAvailable:")
+            ),
+            None,
+        )
+        if Path("/proc/meminfo").is_file()
+        else None
+    )
     return avail is None or (k + 2) * size <= avail // 2
 
 
-def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weights: Sequence[float],
-                 out_dir: str | Path, overwrite: bool = False, stream: bool | None = None) -> Path:
+def export_merge(
+    base_path: str | Path,
+    expert_paths: Sequence[str | Path],
+    weights: Sequence[float],
+    out_dir: str | Path,
+    overwrite: bool = False,
+    stream: bool | None = None,
+) -> Path:
     """Write theta(alpha) as an HF checkpoint (safetensors + config + tokenizer when the base has one).
     `stream`: merge tensor by tensor from memory-mapped safetensors (mergemix/streaming.py) instead of loading
     K + 2 models; None streams when the in-memory merge would not fit in half the free RAM."""
@@ -161,17 +179,24 @@ def export_merge(base_path: str | Path, expert_paths: Sequence[str | Path], weig
             bank.merge_into(model, ordered)
             model.save_pretrained(str(tmp), safe_serialization=True)
         for f in Path(base_path).iterdir():
-            if f.name.startswith(("tokenizer", "special_tokens", "generation_config")) and not (tmp / f.name).exists():
+            if (
+                f.name.startswith(("tokenizer", "special_tokens", "generation_config"))
+                and not (tmp / f.name).exists()
+            ):
                 shutil.copy2(f, tmp / f.name)
         stamp_special_tokens(tmp)  # also for a base trained before the ids were written
         if overwrite and out_dir.exists():
             shutil.rmtree(out_dir)
         honour_umask(tmp)  # the usual modes, not mkdtemp's and safetensors' private ones
-        os.rename(tmp, out_dir)  # atomic, and refused onto a non-empty directory: of two merges to one `out`, one wins
+        os.rename(
+            tmp, out_dir
+        )  # atomic, and refused onto a non-empty directory: of two merges to one `out`, one wins
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
-            raise MergeMixError(f"output directory {out_dir} exists and is not empty; choose another `out`") from exc
+            raise MergeMixError(
+                f"output directory {out_dir} exists and is not empty; choose another `out`"
+            ) from exc
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -11,38 +11,86 @@ from mergemix.errors import MergeMixError
 from mergemix.registry import Registry
 
 
-def llama_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
-                 intermediate_size: int, max_position_embeddings: int, tie_word_embeddings: bool = True,
-                 initializer_range: float = 0.02, **_):
+def llama_config(
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int,
+    tie_word_embeddings: bool = True,
+    initializer_range: float = 0.02,
+    **_,
+):
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                       num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                       intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
-                       tie_word_embeddings=tie_word_embeddings, initializer_range=initializer_range,
-                       bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        initializer_range=initializer_range,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
 
 
-def moe_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, num_kv_heads: int,
-               intermediate_size: int, moe_intermediate_size: int, num_experts: int, num_experts_per_tok: int,
-               max_position_embeddings: int, num_shared_experts: int = 1, first_dense_layers: int = 1,
-               tie_word_embeddings: bool = False, initializer_range: float = 0.02, **_):
+def moe_config(
+    vocab_size: int,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    intermediate_size: int,
+    moe_intermediate_size: int,
+    num_experts: int,
+    num_experts_per_tok: int,
+    max_position_embeddings: int,
+    num_shared_experts: int = 1,
+    first_dense_layers: int = 1,
+    tie_word_embeddings: bool = False,
+    initializer_range: float = 0.02,
+    **_,
+):
     """GQA attention with full RoPE, `first_dense_layers` dense FFN layers (`intermediate_size`), then MoE layers of
     `num_experts` routed experts (top `num_experts_per_tok`, sigmoid router) plus shared experts, all of
     `moe_intermediate_size` (transformers' Glm4Moe, the layout of the paper's Ling-2.0-style models)."""
     from transformers import Glm4MoeConfig
 
     if not 0 < num_experts_per_tok <= num_experts:
-        raise MergeMixError(f"num_experts_per_tok must be in 1..num_experts ({num_experts}), got {num_experts_per_tok}")
-    return Glm4MoeConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
-                         num_attention_heads=num_heads, num_key_value_heads=num_kv_heads,
-                         head_dim=hidden_size // num_heads, intermediate_size=intermediate_size,
-                         moe_intermediate_size=moe_intermediate_size, n_routed_experts=num_experts,
-                         num_experts_per_tok=num_experts_per_tok, n_shared_experts=num_shared_experts,
-                         first_k_dense_replace=first_dense_layers, n_group=1, topk_group=1, num_mtp_layers=0,
-                         partial_rotary_factor=1.0, max_position_embeddings=max_position_embeddings,
-                         tie_word_embeddings=tie_word_embeddings, initializer_range=initializer_range,
-                         bos_token_id=None, eos_token_id=None, pad_token_id=None)
+        raise MergeMixError(
+            f"num_experts_per_tok must be in 1..num_experts ({num_experts}), got {num_experts_per_tok}"
+        )
+    return Glm4MoeConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        intermediate_size=intermediate_size,
+        moe_intermediate_size=moe_intermediate_size,
+        n_routed_experts=num_experts,
+        num_experts_per_tok=num_experts_per_tok,
+        n_shared_experts=num_shared_experts,
+        first_k_dense_replace=first_dense_layers,
+        n_group=1,
+        topk_group=1,
+        num_mtp_layers=0,
+        partial_rotary_factor=1.0,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=tie_word_embeddings,
+        initializer_range=initializer_range,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
 
 
 ARCHS = Registry("model arch", {"llama": llama_config, "glm4_moe": moe_config})
@@ -132,18 +180,37 @@ def describe(model_cfg: dict, vocab_size: int) -> dict:
         cfg = hf_config(model_cfg, vocab_size)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    return {"name": model_cfg.get("name"), "architecture": type(model).__name__, "vocab_size": cfg.vocab_size,
-            "total_params": count_params(model), "active_params": active_params(model),
-            "routed_expert_params": routed_expert_params(model)[0]}
+    return {
+        "name": model_cfg.get("name"),
+        "architecture": type(model).__name__,
+        "vocab_size": cfg.vocab_size,
+        "total_params": count_params(model),
+        "active_params": active_params(model),
+        "routed_expert_params": routed_expert_params(model)[0],
+    }
 
 
 # Config keys that do not change the architecture (merging compares the rest).
-IGNORED_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures",
-                       "use_cache", "bos_token_id", "eos_token_id", "pad_token_id"}
+IGNORED_CONFIG_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "architectures",
+    "use_cache",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+}
 
 # Config keys naming an MoE's expert count (Glm4Moe/DeepSeek, Qwen-MoE, Mixtral spellings).
-_EXPERT_COUNT_KEYS = ("n_routed_experts", "num_experts", "num_local_experts", "num_experts_per_tok",
-                      "n_shared_experts")
+_EXPERT_COUNT_KEYS = (
+    "n_routed_experts",
+    "num_experts",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "n_shared_experts",
+)
 
 
 def check_same_config(base_cfg: dict, other_cfg: dict, name: str) -> None:
@@ -152,8 +219,10 @@ def check_same_config(base_cfg: dict, other_cfg: dict, name: str) -> None:
     b = {k: v for k, v in other_cfg.items() if k not in IGNORED_CONFIG_KEYS}
     for key in _EXPERT_COUNT_KEYS:
         if a.get(key) != b.get(key):
-            raise MergeMixError(f"expert '{name}' has {key}={b.get(key)} but the base has {a.get(key)}: "
-                                "an MoE expert count must match the base to merge")
+            raise MergeMixError(
+                f"expert '{name}' has {key}={b.get(key)} but the base has {a.get(key)}: "
+                "an MoE expert count must match the base to merge"
+            )
     diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diff:
         detail = ", ".join(f"{k}: {a.get(k)} vs {b.get(k)}" for k in diff[:3])
@@ -178,8 +247,11 @@ def stamp_special_tokens(path: str | Path, tok=None) -> None:
     if not (path / "config.json").is_file():  # a LoRA adapter directory: no model config to stamp
         return
     cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    ids = {"eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
-           "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+    ids = {
+        "eos_token_id": tok.eos_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    }
     for key, value in ids.items():
         setattr(cfg, key, value)
     cfg.save_pretrained(str(path))
@@ -190,4 +262,6 @@ def stamp_special_tokens(path: str | Path, tok=None) -> None:
         import json
 
         spec = json.loads(tok_cfg.read_text())
-        tok_cfg.write_text(json.dumps({**spec, "model_max_length": positions}, indent=2, ensure_ascii=False) + "\n")
+        tok_cfg.write_text(
+            json.dumps({**spec, "model_max_length": positions}, indent=2, ensure_ascii=False) + "\n"
+        )

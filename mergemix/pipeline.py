@@ -100,8 +100,9 @@ class Pipeline:
         the token stage, so that a repetition error does not wait for the base to train."""
         if not self.cfg["base"].get("checkpoint"):
             mixture = self.cfg["base"]["mixture"]
-            self.check_epochs(self.uniform_mixture if mixture == "token" else mixture, self.cfg["base"]["tokens"],
-                              "base")
+            self.check_epochs(
+                self.uniform_mixture if mixture == "token" else mixture, self.cfg["base"]["tokens"], "base"
+            )
         for n in self.domain_names:
             self.check_epochs({n: 1.0}, self.cfg["experts"]["tokens"], f"expert:{n}")
         self.check_epochs(self.uniform_mixture, self.cfg["mix"]["tokens"], "mix:uniform")
@@ -111,13 +112,22 @@ class Pipeline:
         """Train (or take from the cache) one checkpoint, after the repetition checks."""
         _ = self.preflight  # the known runs, once, before the first training
         self.check_epochs(job.ratios, job.spec["tokens"], job.desc)
-        return train.train_checkpoint(job, self.cfg, self.store, self.tracker, self.tokenizer_dir, self.token_dirs,
-                                      self.evaluate_checkpoint)
+        return train.train_checkpoint(
+            job,
+            self.cfg,
+            self.store,
+            self.tracker,
+            self.tokenizer_dir,
+            self.token_dirs,
+            self.evaluate_checkpoint,
+        )
 
     @cached_property
     def base_dir(self) -> Path:
         b = self.cfg["base"]
-        return base.user_base(b) or self._train(base.base_job(b, self.domain_names, self.uniform_mixture, self.seed))
+        return base.user_base(b) or self._train(
+            base.base_job(b, self.domain_names, self.uniform_mixture, self.seed)
+        )
 
     @cached_property
     def expert_dirs(self) -> dict[str, Path]:
@@ -128,23 +138,35 @@ class Pipeline:
         with `ratios` an expert named `name` trained on that mixture of domains (a coarse group of the
         hierarchical search)."""
         spec = {k: v for k, v in self.cfg["experts"].items() if k != "seed"}
-        seed = self.cfg["experts"].get("seed")  # a rerun's fresh experts on the same base (the frontier's seeds)
-        return self._train(experts.expert_job(name, spec, self.base_dir, self.seed if seed is None else int(seed),
-                                              ratios))
+        seed = self.cfg["experts"].get(
+            "seed"
+        )  # a rerun's fresh experts on the same base (the frontier's seeds)
+        return self._train(
+            experts.expert_job(name, spec, self.base_dir, self.seed if seed is None else int(seed), ratios)
+        )
 
     def derive(self, **sections) -> Pipeline:
         """This pipeline with whole config sections replaced (another model, a checkpoint as the base): what the
         new inputs determine is rebuilt, everything else comes from the shared cache."""
         return Pipeline({**self.cfg, **sections}, self.run_dir, self.tracker)
 
-    def train_mixture(self, ratios: dict[str, float], label: str, spec: dict | None = None,
-                      seed: int | None = None) -> Path:
+    def train_mixture(
+        self, ratios: dict[str, float], label: str, spec: dict | None = None, seed: int | None = None
+    ) -> Path:
         """Train the base on `ratios` (the mid-training run, or a proxy run with another `spec`); `seed` (data
         order) defaults to search_seed."""
         ratios = check_weights(ratios, self.domain_names, f"mixture '{label}'")  # before the base is built
         seed = self.search_seed if seed is None else int(seed)
-        return self._train(mix.mixture_job(ratios, label, spec or self.cfg["mix"], self.base_dir, seed,
-                                           evaluate=self.tracker.kind == "wandb"))
+        return self._train(
+            mix.mixture_job(
+                ratios,
+                label,
+                spec or self.cfg["mix"],
+                self.base_dir,
+                seed,
+                evaluate=self.tracker.kind == "wandb",
+            )
+        )
 
     # ------------------------------------------------------------------------------------- evaluation ---
     @cached_property
@@ -164,7 +186,9 @@ class Pipeline:
 
     def eval_dir(self, path: Path) -> Path:
         """The stored scores of a checkpoint, cached by (checkpoint, benchmark suite)."""
-        return evaluate.score_checkpoint(self.store, path, self.suite_key, lambda: self.suite, self.cfg["trainer"])
+        return evaluate.score_checkpoint(
+            self.store, path, self.suite_key, lambda: self.suite, self.cfg["trainer"]
+        )
 
     def evaluate_checkpoint(self, path: Path) -> dict:
         return json.loads((self.eval_dir(path) / "scores.json").read_text())
@@ -172,13 +196,25 @@ class Pipeline:
     # ----------------------------------------------------------------------------------- merge, search ---
     @property
     def merge_cache_path(self) -> Path:
-        return merge.merge_cache_path(self.store, self.base_dir, self.expert_dirs, self.suite_key,
-                                      float(self.cfg["search"].get("merge_scale", 1.0)))
+        return merge.merge_cache_path(
+            self.store,
+            self.base_dir,
+            self.expert_dirs,
+            self.suite_key,
+            float(self.cfg["search"].get("merge_scale", 1.0)),
+        )
 
     @cached_property
     def search_dir(self) -> Path:
-        inputs = search.search_inputs(self.store, self.cfg, self.base_dir, self.expert_dirs, self.suite_key,
-                                      self.search_seed, self.uniform_mixture)
+        inputs = search.search_inputs(
+            self.store,
+            self.cfg,
+            self.base_dir,
+            self.expert_dirs,
+            self.suite_key,
+            self.search_seed,
+            self.uniform_mixture,
+        )
         return search.run(self.store, self.tracker, self, inputs, self.merge_cache_path)
 
     def study_path(self, key: str) -> Path:
@@ -202,20 +238,35 @@ class Pipeline:
         found = self.search_result
         alpha = found["alpha_star"]
         total = sum(alpha.values())  # alpha* is stored rounded to 6 decimals
-        mixtures = {"uniform": self.train_mixture(self.uniform_mixture, "uniform"),
-                    "mergemix": self.train_mixture({d: w / total for d, w in alpha.items()}, "mergemix")}
+        mixtures = {
+            "uniform": self.train_mixture(self.uniform_mixture, "uniform"),
+            "mergemix": self.train_mixture({d: w / total for d, w in alpha.items()}, "mergemix"),
+        }
         rows["uniform (trained)"] = self.evaluate_checkpoint(mixtures["uniform"])
         rows["mergemix (trained)"] = self.evaluate_checkpoint(mixtures["mergemix"])
         rows["mergemix (merge)"] = found["verified_result"]
         exports = self.write_exports()
-        paths = {"base": str(self.base_dir), "search": str(self.search_dir),
-                 "experts": {k: str(v) for k, v in self.expert_dirs.items()},
-                 "mixtures": {k: str(v) for k, v in mixtures.items()},
-                 **({"alpha_star_checkpoint": str(exports["checkpoint"])} if "checkpoint" in exports else {})}
+        paths = {
+            "base": str(self.base_dir),
+            "search": str(self.search_dir),
+            "experts": {k: str(v) for k, v in self.expert_dirs.items()},
+            "mixtures": {k: str(v) for k, v in mixtures.items()},
+            **({"alpha_star_checkpoint": str(exports["checkpoint"])} if "checkpoint" in exports else {}),
+        }
         alphas, merged = self.seed_merges()
-        results = report.RunResults(rows, found, self.search_dir, self.domain_names, self.uniform_mixture,
-                                    self.token_counts, paths, merged, alphas, self.cfg["search"]["lgbm"],
-                                    self.search_seed)
+        results = report.RunResults(
+            rows,
+            found,
+            self.search_dir,
+            self.domain_names,
+            self.uniform_mixture,
+            self.token_counts,
+            paths,
+            merged,
+            alphas,
+            self.cfg["search"]["lgbm"],
+            self.search_seed,
+        )
         return report.report_run(self.run_dir, results, self.suite.capabilities, self.capability_domains)
 
     def seed_merges(self) -> tuple[list, list[dict]]:
@@ -235,8 +286,9 @@ class Pipeline:
 
     def write_exports(self) -> dict[str, Path]:
         """alpha* as a mergekit config, a weight YAML and a blend list (and its checkpoint) in the run directory."""
-        return merge.export_alpha_star(self.run_dir, self.alpha_star, self.base_dir, self.expert_dirs,
-                                       self.cfg.get("export") or {})
+        return merge.export_alpha_star(
+            self.run_dir, self.alpha_star, self.base_dir, self.expert_dirs, self.cfg.get("export") or {}
+        )
 
     def expert_report(self) -> dict:
         """Base and expert scores, and each expert's gain on its own capability (paired noise)."""
@@ -254,7 +306,10 @@ class ExpertSpace:
 
     def __init__(self, pipe: Pipeline, expert_dirs: dict[str, Path], prior: dict[str, float]):
         self.pipe, self.expert_dirs = pipe, dict(sorted(expert_dirs.items()))
-        self.domain_names, self.uniform_mixture = sorted(expert_dirs), {n: prior[n] for n in sorted(expert_dirs)}
+        self.domain_names, self.uniform_mixture = (
+            sorted(expert_dirs),
+            {n: prior[n] for n in sorted(expert_dirs)},
+        )
 
     def __getattr__(self, name: str):
         return getattr(self.pipe, name)

@@ -24,8 +24,10 @@ def checkpoint_interval(setting, steps: int) -> int:
     if setting is None:
         return max(1, steps // 10)
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
-        raise MergeMixError(f"trainer.checkpoint_every_n_steps must be null (every ~10% of the steps), 0 (never) or "
-                            f"a positive number of steps, got {setting!r}")
+        raise MergeMixError(
+            f"trainer.checkpoint_every_n_steps must be null (every ~10% of the steps), 0 (never) or "
+            f"a positive number of steps, got {setting!r}"
+        )
     return setting
 
 
@@ -40,8 +42,10 @@ def latest_checkpoint(directory: Path | None) -> tuple[Path, int] | None:
     try:
         check_data_only(found[-1])
     except Exception:  # noqa: BLE001 - any failure to read means the checkpoint cannot be resumed from
-        log.warning(f"checkpoint {found[-1]} cannot be read as weights and plain values (damaged, or holding code): "
-                    f"it is ignored and training starts over")
+        log.warning(
+            f"checkpoint {found[-1]} cannot be read as weights and plain values (damaged, or holding code): "
+            f"it is ignored and training starts over"
+        )
         _remove(found[-1])
         return None
     return found[-1], int(found[-1].stem.split("-")[1])
@@ -74,12 +78,27 @@ def check_data_only(path: Path) -> None:
 
 
 _DCP = "torch.distributed.checkpoint"
-_DATA_CLASSES = {*((f"{_DCP}.metadata", n) for n in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
-                                                     "ChunkStorageMetadata", "TensorProperties", "MetadataIndex",
-                                                     "StorageMeta", "_MEM_FORMAT_ENCODING")),
-                 (f"{_DCP}.filesystem", "_StorageInfo"), ("torch", "Size"), ("pathlib", "PosixPath"),
-                 ("pathlib", "PurePosixPath"), ("collections", "OrderedDict"),
-                 ("torch.serialization", "_get_layout")}  # a name -> torch.layout table
+_DATA_CLASSES = {
+    *(
+        (f"{_DCP}.metadata", n)
+        for n in (
+            "Metadata",
+            "TensorStorageMetadata",
+            "BytesStorageMetadata",
+            "ChunkStorageMetadata",
+            "TensorProperties",
+            "MetadataIndex",
+            "StorageMeta",
+            "_MEM_FORMAT_ENCODING",
+        )
+    ),
+    (f"{_DCP}.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+    ("torch.serialization", "_get_layout"),
+}  # a name -> torch.layout table
 
 
 class _DataOnly(pickle.Unpickler):
@@ -121,12 +140,20 @@ class PeriodicCheckpoint(pl.Callback):
 
     def __init__(self, directory: Path, every: int | None):
         checkpoint_interval(every, 1)  # a bad setting fails before training
-        self.directory, self.setting, self.every, self.last_saved, self.rng = Path(directory), every, 0, -1, None
+        self.directory, self.setting, self.every, self.last_saved, self.rng = (
+            Path(directory),
+            every,
+            0,
+            -1,
+            None,
+        )
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.every = checkpoint_interval(self.setting, trainer.max_steps)
         self.last_saved = trainer.global_step  # never mid-accumulation: only once a step has been taken
-        if self.rng is not None:  # here, not at load time: the dataloader's iterator has drawn its seed by now
+        if (
+            self.rng is not None
+        ):  # here, not at load time: the dataloader's iterator has drawn its seed by now
             _set_rng_states(self.rng)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:

@@ -61,18 +61,40 @@ NONNEG = _number("a non-negative number", False, lambda v: v >= 0)
 FRACTION_OPEN_1 = _number("a fraction in [0, 1)", False, lambda v: 0 <= v < 1)
 FRACTION_OPEN_0 = _number("a fraction in (0, 1]", False, lambda v: 0 < v <= 1)
 INSIDE_01 = _number("a number strictly between 0 and 1", False, lambda v: 0 < v < 1)
-SEED = _number("an integer in [0, 2^32 - 1]", True, lambda v: 0 <= v < 2**32)  # numpy's and torch's seed range
-VOCAB = _number("an integer of at least 258 (the 256 byte symbols and 2 special tokens)", True, lambda v: v >= 258)
-MAX_LENGTH = _number("an integer of at least 2 (a context token and a continuation token)", True, lambda v: v >= 2)
-RESAMPLES = _number("an integer of at least 2 (a standard deviation needs 2 resamples)", True, lambda v: v >= 2)
+SEED = _number(
+    "an integer in [0, 2^32 - 1]", True, lambda v: 0 <= v < 2**32
+)  # numpy's and torch's seed range
+VOCAB = _number(
+    "an integer of at least 258 (the 256 byte symbols and 2 special tokens)", True, lambda v: v >= 258
+)
+MAX_LENGTH = _number(
+    "an integer of at least 2 (a context token and a continuation token)", True, lambda v: v >= 2
+)
+RESAMPLES = _number(
+    "an integer of at least 2 (a standard deviation needs 2 resamples)", True, lambda v: v >= 2
+)
 MERGE_SCALE = _number("a number in (0, 10]", False, lambda v: 0 < v <= 10)
-BETAS = Rule("two numbers in [0, 1)", lambda v: isinstance(v, (list, tuple)) and len(v) == 2
-             and all(FRACTION_OPEN_1.test(b) for b in v))
+BETAS = Rule(
+    "two numbers in [0, 1)",
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(FRACTION_OPEN_1.test(b) for b in v),
+)
 DATA_PREFIX = Rule("a path containing '{domain}'", lambda v: isinstance(v, str) and "{domain}" in v)
 FLAG = Rule("true or false", lambda v: isinstance(v, bool))
 SCHEDULE = one_of("constant", "wsd", "cosine")
-PRECISION = one_of("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true", "transformer-engine",
-                   "transformer-engine-float16", "32", "bf16", "16", "64")  # Lightning's
+PRECISION = one_of(
+    "32-true",
+    "bf16-mixed",
+    "bf16-true",
+    "16-mixed",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "32",
+    "bf16",
+    "16",
+    "64",
+)  # Lightning's
 # Merge evaluations a search back-end needs at least: a surrogate is fitted on 2 or more, iterative's first round
 # is half its budget.
 MIN_BUDGET = {"surrogate": 2, "iterative": 4}
@@ -257,10 +279,13 @@ class Config(Section):
         s, e, t = self.search, self.experts, self.trainer
         least = MIN_BUDGET.get(getattr(s, "backend", None), 1)
         if s is not None and s.budget is not None and s.budget < least:
-            raise MergeMixError(f"search.budget must be at least {least} for the {s.backend} back-end, "
-                                f"got {s.budget}")
+            raise MergeMixError(
+                f"search.budget must be at least {least} for the {s.backend} back-end, got {s.budget}"
+            )
         if e is not None and e.kind == "lora" and t is not None and getattr(t, "strategy", None):
-            raise MergeMixError("experts.kind=lora trains on one device per job (no trainer.strategy such as fsdp)")
+            raise MergeMixError(
+                "experts.kind=lora trains on one device per job (no trainer.strategy such as fsdp)"
+            )
         return self
 
 
@@ -270,18 +295,24 @@ _NAME = re.compile(r"[^\s/\\\x00-\x1f\x7f]+")
 def check_names(cfg: dict) -> None:
     """Names that become file or directory names (runs, domains, benchmark tasks) or blend.txt fields (domains)
     stay one path component inside their root."""
+
     def keys(section: str, key: str) -> list:
         node = (cfg.get(section) or {}).get(key) if isinstance(cfg.get(section), dict) else None
         return list(node) if isinstance(node, dict) else []
 
-    named = [("run_name", [cfg.get("run_name")]), ("domain", keys("domains", "sources")),
-             ("benchmark task", keys("benchmarks", "tasks"))]
+    named = [
+        ("run_name", [cfg.get("run_name")]),
+        ("domain", keys("domains", "sources")),
+        ("benchmark task", keys("benchmarks", "tasks")),
+    ]
     for what, names in named:
         for name in names:
             text = str(name)
             if not _NAME.fullmatch(text) or ".." in text or text.startswith("."):
-                raise MergeMixError(f"{what} {text!r} cannot name a file: use one path component without '/', "
-                                    f"'\\', '..', whitespace or a leading '.'")
+                raise MergeMixError(
+                    f"{what} {text!r} cannot name a file: use one path component without '/', "
+                    f"'\\', '..', whitespace or a leading '.'"
+                )
 
 
 def check(cfg: dict) -> None:
@@ -307,8 +338,11 @@ def leaves(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, Rule]
         rules = [m for m in info.metadata if isinstance(m, AfterValidator) and isinstance(m.func, Rule)]
         if rules:
             out[key] = rules[0].func
-        nested = [a for a in getattr(info.annotation, "__args__", (info.annotation,))
-                  if isinstance(a, type) and issubclass(a, BaseModel)]  # not those under a dict (named entries)
+        nested = [
+            a
+            for a in getattr(info.annotation, "__args__", (info.annotation,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ]  # not those under a dict (named entries)
         if nested:
             out.update(leaves(nested[0], key + "."))
     return out

@@ -13,8 +13,9 @@ TOL = 1e-6
 DIGITS = 12  # weights are kept to 12 decimals: one mixture reached by different float paths has one cache key
 
 
-def check_weights(weights: Sequence[float] | Mapping[str, float], names: Sequence[str],
-                  what: str = "weights") -> dict[str, float]:
+def check_weights(
+    weights: Sequence[float] | Mapping[str, float], names: Sequence[str], what: str = "weights"
+) -> dict[str, float]:
     """Validate a mixture and return it as {domain: weight} in canonical form: sorted, rounded to DIGITS decimals."""
     names = list(names)
     if isinstance(weights, Mapping):
@@ -23,14 +24,18 @@ def check_weights(weights: Sequence[float] | Mapping[str, float], names: Sequenc
             raise MergeMixError(f"{what} name unknown domains {unknown}; known: {sorted(names)}")
         missing = sorted(set(names) - set(weights))
         if missing:
-            raise MergeMixError(f"{what} miss domains {missing}; give a weight (0 allowed) for each of {sorted(names)}")
+            raise MergeMixError(
+                f"{what} miss domains {missing}; give a weight (0 allowed) for each of {sorted(names)}"
+            )
         values = [weights[n] for n in names]
     elif isinstance(weights, str) or not isinstance(weights, Sequence):
         raise MergeMixError(f"{what} must be {{domain: weight, ...}} or a list of weights, got {weights!r}")
     else:
         values = list(weights)
         if len(values) != len(names):
-            raise MergeMixError(f"{what} have {len(values)} entries but there are {len(names)} domains {names}")
+            raise MergeMixError(
+                f"{what} have {len(values)} entries but there are {len(names)} domains {names}"
+            )
     try:
         arr = np.asarray(values, dtype=float)
     except (TypeError, ValueError) as exc:

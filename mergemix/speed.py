@@ -29,7 +29,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if ctx.needs_input_grad[1] else None
         for s in range(0, hidden.shape[0], chunk):
-            h, y = hidden[s:s + chunk], targets[s:s + chunk]
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
             logits = (h @ weight.t()).float()  # under autocast: the matmul in bf16, as the LM head's
             lse = logits.logsumexp(-1)
             valid = y != IGNORE
@@ -41,7 +41,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             g[torch.arange(len(y), device=y.device), y] -= 1
             g *= (valid / n)[:, None]
             if grad_h is not None:
-                grad_h[s:s + chunk] = (g.to(h.dtype) @ weight.to(h.dtype)).to(grad_h.dtype)
+                grad_h[s : s + chunk] = (g.to(h.dtype) @ weight.to(h.dtype)).to(grad_h.dtype)
             if grad_w is not None:
                 grad_w += g.t() @ h.float()
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype) if grad_w is not None else None)
@@ -50,15 +50,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad_h, grad_w = ctx.saved_tensors
-        return (None if grad_h is None else grad_h * grad, None if grad_w is None else grad_w * grad, None, None)
+        return (
+            None if grad_h is None else grad_h * grad,
+            None if grad_w is None else grad_w * grad,
+            None,
+            None,
+        )
 
 
 def chunked_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int = 4096):
     """transformers' causal-LM loss (token t predicts labels[t + 1], IGNORE skipped, mean over targets) from the
     final hidden states (B, T, d) and the LM head's weight (V, d), `chunk` tokens at a time."""
     targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[..., 1:]
-    return _ChunkedCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1),
-                                      int(chunk))
+    return _ChunkedCrossEntropy.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), int(chunk)
+    )
 
 
 def lm_parts(model):
@@ -67,7 +73,11 @@ def lm_parts(model):
     head = getattr(model, "lm_head", None)
     body = getattr(model, "model", None)
     cfg = getattr(model, "config", None)
-    if not isinstance(head, torch.nn.Linear) or head.bias is not None or not isinstance(body, torch.nn.Module):
+    if (
+        not isinstance(head, torch.nn.Linear)
+        or head.bias is not None
+        or not isinstance(body, torch.nn.Module)
+    ):
         return None
     if any(getattr(cfg, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale")):
         return None
@@ -95,8 +105,10 @@ class Compiled:
         try:
             out = self.fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 -- any compiler failure: run eagerly
-            log.warning(f"trainer.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
-                        "training runs eagerly")
+            log.warning(
+                f"trainer.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
+                "training runs eagerly"
+            )
             self.fn = None
             return self.module(*args, **kwargs)
         self.tried = True

@@ -36,7 +36,9 @@ def launch_id() -> str:
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env:
         return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '')}"
     if "TORCHELASTIC_RUN_ID" in env:
-        return f"torchrun:{env['TORCHELASTIC_RUN_ID']}@{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+        return (
+            f"torchrun:{env['TORCHELASTIC_RUN_ID']}@{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+        )
     return f"pid:{os.getppid() if is_secondary_rank() else os.getpid()}"
 
 
@@ -45,8 +47,10 @@ def decoder_layer_classes(model) -> set[type]:
     names = set(getattr(model, "_no_split_modules", None) or [])
     found = {type(m) for m in model.modules() if type(m).__name__ in names}
     if not found:
-        raise MergeMixError(f"cannot find the decoder layer class of {type(model).__name__} "
-                            f"(_no_split_modules={sorted(names)}); set auto_wrap: false")
+        raise MergeMixError(
+            f"cannot find the decoder layer class of {type(model).__name__} "
+            f"(_no_split_modules={sorted(names)}); set auto_wrap: false"
+        )
     return found
 
 
@@ -59,9 +63,16 @@ def _options(name: str) -> set[str]:
 
     # both strategies forward unknown keys to the torch wrapper, which would fail only once training starts
     if name == "ddp":
-        return {*inspect.signature(DDPStrategy).parameters, *inspect.signature(DistributedDataParallel).parameters}
-    return {*inspect.signature(FSDPStrategy).parameters, *inspect.signature(FullyShardedDataParallel).parameters,
-            "auto_wrap", "activation_checkpointing"}
+        return {
+            *inspect.signature(DDPStrategy).parameters,
+            *inspect.signature(DistributedDataParallel).parameters,
+        }
+    return {
+        *inspect.signature(FSDPStrategy).parameters,
+        *inspect.signature(FullyShardedDataParallel).parameters,
+        "auto_wrap",
+        "activation_checkpointing",
+    }
 
 
 def check_strategy(spec: dict | str | None) -> tuple[str, dict]:
@@ -100,7 +111,9 @@ def _fsdp(kwargs: dict, model):
     return FSDPStrategy(**kwargs)
 
 
-STRATEGIES = Registry("trainer.strategy.name", {"auto": lambda kwargs, model: "auto", "ddp": _ddp, "fsdp": _fsdp})
+STRATEGIES = Registry(
+    "trainer.strategy.name", {"auto": lambda kwargs, model: "auto", "ddp": _ddp, "fsdp": _fsdp}
+)
 
 
 def full_state_dict(trainer) -> dict[str, torch.Tensor]:
@@ -129,7 +142,7 @@ def save_consolidated(trainer, model, out_dir: str | Path) -> None:
     from transformers import AutoModelForCausalLM
 
     prefix = "model."  # the HF model is CausalLMModule.model
-    hf_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    hf_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # transformers 4
@@ -139,6 +152,8 @@ def save_consolidated(trainer, model, out_dir: str | Path) -> None:
     missing, unexpected = fresh.load_state_dict(hf_state, strict=False)
     tied = {k for k in missing if k.endswith("lm_head.weight") and model.config.tie_word_embeddings}
     if set(missing) - tied or unexpected:
-        raise MergeMixError(f"consolidating the FSDP checkpoint failed: missing {sorted(set(missing) - tied)[:3]}, "
-                            f"unexpected {sorted(unexpected)[:3]}")
+        raise MergeMixError(
+            f"consolidating the FSDP checkpoint failed: missing {sorted(set(missing) - tied)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
     fresh.save_pretrained(str(out_dir), safe_serialization=True)

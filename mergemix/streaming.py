@@ -21,11 +21,20 @@ from mergemix.errors import MergeMixError
 from mergemix.models import check_same_config
 
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
-BLOCK_ELEMS = 1 << 22    # elements per merged block (16 MiB in fp32)
-MAP_BUDGET = 256 << 20   # bytes a reader may map before it reopens its files
-DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-          "BOOL": torch.bool}
+BLOCK_ELEMS = 1 << 22  # elements per merged block (16 MiB in fp32)
+MAP_BUDGET = 256 << 20  # bytes a reader may map before it reopens its files
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def weight_files(path: str | Path) -> dict[str, Path]:
@@ -69,7 +78,9 @@ class Reader:
             try:
                 self.handles[file] = safe_open(str(file), framework="pt")
             except Exception as exc:
-                raise MergeMixError(f"cannot load checkpoint {self.path}: {str(exc).splitlines()[0]}") from exc
+                raise MergeMixError(
+                    f"cannot load checkpoint {self.path}: {str(exc).splitlines()[0]}"
+                ) from exc
         return self.handles[file]
 
     def header(self, name: str) -> tuple[tuple[int, ...], str]:
@@ -114,8 +125,10 @@ def check_lineage(base: str | Path, expert: str | Path, name: str) -> None:
     """An expert whose manifest records another base than `base` (its `init`) was trained from another base."""
     recorded = _recorded(Path(expert), "init")
     if recorded and recorded != _ref(Path(base)):
-        raise MergeMixError(f"expert '{name}' was trained from another base: its manifest records "
-                            f"'{recorded}', the base is '{_ref(Path(base))}'")
+        raise MergeMixError(
+            f"expert '{name}' was trained from another base: its manifest records "
+            f"'{recorded}', the base is '{_ref(Path(base))}'"
+        )
 
 
 def check_inputs(base: Reader, experts: dict[str, Reader]) -> None:
@@ -134,12 +147,16 @@ def check_inputs(base: Reader, experts: dict[str, Reader]) -> None:
         check_same_config(base_cfg, config(r.path), name)
         missing, extra = sorted(set(base.files) - set(r.files)), sorted(set(r.files) - set(base.files))
         if missing or extra:
-            raise MergeMixError(f"expert '{name}' does not have the base's tensors (missing {missing[:3]}, "
-                                f"extra {extra[:3]}): it was not trained from this base")
+            raise MergeMixError(
+                f"expert '{name}' does not have the base's tensors (missing {missing[:3]}, "
+                f"extra {extra[:3]}): it was not trained from this base"
+            )
         for t in base.files:
             if base.header(t) != r.header(t):
-                raise MergeMixError(f"expert '{name}' was not trained from this base: tensor {t} is "
-                                    f"{r.header(t)} vs the base's {base.header(t)} (shape, dtype)")
+                raise MergeMixError(
+                    f"expert '{name}' was not trained from this base: tensor {t} is "
+                    f"{r.header(t)} vs the base's {base.header(t)} (shape, dtype)"
+                )
         r.close()
     base.close()
 
@@ -179,8 +196,14 @@ def _merge_tensor(name: str, shape, base: Reader, experts: list[tuple[str, float
         fh.write(b.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def stream_merge(base_path: str | Path, expert_paths: dict[str, str | Path], weights: dict[str, float],
-                 out_dir: str | Path, block: int = BLOCK_ELEMS, map_budget: int = MAP_BUDGET) -> Path:
+def stream_merge(
+    base_path: str | Path,
+    expert_paths: dict[str, str | Path],
+    weights: dict[str, float],
+    out_dir: str | Path,
+    block: int = BLOCK_ELEMS,
+    map_budget: int = MAP_BUDGET,
+) -> Path:
     """Write theta(alpha)'s weights into `out_dir`, laid out like the base's (same shards and index).
     `weights` must already be checked (simplex, one per expert); every input is checked before anything is
     written. `out_dir` is written in place: `export_merge` builds into a temporary directory and renames it."""

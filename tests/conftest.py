@@ -14,8 +14,17 @@ import pytest
 def micro_cfg(tmp_root, *overrides: str) -> dict:
     from mergemix.cli import compose, to_plain
 
-    cfg = to_plain(compose(["experiment=micro", "logger=none", f"paths.root={tmp_root}",
-                            f"paths.run_dir={tmp_root}/run", *overrides]))
+    cfg = to_plain(
+        compose(
+            [
+                "experiment=micro",
+                "logger=none",
+                f"paths.root={tmp_root}",
+                f"paths.run_dir={tmp_root}/run",
+                *overrides,
+            ]
+        )
+    )
     return cfg
 
 
@@ -115,5 +124,9 @@ def micro_models(micro_run):
     from mergemix.models import load_checkpoint
 
     pipe, _ = micro_run
-    return pipe.base_dir, dict(pipe.expert_dirs), load_checkpoint(pipe.base_dir), {
-        n: load_checkpoint(p) for n, p in pipe.expert_dirs.items()}
+    return (
+        pipe.base_dir,
+        dict(pipe.expert_dirs),
+        load_checkpoint(pipe.base_dir),
+        {n: load_checkpoint(p) for n, p in pipe.expert_dirs.items()},
+    )

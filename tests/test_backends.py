@@ -17,10 +17,23 @@ from mergemix.search.space import alpha_from_params, params_from_alpha
 
 NAMES = ["a", "b", "c"]
 TARGET = np.array([0.5, 0.3, 0.2])
-CFG = {"budget": 40, "grid_resolution": 2, "prior_concentration": 10, "n_candidates": 20000, "top_k": 50,
-       "objective": "macro", "round_concentration": 30,
-       "lgbm": {"n_estimators": 150, "learning_rate": 0.05, "num_leaves": 7, "min_data_in_leaf": 3,
-                "min_data_in_bin": 1, "verbose": -1}}
+CFG = {
+    "budget": 40,
+    "grid_resolution": 2,
+    "prior_concentration": 10,
+    "n_candidates": 20000,
+    "top_k": 50,
+    "objective": "macro",
+    "round_concentration": 30,
+    "lgbm": {
+        "n_estimators": 150,
+        "learning_rate": 0.05,
+        "num_leaves": 7,
+        "min_data_in_leaf": 3,
+        "min_data_in_bin": 1,
+        "verbose": -1,
+    },
+}
 
 
 def synthetic(alpha):
@@ -43,13 +56,27 @@ def test_parameterisation_covers_the_simplex_uniformly():
 SLOW = pytest.mark.slow  # ~10 s each on an RDB study: the fast tier keeps TPE, the default Optuna sampler
 
 
-@pytest.mark.parametrize("backend, sampler, tol", [
-    ("surrogate", None, 0.15), ("iterative", None, 0.15), ("grid", None, 0.15), ("optuna", "tpe", 0.15),
-    *(pytest.param("optuna", s, tol, marks=SLOW) for s, tol in (("cmaes", 0.15), ("gp", 0.15), ("qmc", 0.2),
-                                                                  ("random", 0.2))),
-])
+@pytest.mark.parametrize(
+    "backend, sampler, tol",
+    [
+        ("surrogate", None, 0.15),
+        ("iterative", None, 0.15),
+        ("grid", None, 0.15),
+        ("optuna", "tpe", 0.15),
+        *(
+            pytest.param("optuna", s, tol, marks=SLOW)
+            for s, tol in (("cmaes", 0.15), ("gp", 0.15), ("qmc", 0.2), ("random", 0.2))
+        ),
+    ],
+)
 def test_backend_finds_known_optimum(backend, sampler, tol, tmp_path):
-    cfg = {**CFG, "sampler": sampler, "storage": f"sqlite:///{tmp_path}/s.db", "study_name": "t", "n_workers": 1}
+    cfg = {
+        **CFG,
+        "sampler": sampler,
+        "storage": f"sqlite:///{tmp_path}/s.db",
+        "study_name": "t",
+        "n_workers": 1,
+    }
     out = get_backend(backend)(synthetic, NAMES, cfg, 0, [{"a": 0.6, "b": 0.2, "c": 0.2}], lambda r: r["U"])
     assert np.isclose(out.alpha.sum(), 1) and (out.alpha >= 0).all()
     assert np.abs(out.alpha - TARGET).max() < tol, out.alpha
@@ -121,8 +148,13 @@ def _complete(url, name="s"):
 
 def test_two_workers_share_a_sqlite_study(tmp_path):
     url, log = f"sqlite:///{tmp_path}/s.db", tmp_path / "calls.jsonl"
-    res = subprocess.run([sys.executable, "-c", WORKER, url, str(log), "12", "2", "0.05"], capture_output=True,
-                         text=True, check=False, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", WORKER, url, str(log), "12", "2", "0.05"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     done = _complete(url)
     assert len(done) >= 12
@@ -135,7 +167,9 @@ def test_two_workers_share_a_sqlite_study(tmp_path):
 def test_killed_search_resumes_without_losing_or_repeating(tmp_path):
     url, log = f"sqlite:///{tmp_path}/s.db", tmp_path / "calls.jsonl"
     args = [sys.executable, "-c", WORKER, url, str(log), "10", "1", "0.2"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
         time.sleep(0.2)
@@ -181,8 +215,14 @@ def test_gradient_backend_on_micro_pipeline(micro_run, micro_root, tmp_path):
 
     from mergemix.pipeline import Pipeline
 
-    cfg = micro_cfg(micro_root, "search=gradient", "search.budget=3", "search.n_candidates=2000",
-                    "search.top_k=10", f"paths.run_dir={tmp_path}")
+    cfg = micro_cfg(
+        micro_root,
+        "search=gradient",
+        "search.budget=3",
+        "search.n_candidates=2000",
+        "search.top_k=10",
+        f"paths.run_dir={tmp_path}",
+    )
     pipe = Pipeline(cfg, tmp_path)
     result = pipe.search_result
     nll = result["info"]["dev_nll"]
@@ -195,11 +235,29 @@ def test_compare_sweep_writes_comparison(micro_root, tmp_path):
     import json
 
     def sweep(name: str, strategies: str) -> dict:
-        res = subprocess.run([sys.executable, "-m", "mergemix.cli", "compare", "-m", "experiment=micro",
-                              "logger=none", f"strategy={strategies}", "seed=0", "search.budget=5",
-                              "baseline.budget=3", "baseline.trial_tokens=4096", f"paths.root={micro_root}",
-                              f"hydra.sweep.dir={tmp_path}/{name}"], capture_output=True, text=True, check=False,
-                             cwd=tmp_path, timeout=600)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mergemix.cli",
+                "compare",
+                "-m",
+                "experiment=micro",
+                "logger=none",
+                f"strategy={strategies}",
+                "seed=0",
+                "search.budget=5",
+                "baseline.budget=3",
+                "baseline.trial_tokens=4096",
+                f"paths.root={micro_root}",
+                f"hydra.sweep.dir={tmp_path}/{name}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=tmp_path,
+            timeout=600,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         return json.loads((tmp_path / name / "comparison.json").read_text())
 
@@ -212,7 +270,9 @@ def test_compare_sweep_writes_comparison(micro_root, tmp_path):
     # a rerun finds the study complete and its proxies cached, and still charges the search's cost
     assert sweep("again", "proxy")["proxy"]["train_tokens"] == 3 * 4096
     assert table["surrogate"]["cost_ratio_to_proxy"] > 0 and table["uniform"]["train_tokens"] == 0
-    assert (tmp_path / "sweep" / "comparison.md").is_file() and (tmp_path / "sweep" / "cost_curves.png").is_file()
+    assert (tmp_path / "sweep" / "comparison.md").is_file() and (
+        tmp_path / "sweep" / "cost_curves.png"
+    ).is_file()
 
 
 @pytest.mark.slow  # a real search stage killed and rerun in subprocesses (the fast tier kills a synthetic study)
@@ -226,12 +286,25 @@ def test_killed_search_stage_resumes_to_the_same_result(backend, micro_run, micr
     import yaml
 
     root = tmp_path / "root"
-    shutil.copytree(micro_root / "cache", root / "cache",
-                    ignore=shutil.ignore_patterns("search", "evalcache", "studies", "mixture", "eval"))
-    args = [sys.executable, "-m", "mergemix.cli", "search", "experiment=micro", "logger=none",
-            f"search={backend}", f"paths.root={root}", f"paths.run_dir={tmp_path}/run"]
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    shutil.copytree(
+        micro_root / "cache",
+        root / "cache",
+        ignore=shutil.ignore_patterns("search", "evalcache", "studies", "mixture", "eval"),
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "mergemix.cli",
+        "search",
+        "experiment=micro",
+        "logger=none",
+        f"search={backend}",
+        f"paths.root={root}",
+        f"paths.run_dir={tmp_path}/run",
+    ]
+    proc = subprocess.Popen(
+        args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline, cache = time.time() + 300, root / "cache" / "evalcache"
     while time.time() < deadline and sum(len(p.read_text().splitlines()) for p in cache.glob("*.jsonl")) < 4:
         time.sleep(0.1)
@@ -251,7 +324,9 @@ def test_killed_search_stage_resumes_to_the_same_result(backend, micro_run, micr
         reference = yaml.safe_load((pipe.search_dir / "mixture.yaml").read_text())["alpha_star"]
         assert search["alpha_star"] == reference
         seeds = next((root / "cache").glob("search/*/seeds.csv")).read_text()
-        assert seeds == (pipe.search_dir / "seeds.csv").read_text()  # same search_seed, same trials and scores
+        assert (
+            seeds == (pipe.search_dir / "seeds.csv").read_text()
+        )  # same search_seed, same trials and scores
 
 
 def test_compare_job_logs_its_trials_to_wandb(tmp_path, monkeypatch):
@@ -266,15 +341,35 @@ def test_compare_job_logs_its_trials_to_wandb(tmp_path, monkeypatch):
     def spy_init(**kwargs):
         run = real_init(**kwargs)
         seen["init"], real_log = kwargs, run.log
-        run.log = lambda data, step=None, **kw: (seen["steps"].append((step, data)), real_log(data, step=step, **kw))[1]
+        run.log = lambda data, step=None, **kw: (
+            seen["steps"].append((step, data)),
+            real_log(data, step=step, **kw),
+        )[1]
         return run
 
     monkeypatch.setattr(wandb, "init", spy_init)
-    curve = [{"evaluations": i + 1, "train_tokens": 1000.0, "flops": 1e9 * (i + 1), "utility": u,
-              "best_so_far": max(0.1, u), "alpha/a": 0.5, "alpha/b": 0.5, "capability/x": u} for i, u in
-             enumerate([0.1, 0.3, 0.2])]
-    result = {"strategy": "tpe", "seed": 2, "alpha": {"a": 0.5, "b": 0.5}, "U": 0.25, "capabilities": {"x": 0.25},
-              "cost": {"train_tokens": 1000, "flops": 3e9, "evaluations": 3}, "curve": curve}
+    curve = [
+        {
+            "evaluations": i + 1,
+            "train_tokens": 1000.0,
+            "flops": 1e9 * (i + 1),
+            "utility": u,
+            "best_so_far": max(0.1, u),
+            "alpha/a": 0.5,
+            "alpha/b": 0.5,
+            "capability/x": u,
+        }
+        for i, u in enumerate([0.1, 0.3, 0.2])
+    ]
+    result = {
+        "strategy": "tpe",
+        "seed": 2,
+        "alpha": {"a": 0.5, "b": 0.5},
+        "U": 0.25,
+        "capabilities": {"x": 0.25},
+        "cost": {"train_tokens": 1000, "flops": 3e9, "evaluations": 3},
+        "curve": curve,
+    }
     run_dir = log_to_wandb({"project": "mergemix"}, result, group="compare-sweep", out_dir=tmp_path)
     assert seen["init"]["group"] == "compare-sweep" and seen["init"]["job_type"] == "compare"
     assert seen["init"]["config"]["strategy"] == "tpe" and seen["init"]["settings"].silent

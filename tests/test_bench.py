@@ -69,28 +69,49 @@ def test_bench_pieces_run_on_micro(tmp_path):
     check = {"size": "micro", "K": 4, "N": 20, "loop_s": 1.0, "predicted_s": 1.0}
     info = {**common.machine(), "loadavg_1min_end": 0.0}
     plan = {"train": [("micro", "32-true")]}
-    res = report.assemble(info, True, plan, [{"size": "micro", **r} for r in rows], [ev], [tr], sc, check, [],
-                          [], 1.0)
+    res = report.assemble(
+        info, True, plan, [{"size": "micro", **r} for r in rows], [ev], [tr], sc, check, [], [], 1.0
+    )
     report.write(res, tmp_path)
     assert (tmp_path / "bench.md").read_text().startswith("# MergeMix benchmarks")
     assert set(report.GOALS) <= set(res)
 
 
-
 def test_workers_row_reaches_the_headline(tmp_path):
-    row = {"setting": "experiment=micro", "torch_threads": 2, "W1_s": 2.0, "W2_s": 1.0, "speedup": 2.0,
-           "same_alpha": True, "alpha_star": {"a": 1.0}, "rounds_s": {"W1": [2.0], "W2": [1.0]}}
+    row = {
+        "setting": "experiment=micro",
+        "torch_threads": 2,
+        "W1_s": 2.0,
+        "W2_s": 1.0,
+        "speedup": 2.0,
+        "same_alpha": True,
+        "alpha_star": {"a": 1.0},
+        "rounds_s": {"W1": [2.0], "W2": [1.0]},
+    }
     info = {**common.machine(), "loadavg_1min_start": 0.0, "loadavg_1min_end": 0.0, "mergekit": "x"}
     m = {"size": "micro", "params": 1, "K": 2, "threads": 1, "ratio": 1.0}
     e = {"size": "micro", "params": 1, "forward_ratio": 1.0}
     t = {"size": "micro", "params": 1, "precision": "32-true", "ratio": 1.0}
     check = {"size": "micro", "K": 4, "N": 20, "loop_s": 1.0, "predicted_s": 1.0}
-    res = report.assemble(info, True, {"train": [("micro", "32-true")]}, [m], [e], [t], [], check, [], [], 1.0,
-                          workers_row=row)
+    res = report.assemble(
+        info, True, {"train": [("micro", "32-true")]}, [m], [e], [t], [], check, [], [], 1.0, workers_row=row
+    )
     assert res["search_workers_speedup"] == 2.0 and res["goals"]["search_workers_speedup"]["met"]
     assert "W=1 / W=2" in report.markdown(res)
-    res = report.assemble(info, True, {"train": [("micro", "32-true")]}, [m], [e], [t], [], check, [], [], 1.0,
-                          workers_row={**row, "same_alpha": False})
+    res = report.assemble(
+        info,
+        True,
+        {"train": [("micro", "32-true")]},
+        [m],
+        [e],
+        [t],
+        [],
+        check,
+        [],
+        [],
+        1.0,
+        workers_row={**row, "same_alpha": False},
+    )
     assert res["search_workers_speedup"] is None  # a different alpha* is no speed-up
 
 

@@ -9,8 +9,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import streaming
 
-SMALL = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 176,
-         "max_position_embeddings": 128}
+SMALL = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 176,
+    "max_position_embeddings": 128,
+}
 
 
 @pytest.mark.slow  # a merge in a measured subprocess
@@ -24,12 +30,34 @@ def test_streaming_bench_measures_a_subprocess(tmp_path):
     from bench import common, report
 
     info = {**common.machine(), "loadavg_1min_end": 0.0}
-    rows = {"params": 1, "size": "x", "K": 2, "threads": 1, "ratio": 1.0, "forward_ratio": 1.0,
-            "precision": "32-true"}
+    rows = {
+        "params": 1,
+        "size": "x",
+        "K": 2,
+        "threads": 1,
+        "ratio": 1.0,
+        "forward_ratio": 1.0,
+        "precision": "32-true",
+    }
     check = {"size": "x", "K": 2, "N": 1, "loop_s": 1.0, "predicted_s": 1.0}
-    res = report.assemble(info, True, {"train": [("x", "32-true")]}, [rows], [rows], [rows], [], check, [], [],
-                          1.0, stream_rows=[row])
-    assert res["stream_rss_ratio"] == row["rss_goal_ratio"] and res["goals"]["stream_rss_ratio"]["met"] is not None
+    res = report.assemble(
+        info,
+        True,
+        {"train": [("x", "32-true")]},
+        [rows],
+        [rows],
+        [rows],
+        [],
+        check,
+        [],
+        [],
+        1.0,
+        stream_rows=[row],
+    )
+    assert (
+        res["stream_rss_ratio"] == row["rss_goal_ratio"]
+        and res["goals"]["stream_rss_ratio"]["met"] is not None
+    )
     assert "## Streaming merge" in report.markdown(res)
 
 

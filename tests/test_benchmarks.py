@@ -24,10 +24,15 @@ def test_mc_scores_match_brute_force_loglikelihood(micro_run):
 
     model = load_checkpoint(pipe.base_dir).eval()
     tok = pipe.tokenizer
-    items = [{"context": "Q: What is 3 + 4?\nA:", "choices": [" 7", " 8", " 12", " 1"], "label": 0},
-             {"context": "def f(x):\n    return", "choices": [" x", " None", " self", " 1"], "label": 0},
-             {"context": "### Instruction:\nOpposite of 'hot':\n### Response:\n",
-              "choices": ["cold", "warm weather", "big", "small"], "label": 0}]
+    items = [
+        {"context": "Q: What is 3 + 4?\nA:", "choices": [" 7", " 8", " 12", " 1"], "label": 0},
+        {"context": "def f(x):\n    return", "choices": [" x", " None", " self", " 1"], "label": 0},
+        {
+            "context": "### Instruction:\nOpposite of 'hot':\n### Response:\n",
+            "choices": ["cold", "warm weather", "big", "small"],
+            "label": 0,
+        },
+    ]
     ev = Evaluator(tok, {"t": Task("t", "mc", items)}, batch_size=3)
     per = ev.per_item(model)["t"]
     for i, it in enumerate(items):
@@ -53,15 +58,23 @@ def test_item_bootstrap_keeps_its_definition_and_seed():
     from mergemix.benchmarks.suite import bootstrap, paired_gap
 
     rng = np.random.default_rng(11)
-    norm = {"t1": rng.uniform(-0.2, 1, 40), "t2": rng.integers(0, 2, 25).astype(float),
-            "t3": rng.normal(0.3, 0.5, 60), "t4": rng.uniform(0, 1, 7)}
+    norm = {
+        "t1": rng.uniform(-0.2, 1, 40),
+        "t2": rng.integers(0, 2, 25).astype(float),
+        "t3": rng.normal(0.3, 0.5, 60),
+        "t4": rng.uniform(0, 1, 7),
+    }
     caps = {"a": ["t1", "t2"], "b": ["t3"], "c": ["t2", "t4"]}
-    loop = ({"a": 0.05623803410221384, "b": 0.062017938619570695, "c": 0.06739011979518653}, 0.04275153104615718)
+    loop = (
+        {"a": 0.05623803410221384, "b": 0.062017938619570695, "c": 0.06739011979518653},
+        0.04275153104615718,
+    )
     cap_std, u_std = bootstrap(norm, caps, 4000, 0)
     assert cap_std == pytest.approx(loop[0], rel=0.06) and u_std == pytest.approx(loop[1], rel=0.06)
     se = {t: np.sqrt(np.var(v) / len(v)) for t, v in norm.items()}
-    assert cap_std == pytest.approx({c: np.sqrt(sum(se[t] ** 2 for t in ms)) / len(ms) for c, ms in caps.items()},
-                                    rel=0.06)
+    assert cap_std == pytest.approx(
+        {c: np.sqrt(sum(se[t] ** 2 for t in ms)) / len(ms) for c, ms in caps.items()}, rel=0.06
+    )
     assert bootstrap(norm, caps, 200, 3) == bootstrap(norm, caps, 200, 3) != bootstrap(norm, caps, 200, 4)
     assert bootstrap({"x": np.array([0.5])}, {"a": ["x"]}, 100, 0) == ({"a": 0.0}, 0.0)
     assert bootstrap(norm, caps, 0, 0) == ({"a": 0.0, "b": 0.0, "c": 0.0}, 0.0)
@@ -88,12 +101,15 @@ def test_user_jsonl_benchmark(tmp_path):
     assert load_jsonl_task("gen", g).items == [{"prompt": "2+2=", "answer": "4"}]
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"context": "x", "choices": ["a", "b"], "label": 5}', "label must be an integer index"),
-    ('{"context": "x", "choices": ["a"], "label": 0}', "at least two strings"),
-    ("not json", "not valid JSON"),
-    ('{"prompt": "x"}', "needs prompt and answer"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"context": "x", "choices": ["a", "b"], "label": 5}', "label must be an integer index"),
+        ('{"context": "x", "choices": ["a"], "label": 0}', "at least two strings"),
+        ("not json", "not valid JSON"),
+        ('{"prompt": "x"}', "needs prompt and answer"),
+    ],
+)
 def test_bad_user_benchmark(tmp_path, line, message):
     p = tmp_path / "b.jsonl"
     p.write_text(line + "\n")

@@ -13,8 +13,11 @@ CAPS = {"a": ["ta"], "b": ["tb"]}
 
 def _row(a_items, b_items):
     a, b = np.asarray(a_items, float), np.asarray(b_items, float)
-    return {"capabilities": {"a": a.mean(), "b": b.mean()}, "U": (a.mean() + b.mean()) / 2,
-            "items": {"ta": a.tolist(), "tb": b.tolist()}}
+    return {
+        "capabilities": {"a": a.mean(), "b": b.mean()},
+        "U": (a.mean() + b.mean()) / 2,
+        "items": {"ta": a.tolist(), "tb": b.tolist()},
+    }
 
 
 def _seeds(path, rows):
@@ -28,9 +31,11 @@ def _seeds(path, rows):
 def test_calibration_detects_clear_gains_and_interior_optimum(tmp_path):
     rng = np.random.default_rng(0)
     base_a, base_b = rng.random(400), rng.random(400)
-    rows = {"base": _row(base_a, base_b),
-            "expert:x": _row(base_a + 0.2, base_b - 0.1),  # clear gain on its capability
-            "expert:y": _row(base_a, base_b + rng.normal(0, 0.3, 400) * 0.05)}  # noise only
+    rows = {
+        "base": _row(base_a, base_b),
+        "expert:x": _row(base_a + 0.2, base_b - 0.1),  # clear gain on its capability
+        "expert:y": _row(base_a, base_b + rng.normal(0, 0.3, 400) * 0.05),
+    }  # noise only
     seeds = _seeds(tmp_path / "s.csv", [[1, 0, 0.30], [0, 1, 0.25], [0.5, 0.5, 0.40]])
     merged = [_row(base_a + 0.01 * i, base_b) for i in range(3)]
     cal = calibration(rows, {"a": "x", "b": "y"}, CAPS, seeds, ["x", "y"], merged)
@@ -38,7 +43,9 @@ def test_calibration_detects_clear_gains_and_interior_optimum(tmp_path):
     assert not cal["all_experts_clear"]
     assert cal["tradeoff"]["best_is_interior"]
     vertex_best = _seeds(tmp_path / "v.csv", [[1, 0, 0.50], [0, 1, 0.25], [0.5, 0.5, 0.40]])
-    assert not calibration(rows, {"a": "x"}, CAPS, vertex_best, ["x", "y"], merged)["tradeoff"]["best_is_interior"]
+    assert not calibration(rows, {"a": "x"}, CAPS, vertex_best, ["x", "y"], merged)["tradeoff"][
+        "best_is_interior"
+    ]
 
 
 def test_responsiveness_weighs_the_merges_spread_against_their_paired_item_noise():

@@ -34,14 +34,18 @@ def test_merge_help_is_the_usage(capsys, monkeypatch):
 
 
 def test_cfg_job_prints_the_config_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    code, out, _ = run_cli(["run", *MICRO, f"paths.root={tmp_path}/home", "--cfg", "job"], capsys, monkeypatch)
+    code, out, _ = run_cli(
+        ["run", *MICRO, f"paths.root={tmp_path}/home", "--cfg", "job"], capsys, monkeypatch
+    )
     cfg = yaml.safe_load(out)
     assert code == 0 and cfg["run_name"] == "micro" and cfg["model"]["name"] == "micro"
     assert not (tmp_path / "home").exists()
 
 
 def test_cfg_with_a_package_prints_that_package(capsys, monkeypatch):
-    code, out, _ = run_cli(["search", "-p", "search", "--cfg", "job", *MICRO, "search.budget=7"], capsys, monkeypatch)
+    code, out, _ = run_cli(
+        ["search", "-p", "search", "--cfg", "job", *MICRO, "search.budget=7"], capsys, monkeypatch
+    )
     assert code == 0 and out.startswith("# @package search") and yaml.safe_load(out)["budget"] == 7
 
 
@@ -56,24 +60,33 @@ def test_shell_completion_install(capsys, monkeypatch):
 
 
 def test_multirun_range_and_choice_sweeps_launch_every_job(tmp_path, capsys, monkeypatch):
-    code, out, _ = run_cli(["info", "-m", *MICRO, f"paths.root={tmp_path}", "search_seed=range(0,3)",
-                            "seed=choice(0,1)"], capsys, monkeypatch)
+    code, out, _ = run_cli(
+        ["info", "-m", *MICRO, f"paths.root={tmp_path}", "search_seed=range(0,3)", "seed=choice(0,1)"],
+        capsys,
+        monkeypatch,
+    )
     sweep = next((tmp_path / "multirun" / "micro").iterdir())
     jobs = sorted(int(p.name) for p in sweep.iterdir() if p.is_dir())
     assert code == 0 and jobs == list(range(6)) and out.count('"total_params"') == 6
-    overrides = {tuple(yaml.safe_load((sweep / str(j) / ".hydra" / "overrides.yaml").read_text())[-2:]) for j in jobs}
+    overrides = {
+        tuple(yaml.safe_load((sweep / str(j) / ".hydra" / "overrides.yaml").read_text())[-2:]) for j in jobs
+    }
     assert overrides == {(f"search_seed={s}", f"seed={t}") for s in range(3) for t in range(2)}
 
 
 def test_a_bad_value_in_one_swept_job_stops_before_any_job(tmp_path, capsys, monkeypatch):
-    code, _, err = run_cli(["info", "-m", *MICRO, f"paths.root={tmp_path}", "model=micro,nope"], capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["info", "-m", *MICRO, f"paths.root={tmp_path}", "model=micro,nope"], capsys, monkeypatch
+    )
     assert code == 2 and len(err) == 1 and err[0].startswith("error: bad config: ") and "model/nope" in err[0]
     assert not (tmp_path / "multirun").exists()
 
 
 def test_bad_sweep_syntax_and_bad_flags_are_one_line(capsys, monkeypatch):
-    for argv, message in ((["-m", "seed=range(0,"], "error: bad config: "),
-                          (["--cfg", "jobb"], "error: bad arguments: argument --cfg/-c: invalid choice: 'jobb'")):
+    for argv, message in (
+        (["-m", "seed=range(0,"], "error: bad config: "),
+        (["--cfg", "jobb"], "error: bad arguments: argument --cfg/-c: invalid choice: 'jobb'"),
+    ):
         code, _, err = run_cli(argv, capsys, monkeypatch)
         assert code == 2 and len(err) == 1 and err[0].startswith(message), err
 
@@ -90,19 +103,30 @@ def test_each_swept_job_gets_the_label_of_what_it_runs(tmp_path, capsys, monkeyp
     from mergemix import cli
 
     seen = []
-    monkeypatch.setattr(cli, "execute", lambda command, cfg, args: seen.append(
-        (command, cfg["strategy"], cfg["search"].get("sampler"), cfg["baseline"]["kind"])))
-    code, _, err = run_cli(["compare", "-m", *MICRO, f"paths.root={tmp_path}", "strategy=tpe,proxy"], capsys,
-                           monkeypatch)
+    monkeypatch.setattr(
+        cli,
+        "execute",
+        lambda command, cfg, args: seen.append(
+            (command, cfg["strategy"], cfg["search"].get("sampler"), cfg["baseline"]["kind"])
+        ),
+    )
+    code, _, err = run_cli(
+        ["compare", "-m", *MICRO, f"paths.root={tmp_path}", "strategy=tpe,proxy"], capsys, monkeypatch
+    )
     assert code == 0, err
     assert sorted(seen) == [("compare", "proxy", None, "proxy"), ("compare", "tpe", "tpe", "none")]
 
 
 def test_conflicting_strategy_and_search_are_refused(tmp_path, capsys, monkeypatch):
-    code, _, err = run_cli(["compare", *MICRO, f"paths.root={tmp_path}", "strategy=tpe", "search=cmaes"], capsys,
-                           monkeypatch)
-    assert code == 2 and err == [("error: bad config: strategy=tpe conflicts with search=cmaes baseline=none: "
-                                 "choose with strategy= alone, or with search= and baseline=")]
+    code, _, err = run_cli(
+        ["compare", *MICRO, f"paths.root={tmp_path}", "strategy=tpe", "search=cmaes"], capsys, monkeypatch
+    )
+    assert code == 2 and err == [
+        (
+            "error: bad config: strategy=tpe conflicts with search=cmaes baseline=none: "
+            "choose with strategy= alone, or with search= and baseline="
+        )
+    ]
     assert not tmp_path.joinpath("cache").exists()
 
 
@@ -116,8 +140,9 @@ def test_run_prints_its_report_as_plain_lines_on_stdout(micro_run, micro_root, t
     """The stages log through the "mergemix" logger; the CLI shows each message alone on stdout, as print did,
     and not again through the handlers Hydra gives the root logger."""
     _, summary = micro_run
-    code, out, _ = run_cli(["run", *MICRO, f"paths.root={micro_root}", f"paths.run_dir={tmp_path}/run"], capsys,
-                           monkeypatch)
+    code, out, _ = run_cli(
+        ["run", *MICRO, f"paths.root={micro_root}", f"paths.run_dir={tmp_path}/run"], capsys, monkeypatch
+    )
     assert code == 0
     alpha = ", ".join(f"{d}={w:.3f}" for d, w in summary["alpha_star"].items())
     lines = out.splitlines()
@@ -139,9 +164,12 @@ def test_a_command_leaves_the_callers_warning_filters_as_they_were(capsys):
     assert json.loads(capsys.readouterr().out)["name"] == "micro"  # the command ran
 
 
-def test_the_commands_log_file_holds_what_the_terminal_showed(micro_run, micro_root, tmp_path, capsys, monkeypatch):
-    code, out, _ = run_cli(["search", *MICRO, f"paths.root={micro_root}", f"hydra.run.dir={tmp_path}/job"], capsys,
-                           monkeypatch)
+def test_the_commands_log_file_holds_what_the_terminal_showed(
+    micro_run, micro_root, tmp_path, capsys, monkeypatch
+):
+    code, out, _ = run_cli(
+        ["search", *MICRO, f"paths.root={micro_root}", f"hydra.run.dir={tmp_path}/job"], capsys, monkeypatch
+    )
     assert code == 0
     logged = (tmp_path / "job" / "search.log").read_text()
     shown = [ln for ln in out.splitlines() if ln.strip()]

@@ -8,12 +8,18 @@ from mergemix.search.cost import Ledger, trained_tokens
 from mergemix.training import MixtureDataModule
 
 
-@pytest.mark.parametrize("tokens, seq_len, batch, want", [(60_000, 256, 16, 57_344), (8_000, 128, 16, 6_144),
-                                                          (100, 128, 16, 2_048), (65_536, 256, 16, 65_536)])
+@pytest.mark.parametrize(
+    "tokens, seq_len, batch, want",
+    [(60_000, 256, 16, 57_344), (8_000, 128, 16, 6_144), (100, 128, 16, 2_048), (65_536, 256, 16, 65_536)],
+)
 def test_trained_tokens_are_the_windows_training_draws(tokens, seq_len, batch, want):
     arrays = {"a": np.zeros(50_000, np.uint16), "b": np.ones(50_000, np.uint16)}
     plan = MixtureDataModule(arrays, {"a": 0.3, "b": 0.7}, tokens, seq_len, batch, seed=0).plan
-    assert trained_tokens(tokens, {"seq_len": seq_len, "batch_size": batch}) == sum(plan.realised_tokens().values()) == want
+    assert (
+        trained_tokens(tokens, {"seq_len": seq_len, "batch_size": batch})
+        == sum(plan.realised_tokens().values())
+        == want
+    )
 
 
 def test_moe_flops_use_active_parameters(tmp_path):

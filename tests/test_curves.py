@@ -22,7 +22,11 @@ def test_curves_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys):
     for f in ("curves.json", "curves.md", "curves.png"):
         assert (run / f).is_file(), f
     c = json.loads((run / "curves.json").read_text())
-    assert c["domains"] == ["code", "math"] and c["alphas"] == [0.25, 0.5, 0.75]  # default domains, sorted alphas
+    assert c["domains"] == ["code", "math"] and c["alphas"] == [
+        0.25,
+        0.5,
+        0.75,
+    ]  # default domains, sorted alphas
     assert c["mixtures"][0] == {"code": 0.25, "math": 0.75, "prose": 0.0, "sft": 0.0}
     assert set(c["merged"]) == {"overall", *CAPS} and all(len(v) == 3 for v in c["merged"].values())
     trained = c["trained"]["0"]
@@ -53,20 +57,31 @@ def test_curves_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys):
     execute("curves", micro_cfg(micro_root, *overrides, f"paths.run_dir={tmp_path}/second"))
     assert json.loads((tmp_path / "second" / "curves.json").read_text())["raw"] == c["raw"]
     # the reversed edge without training: the same merges read backwards, no rank correlation
-    execute("curves", micro_cfg(micro_root, *overrides, "curves.domains=[math,code]", "curves.train=false",
-                                f"paths.run_dir={tmp_path}/reversed"))
+    execute(
+        "curves",
+        micro_cfg(
+            micro_root,
+            *overrides,
+            "curves.domains=[math,code]",
+            "curves.train=false",
+            f"paths.run_dir={tmp_path}/reversed",
+        ),
+    )
     rev = json.loads((tmp_path / "reversed" / "curves.json").read_text())
     assert rev["merged"]["overall"] == c["merged"]["overall"][::-1]
     assert rev["spearman"] is None and rev["trained"] == {}
 
 
-@pytest.mark.parametrize("override, message", [
-    ("curves.domains=[code,nope]", "curves.domains names unknown domains ['nope']"),
-    ("curves.domains=[code,code]", "curves.domains must be two different domains"),
-    ("curves.domains=[code]", "curves.domains must name two domains"),
-    ("curves.alphas=[0.2,0.5]", "curves.alphas must hold at least 3 distinct values"),
-    ("curves.alphas=[0.0,0.5,0.9]", "curves.alphas must lie strictly inside (0, 1)"),
-    ("curves.alphas=[0.2,0.5,1.5]", "curves.alphas must lie strictly inside (0, 1)"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("curves.domains=[code,nope]", "curves.domains names unknown domains ['nope']"),
+        ("curves.domains=[code,code]", "curves.domains must be two different domains"),
+        ("curves.domains=[code]", "curves.domains must name two domains"),
+        ("curves.alphas=[0.2,0.5]", "curves.alphas must hold at least 3 distinct values"),
+        ("curves.alphas=[0.0,0.5,0.9]", "curves.alphas must lie strictly inside (0, 1)"),
+        ("curves.alphas=[0.2,0.5,1.5]", "curves.alphas must lie strictly inside (0, 1)"),
+    ],
+)
 def test_bad_curve_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
     assert_cli_error("curves", override, message, tmp_path, monkeypatch, capsys)

@@ -51,7 +51,9 @@ def test_embedded_domains_are_deterministic():
     b = embedded.build("math", 0, 0.05, n_items=500)
     c = embedded.build("math", 1, 0.05, n_items=500)
     assert a == b and a != c
-    assert embedded.build("code", 0, 0.05, max_chars=50_000) == embedded.build("code", 0, 0.05, max_chars=50_000)
+    assert embedded.build("code", 0, 0.05, max_chars=50_000) == embedded.build(
+        "code", 0, 0.05, max_chars=50_000
+    )
 
 
 @pytest.mark.parametrize("kind", ["math", "sft"])
@@ -64,23 +66,29 @@ def test_benchmark_prompts_never_in_training_text(kind):
 
 def test_user_domain_files(tmp_path):
     (tmp_path / "a.txt").write_text("plain text document")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"text": "json doc one"}) + "\n" + json.dumps({"text": "two"}))
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"text": "json doc one"}) + "\n" + json.dumps({"text": "two"})
+    )
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"content": ["parquet doc"]}), tmp_path / "c.parquet")
     txt, _ = load_domain("w", {"source": "files", "paths": [str(tmp_path / "a.txt")]}, 0, 0.0)
     js, _ = load_domain("w", {"source": "files", "paths": [str(tmp_path / "*.jsonl")]}, 0, 0.0)
-    pa_, _ = load_domain("w", {"source": "files", "paths": [str(tmp_path / "c.parquet")],
-                                       "text_field": "content"}, 0, 0.0)
+    pa_, _ = load_domain(
+        "w", {"source": "files", "paths": [str(tmp_path / "c.parquet")], "text_field": "content"}, 0, 0.0
+    )
     assert txt == ["plain text document"] and sorted(js) == ["json doc one", "two"] and pa_ == ["parquet doc"]
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: None, "file not found"),
-    (lambda p: p.write_text(""), "hold no text"),
-    (lambda p: p.write_text("   \n"), "hold no text"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: None, "file not found"),
+        (lambda p: p.write_text(""), "hold no text"),
+        (lambda p: p.write_text("   \n"), "hold no text"),
+    ],
+)
 def test_missing_or_empty_domain_file(tmp_path, setup, message):
     path = tmp_path / "d.txt"
     setup(path)

@@ -97,10 +97,18 @@ def two_ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
     (tmp / "common.py").write_text(COMMON)
     (tmp / "worker.py").write_text(WORKER)
-    specs = {"ddp": {"name": "ddp"}, "fsdp": micro_cfg(tmp, "trainer=fsdp")["trainer"]["strategy"],
-             "ddp_accumulate": {"name": "ddp", "micro_batch_size": 2}}
-    res = subprocess.run([sys.executable, str(tmp / "worker.py"), str(tmp / "out"), json.dumps(specs)],
-                         capture_output=True, text=True, timeout=300, check=False)
+    specs = {
+        "ddp": {"name": "ddp"},
+        "fsdp": micro_cfg(tmp, "trainer=fsdp")["trainer"]["strategy"],
+        "ddp_accumulate": {"name": "ddp", "micro_batch_size": 2},
+    }
+    res = subprocess.run(
+        [sys.executable, str(tmp / "worker.py"), str(tmp / "out"), json.dumps(specs)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     sys.path.insert(0, str(tmp))
     try:
@@ -110,8 +118,14 @@ def two_ranks(tmp_path_factory):
 
         start = {k: v.clone() for k, v in common.fresh_model().state_dict().items()}
         ref_model = common.fresh_model()
-        stats = train_causal_lm(ref_model, common.Tok(), common.arrays(), {"a": 0.5, "b": 0.5}, tmp / "ref",
-                                **common.train_args(devices=1, strategy=None))
+        stats = train_causal_lm(
+            ref_model,
+            common.Tok(),
+            common.arrays(),
+            {"a": 0.5, "b": 0.5},
+            tmp / "ref",
+            **common.train_args(devices=1, strategy=None),
+        )
     finally:
         sys.path.remove(str(tmp))
         sys.modules.pop("common", None)
@@ -141,14 +155,18 @@ def test_ddp_ranks_agree_and_match_one_process(two_ranks):
     assert _rel_gap(saved, ref, start) < 1e-4  # = one process with the same global batch
     info = [json.loads((out / "ddp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["global_rank"] for i in info] == [0, 1] and {i["world_size"] for i in info} == {2}
-    assert {i["steps"] for i in info} == {STEPS} and info[0]["final_loss"] != info[1]["final_loss"]  # own shards
+    assert {i["steps"] for i in info} == {STEPS} and info[0]["final_loss"] != info[1][
+        "final_loss"
+    ]  # own shards
 
 
 @pytest.mark.slow  # two gloo ranks train in a subprocess (the fixture takes a minute)
 def test_micro_batches_accumulate_to_the_same_step(two_ranks):
     out, start, ref, _ = two_ranks
     info = json.loads((out / "ddp_accumulate" / "rank0.json").read_text())
-    assert info["steps"] == STEPS  # optimizer steps: 2 ranks x 2 micro-batches x 2 sequences = the global batch
+    assert (
+        info["steps"] == STEPS
+    )  # optimizer steps: 2 ranks x 2 micro-batches x 2 sequences = the global batch
     assert _rel_gap(_weights(out / "ddp_accumulate" / "ckpt"), ref, start) < 1e-4
 
 
@@ -159,7 +177,9 @@ def test_fsdp_config_shards_checkpoints_and_consolidates(two_ranks):
     info = [json.loads((out / "fsdp" / f"rank{r}.json").read_text()) for r in (0, 1)]
     total = sum(v.numel() for k, v in start.items() if k != "lm_head.weight")  # tied to the embedding
     for i in info:
-        assert i["fsdp_units"] == 2 and i["checkpointed"] == 2  # one unit per decoder layer, each checkpointed
+        assert (
+            i["fsdp_units"] == 2 and i["checkpointed"] == 2
+        )  # one unit per decoder layer, each checkpointed
         assert i["local_numel"] < 0.75 * total  # each rank holds about half the weights
     assert sum(i["local_numel"] for i in info) >= total
     saved = _weights(out / "fsdp" / "ckpt")  # one consolidated safetensors directory
@@ -178,8 +198,18 @@ def test_strategy_configs_build_lightning_strategies():
     from mergemix.models import build_model
     from mergemix.strategies import build_strategy
 
-    model = build_model({"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 2,
-                         "intermediate_size": 64, "max_position_embeddings": 16}, 64, 0)
+    model = build_model(
+        {
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "num_kv_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 16,
+        },
+        64,
+        0,
+    )
     fsdp = build_strategy(micro_cfg("/tmp/unused", "trainer=fsdp")["trainer"]["strategy"], model)
     assert isinstance(fsdp, FSDPStrategy) and fsdp._state_dict_type == "sharded"
     assert fsdp.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
@@ -199,8 +229,18 @@ def test_global_batch_must_split_evenly_over_the_devices(tmp_path):
     from mergemix.models import build_model
     from mergemix.training import train_causal_lm
 
-    model = build_model({"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 2,
-                         "intermediate_size": 64, "max_position_embeddings": 16}, 64, 0)
+    model = build_model(
+        {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 16,
+        },
+        64,
+        0,
+    )
     arrays = {"a": np.arange(4000, dtype=np.uint16) % 64}
     kwargs = {"accelerator": "cpu", "devices": 3, "strategy": {"name": "ddp"}, "enable_progress_bar": False}
     with pytest.raises(MergeMixError, match="model.batch_size 8 .* must be a multiple of the 3 devices"):
@@ -221,7 +261,9 @@ def test_pipeline_rejects_a_bad_strategy_before_any_work(tmp_path):
     from mergemix.pipeline import Pipeline
 
     cfg = micro_cfg(tmp_path, "trainer=fsdp", "+trainer.strategy.buckets=3")
-    with pytest.raises(MergeMixError, match=r"bad trainer.strategy for fsdp: unknown option\(s\) \['buckets'\]"):
+    with pytest.raises(
+        MergeMixError, match=r"bad trainer.strategy for fsdp: unknown option\(s\) \['buckets'\]"
+    ):
         Pipeline(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists()
 
@@ -230,10 +272,24 @@ def test_pipeline_rejects_a_bad_strategy_before_any_work(tmp_path):
 def test_cli_relaunches_ranks_and_rank0_writes_the_artifacts(tmp_path):
     """`mergemix experts expert_domain=code` with two CPU devices: Lightning re-runs the command for rank 1, both
     ranks train base and expert, rank 0 alone writes each artifact and rank 1 reuses it (~40 s)."""
-    res = subprocess.run([sys.executable, "-m", "mergemix.cli", "experts", "experiment=micro", "logger=none",
-                          f"paths.root={tmp_path}", "trainer.devices=2", "trainer.strategy={name: ddp}",
-                          "expert_domain=code"],
-                         capture_output=True, text=True, timeout=600, check=False)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mergemix.cli",
+            "experts",
+            "experiment=micro",
+            "logger=none",
+            f"paths.root={tmp_path}",
+            "trainer.devices=2",
+            "trainer.strategy={name: ddp}",
+            "expert_domain=code",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert (res.stdout + res.stderr).count("Initializing distributed") == 2
     experts = list((tmp_path / "cache" / "expert").iterdir())
@@ -241,6 +297,8 @@ def test_cli_relaunches_ranks_and_rank0_writes_the_artifacts(tmp_path):
     manifest = json.loads((experts[0] / "manifest.json").read_text())
     cfg = micro_cfg(tmp_path)
     assert manifest["world_size"] == 2  # and the global batch of one process:
-    assert manifest["steps"] == cfg["experts"]["tokens"] // (cfg["model"]["seq_len"] * cfg["model"]["batch_size"])
+    assert manifest["steps"] == cfg["experts"]["tokens"] // (
+        cfg["model"]["seq_len"] * cfg["model"]["batch_size"]
+    )
     assert res.stdout.count('"code": "' + str(experts[0])) == 2  # both ranks ended with the same artifact
     assert np.isfinite(manifest["final_loss"])

@@ -73,11 +73,19 @@ def test_bad_dynamic_input_is_refused(micro_root):
         schema.check(cfg)
         check_dynamic(cfg)
 
-    cases = [("dynamic.fraction=0", "strictly between 0 and 1"), ("dynamic.fraction=1.5", "strictly between 0 and 1"),
-             ("dynamic.fraction=true", "strictly between 0 and 1"),
-             ("dynamic.fraction=0.1", ("the first part of mix.tokens (800 tokens at fraction 0.1) must cover at "
-                                       "least one batch (2,048 tokens)")),
-             ("dynamic.fraction=0.9", "the second part of mix.tokens (800 tokens")]
+    cases = [
+        ("dynamic.fraction=0", "strictly between 0 and 1"),
+        ("dynamic.fraction=1.5", "strictly between 0 and 1"),
+        ("dynamic.fraction=true", "strictly between 0 and 1"),
+        (
+            "dynamic.fraction=0.1",
+            (
+                "the first part of mix.tokens (800 tokens at fraction 0.1) must cover at "
+                "least one batch (2,048 tokens)"
+            ),
+        ),
+        ("dynamic.fraction=0.9", "the second part of mix.tokens (800 tokens"),
+    ]
     for override, message in cases:
         with pytest.raises(MergeMixError, match=re.escape(message)):
             check_config(micro_cfg(micro_root, override))

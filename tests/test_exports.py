@@ -20,8 +20,11 @@ def _parse_blend(text: str) -> dict[str, float]:
 
 def test_blend_list_interleaves_weights_and_prefixes():
     blend = _parse_blend(blend_list(ALPHA, "/mnt/tok/{domain}_text_document"))
-    assert list(blend) == ["/mnt/tok/code_text_document", "/mnt/tok/math_text_document",
-                           "/mnt/tok/prose_text_document"]  # canonical order, weight-0 domain left out
+    assert list(blend) == [
+        "/mnt/tok/code_text_document",
+        "/mnt/tok/math_text_document",
+        "/mnt/tok/prose_text_document",
+    ]  # canonical order, weight-0 domain left out
     assert sum(blend.values()) == pytest.approx(1, abs=1e-5)
     assert blend["/mnt/tok/code_text_document"] == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(MergeMixError, match="must contain '{domain}'"):
@@ -47,7 +50,8 @@ def test_run_writes_exports_that_reproduce_the_merge(micro_run):
     assert mk["merge_method"] == "task_arithmetic" and mk["dtype"] == "float32"
     assert mk["base_model"] == str(pipe.base_dir.absolute())
     assert {m["model"]: m["parameters"]["weight"] for m in mk["models"]} == {
-        str(pipe.expert_dirs[d].absolute()): w for d, w in weights.items()}
+        str(pipe.expert_dirs[d].absolute()): w for d, w in weights.items()
+    }
     # task_arithmetic as mergekit defines it, applied to the listed checkpoints, is the merge the search verified
     base = mergeable(load_checkpoint(mk["base_model"]))
     experts = [(m["parameters"]["weight"], mergeable(load_checkpoint(m["model"]))) for m in mk["models"]]
@@ -79,8 +83,13 @@ def test_exports_hold_absolute_paths_that_work_from_another_directory(micro_run,
     pipe, _ = micro_run
     monkeypatch.chdir(pipe.base_dir.parent.parent)  # the cache root: the stage directories are relative to it
     rel = {d: Path(os.path.relpath(p)) for d, p in pipe.expert_dirs.items()}
-    paths = write_exports(tmp_path / "run", pipe.alpha_star, Path(os.path.relpath(pipe.base_dir)), rel,
-                          "data/{domain}_text_document")
+    paths = write_exports(
+        tmp_path / "run",
+        pipe.alpha_star,
+        Path(os.path.relpath(pipe.base_dir)),
+        rel,
+        "data/{domain}_text_document",
+    )
     monkeypatch.chdir(tmp_path)
     mk = yaml.safe_load(paths["mergekit"].read_text())
     models = [mk["base_model"], *(m["model"] for m in mk["models"])]
@@ -90,7 +99,12 @@ def test_exports_hold_absolute_paths_that_work_from_another_directory(micro_run,
     assert all(p.startswith(f"{pipe.base_dir.parent.parent.absolute()}/data/") for p in prefixes)
     cli = shutil.which("mergekit-yaml", path=os.pathsep.join([os.path.dirname(sys.executable), os.defpath]))
     if cli:
-        res = subprocess.run([cli, str(paths["mergekit"]), str(tmp_path / "merged")], capture_output=True,
-                             text=True, timeout=600, check=False)
+        res = subprocess.run(
+            [cli, str(paths["mergekit"]), str(tmp_path / "merged")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         assert (tmp_path / "merged" / "config.json").is_file()

@@ -24,8 +24,11 @@ def test_rotation_visits_every_item_once():
 def _fresh_root(micro_root, tmp_path, name):
     """The micro run's base and experts, without any evaluation or search."""
     root = tmp_path / name
-    shutil.copytree(micro_root / "cache", root / "cache",
-                    ignore=shutil.ignore_patterns("search", "evalcache", "studies", "mixture", "eval"))
+    shutil.copytree(
+        micro_root / "cache",
+        root / "cache",
+        ignore=shutil.ignore_patterns("search", "evalcache", "studies", "mixture", "eval"),
+    )
     return root
 
 
@@ -36,14 +39,21 @@ def _search(root, *overrides):
     pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
     search_dir = pipe.search_dir
     keys = [json.loads(line)["key"] for line in pipe.merge_cache_path.read_text().splitlines()]
-    return pipe, json.loads((search_dir / "search.json").read_text()), (search_dir / "seeds.csv").read_text(), keys
+    return (
+        pipe,
+        json.loads((search_dir / "search.json").read_text()),
+        (search_dir / "seeds.csv").read_text(),
+        keys,
+    )
 
 
 @pytest.fixture
 def reference(micro_run):
     pipe, _ = micro_run
-    return (yaml.safe_load((pipe.search_dir / "mixture.yaml").read_text())["alpha_star"],
-            (pipe.search_dir / "seeds.csv").read_text())
+    return (
+        yaml.safe_load((pipe.search_dir / "mixture.yaml").read_text())["alpha_star"],
+        (pipe.search_dir / "seeds.csv").read_text(),
+    )
 
 
 def test_two_local_workers_give_the_one_worker_result(micro_root, tmp_path, reference):
@@ -95,7 +105,9 @@ def test_forked_workers_do_not_hang_on_the_parents_thread_pool(tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(Path(__file__).parents[1])}
     try:
-        subprocess.run([sys.executable, "-c", FORK_AFTER_THREADS, str(tmp_path)], env=env, timeout=120, check=True)
+        subprocess.run(
+            [sys.executable, "-c", FORK_AFTER_THREADS, str(tmp_path)], env=env, timeout=120, check=True
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("a forked worker hung in a parallel region (OpenMP's pool does not survive fork)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done-0", "done-1"]
@@ -150,8 +162,11 @@ def test_optuna_workers_share_the_threads(monkeypatch):
 
     started = []
     monkeypatch.setattr(optuna_backend.mp, "get_context", lambda _: type("Ctx", (), {"Process": _Process}))
-    monkeypatch.setattr(optuna_backend, "start_workers",
-                        lambda procs, threads: started.append((threads, [p.kwargs["threads"] for p in procs])))
+    monkeypatch.setattr(
+        optuna_backend,
+        "start_workers",
+        lambda procs, threads: started.append((threads, [p.kwargs["threads"] for p in procs])),
+    )
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the real count stays as the session's
     optuna_backend.run_workers("postgresql://x", "s", ["a", "b"], "tpe", 0, 4, None, None, workers=2)

@@ -17,8 +17,12 @@ def _row(items: dict[str, np.ndarray], with_items: bool = True) -> dict:
 
     caps = {k: float(np.mean([items[t].mean() for t in ts])) for k, ts in CAPS.items()}
     cap_std, u_std = bootstrap(items, CAPS, 200, 0)
-    row = {"capabilities": caps, "capabilities_std": cap_std, "U": float(np.mean(list(caps.values()))),
-           "U_std": u_std}
+    row = {
+        "capabilities": caps,
+        "capabilities_std": cap_std,
+        "U": float(np.mean(list(caps.values()))),
+        "U_std": u_std,
+    }
     return {**row, "items": {t: v.tolist() for t, v in items.items()}} if with_items else row
 
 
@@ -26,8 +30,11 @@ def _rows(with_items: bool = True) -> dict[str, dict]:
     rng = np.random.default_rng(0)
     base = {t: rng.uniform(0, 1, 300) for t in ("c", "m1", "m2")}
     shifted = {t: np.clip(v + 0.03 + rng.normal(0, 0.01, 300), 0, 1) for t, v in base.items()}
-    return {"base": _row(base, with_items), "uniform (trained)": _row(shifted, with_items),
-            "mergemix (trained)": _row({t: np.clip(v + 0.01, 0, 1) for t, v in shifted.items()}, with_items)}
+    return {
+        "base": _row(base, with_items),
+        "uniform (trained)": _row(shifted, with_items),
+        "mergemix (trained)": _row({t: np.clip(v + 0.01, 0, 1) for t, v in shifted.items()}, with_items),
+    }
 
 
 def _error_halves(ax) -> list[float]:
@@ -50,8 +57,9 @@ def test_table_shows_differences_to_uniform_with_paired_intervals():
     assert [t.get_text() for t in gaps.get_xticklabels()] == ["code", "math", "U"]
     gap = paired_gap(rows["mergemix (trained)"], rows["uniform (trained)"], CAPS)
     heights = [p.get_height() for p in gaps.patches]
-    assert heights[-3:] == pytest.approx([100 * gap["capabilities"]["code"], 100 * gap["capabilities"]["math"],
-                                          100 * gap["U"]])
+    assert heights[-3:] == pytest.approx(
+        [100 * gap["capabilities"]["code"], 100 * gap["capabilities"]["math"], 100 * gap["U"]]
+    )
     assert _error_halves(gaps)[-1] == pytest.approx(200 * gap["U_std"])  # +-2 paired std
     assert 2 * gap["U_std"] < rows["mergemix (trained)"]["U_std"]  # tighter than one model's item std
 
@@ -72,9 +80,13 @@ def test_table_without_items_falls_back_to_unpaired_noise_and_the_base():
 def test_validation_figure_has_a_title_labels_and_seeds():
     from mergemix.analysis.validate import draw
 
-    scores = {"merged": {"overall": [0.1, 0.2, 0.3], "code": [0.2, 0.1, 0.3]},
-              "trained": {0: {"overall": [0.1, 0.3, 0.2], "code": [0.2, 0.2, 0.4]},
-                          1: {"overall": [0.15, 0.25, 0.3], "code": [0.1, 0.2, 0.3]}}}
+    scores = {
+        "merged": {"overall": [0.1, 0.2, 0.3], "code": [0.2, 0.1, 0.3]},
+        "trained": {
+            0: {"overall": [0.1, 0.3, 0.2], "code": [0.2, 0.2, 0.4]},
+            1: {"overall": [0.15, 0.25, 0.3], "code": [0.1, 0.2, 0.3]},
+        },
+    }
     fig = draw(scores, {"overall": 0.5, "capabilities": {"code": 1.0}}, "prob")
     assert "Rank consistency" in fig.get_suptitle() and "3 mixtures" in fig.get_suptitle()
     assert [ax.get_title() for ax in fig.axes] == ["U: ρ = 0.50", "code: ρ = 1.00"]
@@ -91,10 +103,18 @@ def test_regime_figure_names_every_regime_and_keeps_them_apart():
         block = {"overall": [rho, rho - 0.2, rho + 0.1, 0.9]}
         return {"what": what, "eta_T": eta, "mix_tokens": 800_000, "prob": block, "acc": block}
 
-    table = {"a": row("experts A", 0.02, 0.8), "b": row("experts B", 0.02, 0.7), "c": row("experts C", 0.2, 0.1)}
+    table = {
+        "a": row("experts A", 0.02, 0.8),
+        "b": row("experts B", 0.02, 0.7),
+        "c": row("experts C", 0.2, 0.1),
+    }
     fig = regime.draw(table)
     assert fig.get_suptitle() and len(fig.legends) == 1
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["a: experts A", "b: experts B", "c: experts C"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "a: experts A",
+        "b: experts B",
+        "c: experts C",
+    ]
     for ax in fig.axes:
         assert "Σ η" in ax.get_xlabel() and ax.get_title()
         xs = [line.get_xdata()[0] for line in ax.get_lines() if line.get_marker() in ("o", "s")]

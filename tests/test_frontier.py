@@ -26,8 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _result(caps, std=0.01, u_std=0.005):
-    return {"capabilities": dict(caps), "capabilities_std": {c: std for c in caps}, "U": float(np.mean(list(
-        caps.values()))), "U_std": u_std}
+    return {
+        "capabilities": dict(caps),
+        "capabilities_std": {c: std for c in caps},
+        "U": float(np.mean(list(caps.values()))),
+        "U_std": u_std,
+    }
 
 
 # -------------------------------------------------------------------------------------------- calibration ---
@@ -74,15 +78,22 @@ def test_calibration_changes_the_ranking_only_through_unequal_recovery():
 
 
 def test_extrapolated_merge_scales_every_task_vector():
-    arch = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 32,
-            "max_position_embeddings": 16}
+    arch = {
+        "hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "num_kv_heads": 1,
+        "intermediate_size": 32,
+        "max_position_embeddings": 16,
+    }
     base, e1, e2, target = (build_model(arch, 50, s) for s in range(4))
     bank = ExpertBank(base, {"x": e1, "y": e2})
     bank.merge_into(target, {"x": 0.25, "y": 0.75}, scale=2.0)
     p = dict(target.named_parameters())
     for name, p0 in base.named_parameters():
-        want = p0 + 2.0 * (0.25 * (dict(e1.named_parameters())[name] - p0)
-                           + 0.75 * (dict(e2.named_parameters())[name] - p0))
+        want = p0 + 2.0 * (
+            0.25 * (dict(e1.named_parameters())[name] - p0) + 0.75 * (dict(e2.named_parameters())[name] - p0)
+        )
         torch.testing.assert_close(p[name], want, rtol=1e-5, atol=1e-6)
 
 
@@ -93,14 +104,18 @@ def test_list_objective_is_the_macro_average_of_its_capabilities():
     assert utility(caps, ["a", "c"]) == pytest.approx(0.5)
     assert result_utility(res, ["a", "b"]) == pytest.approx(0.3)
     assert result_utility(res, "b") == 0.5 and result_utility(res) == pytest.approx(0.5)
-    assert objective_std(res, ["a", "b"]) == pytest.approx(np.sqrt(2 * 0.02 ** 2) / 2)
+    assert objective_std(res, ["a", "b"]) == pytest.approx(np.sqrt(2 * 0.02**2) / 2)
 
 
 def test_alpha_choice_switches_to_the_best_merge_only_beyond_noise():
-    util = lambda r: r["U"]
+    def util(r):
+        return r["U"]
+
     proposal = np.array([0.5, 0.5])
-    searched = [(np.array([1.0, 0.0]), {"U": 0.30, "U_std": 0.01}), (np.array([0.0, 1.0]), {"U": 0.20,
-                                                                                              "U_std": 0.01})]
+    searched = [
+        (np.array([1.0, 0.0]), {"U": 0.30, "U_std": 0.01}),
+        (np.array([0.0, 1.0]), {"U": 0.20, "U_std": 0.01}),
+    ]
     far = choose_alpha(proposal, {"U": 0.25, "U_std": 0.01}, searched, util, "macro")
     assert far["switched"] and list(far["alpha"]) == [1.0, 0.0] and far["result"]["U"] == 0.30
     near = choose_alpha(proposal, {"U": 0.29, "U_std": 0.01}, searched, util, "macro")
@@ -116,9 +131,11 @@ def test_manual_prior_equal_or_given():
 
 
 def _calib(clear: dict, responsive: dict, interior=True):
-    return {"expert_gains": {c: {"domain": c, "clear": v, "sigmas": 6.0 if v else 1.2} for c, v in clear.items()},
-            "tradeoff": {"best_is_interior": interior},
-            "responsiveness": {c: {"responsive": v} for c, v in responsive.items()}}
+    return {
+        "expert_gains": {c: {"domain": c, "clear": v, "sigmas": 6.0 if v else 1.2} for c, v in clear.items()},
+        "tradeoff": {"best_is_interior": interior},
+        "responsiveness": {c: {"responsive": v} for c, v in responsive.items()},
+    }
 
 
 WORTH = {"merged_spread_std": 0.03, "item_noise_std": 0.005, "ratio": 6.0, "cv_spearman": 0.9}
@@ -126,17 +143,25 @@ WORTH = {"merged_spread_std": 0.03, "item_noise_std": 0.005, "ratio": 6.0, "cv_s
 
 def _trained(u_diff=0.02, caps=None):
     caps = caps or {}
-    return {"U_diff": u_diff, "noise_std": 0.005, "sigmas": u_diff / 0.005,
-            "capabilities_diff": {c: d for c, (d, _) in caps.items()},
-            "capabilities_std": {c: s for c, (_, s) in caps.items()}}
+    return {
+        "U_diff": u_diff,
+        "noise_std": 0.005,
+        "sigmas": u_diff / 0.005,
+        "capabilities_diff": {c: d for c, (d, _) in caps.items()},
+        "capabilities_std": {c: s for c, (_, s) in caps.items()},
+    }
 
 
 def test_verdict_acts_when_every_check_passes_and_says_which_capabilities_are_just_flat():
     v = verdict(_calib({"a": True, "b": True}, {"a": True, "b": True}), WORTH, {}, _trained())
     assert v["action"] == ACT and v["line"].startswith("act on alpha*") and v["findings"] == []
     # b: its expert does not lift it, no merge moves it, and the trained runs agree: flat, not a reason to distrust
-    v = verdict(_calib({"a": True, "b": False}, {"a": True, "b": False}), WORTH, {},
-                _trained(caps={"b": (0.001, 0.004)}))
+    v = verdict(
+        _calib({"a": True, "b": False}, {"a": True, "b": False}),
+        WORTH,
+        {},
+        _trained(caps={"b": (0.001, 0.004)}),
+    )
     assert v["action"] == ACT_FLAT and "b is just flat" in v["line"]
     assert any("search.objective=[a]" in f for f in v["findings"])
 
@@ -146,8 +171,12 @@ def test_verdict_distrusts_merges_that_hide_a_gain_or_a_trained_loss():
     v = verdict(_calib({"a": True, "b": True}, {"a": True, "b": False}), WORTH, {}, _trained())
     assert v["action"] == DO_NOT_TRUST and "expert:b lifts b" in v["line"] and "strategy=refine" in v["line"]
     # flat in merges, but alpha* and token-proportional trained apart on it beyond noise: hidden, not flat
-    v = verdict(_calib({"a": True, "b": False}, {"a": True, "b": False}), WORTH, {},
-                _trained(caps={"b": (-0.03, 0.005)}))
+    v = verdict(
+        _calib({"a": True, "b": False}, {"a": True, "b": False}),
+        WORTH,
+        {},
+        _trained(caps={"b": (-0.03, 0.005)}),
+    )
     assert v["action"] == DO_NOT_TRUST and "no merge moves b" in v["line"]
     v = verdict(_calib({"a": True}, {"a": True}), WORTH, {}, _trained(u_diff=-0.02))
     assert v["action"] == DO_NOT_TRUST and "below token-proportional" in v["line"]
@@ -168,10 +197,22 @@ def test_trained_tokens_are_whole_batches():
     assert trained_tokens(60_000, {"seq_len": 256, "batch_size": 16}) == 57_344
 
 
-FRONTIER = {"seeds": [0, 1, 2], "other_seeds": 2, "expert_tokens": [100, 300], "budgets": [20, 40],
-            "corrections": ["recovery"], "refine": ["tilt", "gain"], "refine_runs": 3, "trial_tokens": [10],
-            "trial_counts": [5, 10], "full_runs": 4, "regmix_full_counts": [2, 4, 8], "small_model": "micro",
-            "small_trial_tokens": 10, "small_counts": [4]}
+FRONTIER = {
+    "seeds": [0, 1, 2],
+    "other_seeds": 2,
+    "expert_tokens": [100, 300],
+    "budgets": [20, 40],
+    "corrections": ["recovery"],
+    "refine": ["tilt", "gain"],
+    "refine_runs": 3,
+    "trial_tokens": [10],
+    "trial_counts": [5, 10],
+    "full_runs": 4,
+    "regmix_full_counts": [2, 4, 8],
+    "small_model": "micro",
+    "small_trial_tokens": 10,
+    "small_counts": [4],
+}
 
 
 def test_jobs_run_the_headline_comparison_first_seed_by_seed():
@@ -186,9 +227,17 @@ def test_jobs_run_the_headline_comparison_first_seed_by_seed():
     full = next(j for j in jobs if j["kind"] == "full")
     assert full["counts"] == [1, 2, 3, 4] and full["regmix_counts"] == [2, 4]
     assert frontier.expected(full) == {("proxy_full", n, None) for n in range(1, 5)} | {
-        ("regmix_full", 2, None), ("regmix_full", 4, None)}
+        ("regmix_full", 2, None),
+        ("regmix_full", 4, None),
+    }
     merges = {(j["experts"], j["budget"], j.get("correction")) for j in jobs if j["kind"] == "mergemix"}
-    assert merges == {(100, 20, None), (100, 40, None), (300, 20, None), (300, 40, None), (300, 40, "recovery")}
+    assert merges == {
+        (100, 20, None),
+        (100, 40, None),
+        (300, 20, None),
+        (300, 40, None),
+        (300, 40, "recovery"),
+    }
 
 
 def test_variants_patch_the_config_sections_they_name():
@@ -211,7 +260,9 @@ def test_points_with_all_their_counts_and_a_retrained_run_are_finished(tmp_path)
 
     path.write_text(json.dumps(pts(("proxy_full", 1), ("proxy_full", 2))))
     assert frontier.finished(job, tmp_path) is None  # RegMix's point is missing: rerun over the cached runs
-    path.write_text(json.dumps(pts(("proxy_full", 1), ("proxy_full", 2), ("regmix_full", 2), retrained=False)))
+    path.write_text(
+        json.dumps(pts(("proxy_full", 1), ("proxy_full", 2), ("regmix_full", 2), retrained=False))
+    )
     assert frontier.finished(job, tmp_path) is None  # written before every point was retrained
     path.write_text(json.dumps(pts(("proxy_full", 1), ("proxy_full", 2), ("regmix_full", 2))))
     assert len(frontier.finished(job, tmp_path)) == 3
@@ -219,10 +270,20 @@ def test_points_with_all_their_counts_and_a_retrained_run_are_finished(tmp_path)
 
 
 def _pt(family, settings, seed, u, flops, train=None):
-    return {"family": family, "label": frontier.FAMILIES[family], "settings": settings, "seed": seed, "U": u,
-            "U_std": 0.01, "train_tokens": flops / 6, "train_flops": flops if train is None else train,
-            "eval_flops": 0.0 if train is None else flops - train, "total_flops": flops, "evaluations": 1,
-            "retrained": True}
+    return {
+        "family": family,
+        "label": frontier.FAMILIES[family],
+        "settings": settings,
+        "seed": seed,
+        "U": u,
+        "U_std": 0.01,
+        "train_tokens": flops / 6,
+        "train_flops": flops if train is None else train,
+        "eval_flops": 0.0 if train is None else flops - train,
+        "total_flops": flops,
+        "evaluations": 1,
+        "retrained": True,
+    }
 
 
 REF = {"expert_tokens": 3, "budget": 40, "correction": "none"}
@@ -243,12 +304,14 @@ def test_summary_reports_total_compute_multiples_crossings_and_intervals():
     points = []
     for seed in range(5):
         ref_u = 0.40 + rng.normal(0, 0.01)
-        points += [_pt("mergemix", REF, seed, ref_u, 200.0, train=100.0),  # half of its compute is evaluation
-                   _pt("proxy_full", {"runs": 1}, seed, ref_u - 0.04, 100.0),
-                   _pt("proxy_full", {"runs": 2}, seed, ref_u - 0.02 + rng.normal(0, 0.003), 200.0),
-                   _pt("proxy_full", {"runs": 4}, seed, ref_u + 0.02 + rng.normal(0, 0.003), 400.0),
-                   _pt("refine", {"runs": 3, "correction": "tilt"}, seed, ref_u + 0.015, 380.0, train=300.0),
-                   _pt("token", {}, seed, 0.30 + rng.normal(0, 0.01), 0.0)]
+        points += [
+            _pt("mergemix", REF, seed, ref_u, 200.0, train=100.0),  # half of its compute is evaluation
+            _pt("proxy_full", {"runs": 1}, seed, ref_u - 0.04, 100.0),
+            _pt("proxy_full", {"runs": 2}, seed, ref_u - 0.02 + rng.normal(0, 0.003), 200.0),
+            _pt("proxy_full", {"runs": 4}, seed, ref_u + 0.02 + rng.normal(0, 0.003), 400.0),
+            _pt("refine", {"runs": 3, "correction": "tilt"}, seed, ref_u + 0.015, 380.0, train=300.0),
+            _pt("token", {}, seed, 0.30 + rng.normal(0, 0.01), 0.0),
+        ]
     s = summarise(points, REF)
     assert s["reference"]["total_flops"] == pytest.approx(200.0)
     (vs,) = s["refine_vs_strongest"]  # against full-horizon proxy search's 4 runs, the strongest trial point
@@ -272,8 +335,12 @@ def test_summary_reports_total_compute_multiples_crossings_and_intervals():
     ax = fig.axes[0]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "embedded: retrained U vs total search compute" in ax.get_title() and "FLOPs" in ax.get_xlabel()
-    assert {"MergeMix", "proxy search, full", "MergeMix reference (mean)", "token-proportional (no search)"} <= set(
-        labels) and len(labels) == len(set(labels))
+    assert {
+        "MergeMix",
+        "proxy search, full",
+        "MergeMix reference (mean)",
+        "token-proportional (no search)",
+    } <= set(labels) and len(labels) == len(set(labels))
 
 
 def test_paired_interval_with_real_variance_is_the_t_interval():
@@ -293,9 +360,11 @@ def test_a_testbed_whose_strategies_differ_within_noise_claims_no_multiple():
     rng = np.random.default_rng(1)
     points = []
     for seed in range(5):
-        points += [_pt("mergemix", REF, seed, 0.5 + rng.normal(0, 0.01), 10.0),
-                   _pt("proxy_full", {"runs": 6}, seed, 0.5 + rng.normal(0, 0.01), 300.0),
-                   _pt("token", {}, seed, 0.5 + rng.normal(0, 0.01), 0.0)]
+        points += [
+            _pt("mergemix", REF, seed, 0.5 + rng.normal(0, 0.01), 10.0),
+            _pt("proxy_full", {"runs": 6}, seed, 0.5 + rng.normal(0, 0.01), 300.0),
+            _pt("token", {}, seed, 0.5 + rng.normal(0, 0.01), 0.0),
+        ]
     s = summarise(points, REF)
     assert not s["discriminates"] and s["discrimination"]["p_value"] > 0.05
     assert "does not discriminate" in markdown(s, "t") and "no multiple is claimed" in markdown(s, "t")
@@ -330,22 +399,45 @@ def test_readme_results_block_is_the_one_frontier_json_gives():
 def test_frontier_driver_end_to_end_on_micro(tmp_path):
     """experiments/frontier.py at micro size: every family yields points, the report and JSON are written, and a
     rerun finds nothing left to do."""
-    args = [sys.executable, str(ROOT / "experiments" / "frontier.py"), "--testbeds", "embedded", "--workers", "2",
-            "--out", str(tmp_path / "report"), "experiment=micro", "model=micro", "frontier.seeds=[0,1]",
-            "frontier.other_seeds=2", "frontier.expert_tokens=[8000]", "frontier.budgets=[6]",
-            "frontier.corrections=[recovery,scale2,lora]", "frontier.refine_runs=2", "frontier.trial_tokens=[4096]",
-            "frontier.trial_counts=[2]", "frontier.full_runs=2", "frontier.regmix_full_counts=[2]",
-            "frontier.small_trial_tokens=4096", "frontier.small_counts=[2]", "experts.tokens=8000",
-            "search.budget=6"]
+    args = [
+        sys.executable,
+        str(ROOT / "experiments" / "frontier.py"),
+        "--testbeds",
+        "embedded",
+        "--workers",
+        "2",
+        "--out",
+        str(tmp_path / "report"),
+        "experiment=micro",
+        "model=micro",
+        "frontier.seeds=[0,1]",
+        "frontier.other_seeds=2",
+        "frontier.expert_tokens=[8000]",
+        "frontier.budgets=[6]",
+        "frontier.corrections=[recovery,scale2,lora]",
+        "frontier.refine_runs=2",
+        "frontier.trial_tokens=[4096]",
+        "frontier.trial_counts=[2]",
+        "frontier.full_runs=2",
+        "frontier.regmix_full_counts=[2]",
+        "frontier.small_trial_tokens=4096",
+        "frontier.small_counts=[2]",
+        "experts.tokens=8000",
+        "search.budget=6",
+    ]
     env = {**os.environ, "MERGEMIX_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
     subprocess.run(args, check=True, env=env, capture_output=True, timeout=900)
     data = json.loads((tmp_path / "report" / "frontier.json").read_text())["testbeds"]["embedded"]
     assert {r["family"] for r in data["points"]} == set(frontier.FAMILIES)
     assert all(len(r["seeds"]) == 2 and r["retrained"] for r in data["points"])
-    assert {"match", "discriminates", "discrimination"} <= set(data) and data["match"]["basis"] == "total_flops"
+    assert {"match", "discriminates", "discrimination"} <= set(data) and data["match"][
+        "basis"
+    ] == "total_flops"
     refine = [r for r in data["points"] if r["family"] == "refine"]
     assert {r["settings"]["correction"] for r in refine} == {"tilt", "gain"}
-    mm = next(r for r in data["points"] if r["family"] == "mergemix" and r["settings"]["correction"] == "none")
+    mm = next(
+        r for r in data["points"] if r["family"] == "mergemix" and r["settings"]["correction"] == "none"
+    )
     assert all(r["multiple_total"] > mm["multiple_total"] for r in refine)  # it pays MergeMix's cost and more
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
     again = subprocess.run(args, check=True, env=env, capture_output=True, text=True, timeout=300)
@@ -359,8 +451,10 @@ def test_validate_flags_a_capability_whose_trained_spread_is_within_noise():
         return {"capabilities": {"moves": a, "flat": b}, "capabilities_std": {"moves": 0.01, "flat": 0.01}}
 
     merged = [run(0.1 * i, 0.3) for i in range(4)]
-    trained = {0: [run(0.1 * i, 0.30 + 0.002 * i) for i in range(4)],
-               1: [run(0.1 * i + 0.01, 0.30 - 0.002 * i) for i in range(4)]}
+    trained = {
+        0: [run(0.1 * i, 0.30 + 0.002 * i) for i in range(4)],
+        1: [run(0.1 * i + 0.01, 0.30 - 0.002 * i) for i in range(4)],
+    }
     r = responsiveness(merged, trained)
     assert r["moves"]["responsive"] and not r["flat"]["responsive"]
     assert r["flat"]["trained_spread_std"] < r["flat"]["item_noise_std"]

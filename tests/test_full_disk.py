@@ -23,8 +23,11 @@ def test_a_build_that_fills_the_disk_is_one_line_and_leaves_no_artifact(tmp_path
         (tmp / "part.bin").write_bytes(b"x" * 1000)
         _full(tmp / "model.safetensors")
 
-    with pytest.raises(MergeMixError, match=r"no space left on the device to write .*model\.safetensors \(1000 "
-                                            r"bytes written, \d+ bytes free\); nothing half-written is kept"):
+    with pytest.raises(
+        MergeMixError,
+        match=r"no space left on the device to write .*model\.safetensors \(1000 "
+        r"bytes written, \d+ bytes free\); nothing half-written is kept",
+    ):
         store.get_or_build("base", {"a": 1}, build)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and ".locks" not in p.parts]
 
@@ -33,8 +36,9 @@ def test_torch_wrapped_enospc_is_recognised(tmp_path):
     store = ArtifactStore(tmp_path / "cache")
 
     def build(tmp):
-        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos ... "
-                           "No space left on device")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:603] . unexpected pos ... No space left on device"
+        )
 
     with pytest.raises(MergeMixError, match="no space left on the device"):
         store.get_or_build("base", {"a": 2}, build)

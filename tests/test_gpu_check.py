@@ -42,10 +42,18 @@ def test_code_path_on_cpu_writes_the_report(gpu_check, tmp_path, monkeypatch, ca
     assert not list((tmp_path / "root").glob("gpu_check-*"))  # the expert checkpoints are removed
     assert report["speed"] == {"chunked_loss": 2048, "compile": False, "fused_adamw": True}  # trainer=fsdp's
     loop = report["candidate_loop"]
-    assert loop["candidates"] == 2 and loop["tokens_per_candidate"] >= 20_000  # the suite scaled to the target
+    assert (
+        loop["candidates"] == 2 and loop["tokens_per_candidate"] >= 20_000
+    )  # the suite scaled to the target
     assert loop["candidates_per_hour"] == pytest.approx(3600 / (loop["merge_s"] + loop["eval_s"]), rel=0.02)
-    assert loop["evaluator_tokens_per_s"] > 0 and loop["forward_tokens_per_s"] > 0 and loop["evaluator_vs_forward"] > 0
-    assert loop["mfu"] == pytest.approx(2 * report["params"] * loop["evaluator_tokens_per_s"] / 2e12, rel=1e-3)
+    assert (
+        loop["evaluator_tokens_per_s"] > 0
+        and loop["forward_tokens_per_s"] > 0
+        and loop["evaluator_vs_forward"] > 0
+    )
+    assert loop["mfu"] == pytest.approx(
+        2 * report["params"] * loop["evaluator_tokens_per_s"] / 2e12, rel=1e-3
+    )
     out = capsys.readouterr().out
     assert "tokens/s, MFU" in out and "report:" in out and "candidates/h" in out and "x a bare forward" in out
 
@@ -63,14 +71,30 @@ def test_peak_table(gpu_check):
 def test_without_a_gpu_both_entry_points_stop_with_one_clear_line(gpu_check, capsys):
     assert gpu_check.main([]) == 2
     assert "error: no GPU" in capsys.readouterr().err
-    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                         timeout=120, check=False, env={**os.environ, "PYTHON": sys.executable})
+    res = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "gpu_check.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert res.returncode == 2 and res.stderr.strip().startswith("error: no GPU"), res.stderr
 
 
 def test_plain_and_compile_runs_get_their_own_report(gpu_check, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
-    args = ["--device", "cpu", "--tiny", "--root", str(tmp_path / "root"), "--candidates", "0", "--strategy", "single"]
+    args = [
+        "--device",
+        "cpu",
+        "--tiny",
+        "--root",
+        str(tmp_path / "root"),
+        "--candidates",
+        "0",
+        "--strategy",
+        "single",
+    ]
     assert gpu_check.main([*args, "--plain", "--compile"]) == 0
     assert "trainer.compile needs a CUDA device: training runs eagerly" in caplog.messages
     report = json.loads((tmp_path / "out" / "reports" / "gpu_check-single-plain-compile.json").read_text())
@@ -84,4 +108,8 @@ def test_candidate_loop_on_the_gpu(gpu_check, tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path / "out"))
     assert gpu_check.main(["--tiny", "--root", str(tmp_path / "root"), "--eval-tokens", "100000"]) == 0
     loop = json.loads((tmp_path / "out" / "reports" / "gpu_check.json").read_text())["candidate_loop"]
-    assert loop["candidates"] == 2 and loop["tokens_per_candidate"] >= 100_000 and loop["evaluator_vs_forward"] > 0
+    assert (
+        loop["candidates"] == 2
+        and loop["tokens_per_candidate"] >= 100_000
+        and loop["evaluator_vs_forward"] > 0
+    )

@@ -30,11 +30,16 @@ def test_default_groups_partition_the_embedded_domains(micro_root):
 
 
 def test_groups_must_partition_the_domains(micro_root):
-    cases = [("hierarchical.groups=null", "hierarchical.groups is not set"),
-             ("hierarchical.groups={a: [code, math, prose, sft, web]}", "unknown domains ['web']"),
-             ("hierarchical.groups={a: [code, math], b: [math, prose, sft]}", "put ['math'] in more than one group"),
-             ("hierarchical.groups={a: [code, math], b: [prose]}", "leave out ['sft']"),
-             ("hierarchical.groups={a: [code, math, prose, sft], b: []}", "non-empty list of domains")]
+    cases = [
+        ("hierarchical.groups=null", "hierarchical.groups is not set"),
+        ("hierarchical.groups={a: [code, math, prose, sft, web]}", "unknown domains ['web']"),
+        (
+            "hierarchical.groups={a: [code, math], b: [math, prose, sft]}",
+            "put ['math'] in more than one group",
+        ),
+        ("hierarchical.groups={a: [code, math], b: [prose]}", "leave out ['sft']"),
+        ("hierarchical.groups={a: [code, math, prose, sft], b: []}", "non-empty list of domains"),
+    ]
     for override, message in cases:
         with pytest.raises(MergeMixError, match=re.escape(message)):
             groups_of(micro_cfg(micro_root, override))
@@ -67,7 +72,8 @@ def test_hierarchical_end_to_end(hierarchical_run):
             assert alpha[d] == pytest.approx(coarse[g] * beta[d])
     assert r["within"]["prose"] == {"weights": {"prose": 1.0}}  # one domain: no search
     assert r["mixtures"]["flat alpha*"] == pytest.approx(
-        {d: w / sum(pipe.alpha_star.values()) for d, w in pipe.alpha_star.items()})
+        {d: w / sum(pipe.alpha_star.values()) for d, w in pipe.alpha_star.items()}
+    )
 
     coarse_search = read_manifest(r["coarse"]["search"])["inputs"]
     assert set(coarse_search["experts"]) == {"technical", "prose", "sft"}

@@ -16,7 +16,9 @@ CAPS = ["code", "instruct", "language", "math"]
 # ------------------------------------------------------------------------------------------- geometry ---
 def test_projection_is_the_maximum_over_the_other_domains():
     pts = grid(4, 4)
-    xy, best = project(pts, pts[:, 2], 0, 1, resolution=4)  # the best a_2 given (a_0, a_1): all the rest on domain 2
+    xy, best = project(
+        pts, pts[:, 2], 0, 1, resolution=4
+    )  # the best a_2 given (a_0, a_1): all the rest on domain 2
     np.testing.assert_allclose(best, 1 - xy.sum(axis=1))
     assert len(xy) == grid_size(3, 4)  # every (a_0, a_1) with a_0 + a_1 <= 1 on the grid
     xy, best = project(pts, -pts[:, 3], 2, 3, resolution=4)  # the best -a_3 given (a_2, a_3) is -a_3 itself
@@ -39,7 +41,15 @@ def test_finest_resolution_fits_the_point_budget(k, n):
 def test_plots_for_two_and_three_domains(k, tmp_path):
     pts = grid(k, 5)
     values = {"U": pts[:, 0] - pts[:, -1] ** 2, "cap": np.full(len(pts), 0.3)}  # a constant one too
-    plot(tmp_path / "p.png", pts, values, [f"d{i}" for i in range(k)], 5, np.full(k, 1 / k), {"cap": np.eye(k)[0]})
+    plot(
+        tmp_path / "p.png",
+        pts,
+        values,
+        [f"d{i}" for i in range(k)],
+        5,
+        np.full(k, 1 / k),
+        {"cap": np.eye(k)[0]},
+    )
     import matplotlib.image
 
     image = matplotlib.image.imread(tmp_path / "p.png")
@@ -49,8 +59,9 @@ def test_plots_for_two_and_three_domains(k, tmp_path):
 
 
 def test_seeds_are_read_by_position_when_capabilities_share_domain_names(tmp_path):
-    (tmp_path / "seeds.csv").write_text("code,math,code,math,U,U_std\n1.0,0.0,0.3,0.1,0.2,0.01\n"
-                                        "0.5,0.5,0.4,0.2,0.3,0.01\n")
+    (tmp_path / "seeds.csv").write_text(
+        "code,math,code,math,U,U_std\n1.0,0.0,0.3,0.1,0.2,0.01\n0.5,0.5,0.4,0.2,0.3,0.01\n"
+    )
     alphas, scores = landscape.read_seeds(tmp_path / "seeds.csv", ["code", "math"])
     np.testing.assert_array_equal(alphas, [[1.0, 0.0], [0.5, 0.5]])
     assert list(scores) == ["code", "math"]
@@ -59,8 +70,12 @@ def test_seeds_are_read_by_position_when_capabilities_share_domain_names(tmp_pat
 
 def test_too_few_seed_merges_is_one_clear_error(tmp_path):
     (tmp_path / "seeds.csv").write_text("a,b,cap,U,U_std\n")  # the gradient back-end evaluates only alpha*
-    pipe = SimpleNamespace(search_dir=tmp_path, domain_names=["a", "b"], search_seed=0,
-                           cfg={"search": {"backend": "gradient", "lgbm": {}}})
+    pipe = SimpleNamespace(
+        search_dir=tmp_path,
+        domain_names=["a", "b"],
+        search_seed=0,
+        cfg={"search": {"backend": "gradient", "lgbm": {}}},
+    )
     with pytest.raises(MergeMixError, match="left 0 seed merges"):
         landscape.fit_surrogate(pipe)
 
@@ -77,7 +92,9 @@ def _no_new_merges(monkeypatch):
     monkeypatch.setattr(ExpertBank, "merge_into", boom)
 
 
-def test_surrogate_landscape_reuses_the_search_without_new_merges(micro_run, micro_root, tmp_path, monkeypatch):
+def test_surrogate_landscape_reuses_the_search_without_new_merges(
+    micro_run, micro_root, tmp_path, monkeypatch
+):
     from mergemix.cli import execute
 
     pipe, summary = micro_run
@@ -116,8 +133,16 @@ def test_merge_landscape_scores_grid_merges_through_the_cache(micro_run, micro_r
     pipe, _ = micro_run
     before = pipe.merge_cache_path.read_bytes()
     _no_new_merges(monkeypatch)  # resolution 1: the vertices, all merged by the search already
-    execute("landscape", micro_cfg(micro_root, "landscape.source=merge", "landscape.resolution=1",
-                                   "landscape.specialists=false", f"paths.run_dir={tmp_path}"))
+    execute(
+        "landscape",
+        micro_cfg(
+            micro_root,
+            "landscape.source=merge",
+            "landscape.resolution=1",
+            "landscape.specialists=false",
+            f"paths.run_dir={tmp_path}",
+        ),
+    )
     assert pipe.merge_cache_path.read_bytes() == before
     out = json.loads((tmp_path / "landscape.json").read_text())
     assert out["specialists"] is None and out["n_points"] == 4
@@ -125,8 +150,9 @@ def test_merge_landscape_scores_grid_merges_through_the_cache(micro_run, micro_r
     for i, alpha in enumerate(out["grid"]["alphas"]):
         assert np.count_nonzero(alpha) == 1
         assert out["grid"]["values"]["U"][i] == pytest.approx(cached[alpha_key(alpha)]["U"], abs=1e-6)
-        assert out["grid"]["values"]["math"][i] == pytest.approx(cached[alpha_key(alpha)]["capabilities"]["math"],
-                                                                  abs=1e-6)
+        assert out["grid"]["values"]["math"][i] == pytest.approx(
+            cached[alpha_key(alpha)]["capabilities"]["math"], abs=1e-6
+        )
 
 
 @pytest.mark.slow
@@ -137,8 +163,12 @@ def test_merge_landscape_merges_only_new_grid_points(micro_run, micro_root, tmp_
     pipe, _ = micro_run
     known = set(EvalCache(pipe.merge_cache_path).entries)
     new = {alpha_key(a) for a in grid(4, 2)} - known
-    execute("landscape", micro_cfg(micro_root, "landscape.source=merge", "landscape.resolution=2",
-                                   f"paths.run_dir={tmp_path}"))
+    execute(
+        "landscape",
+        micro_cfg(
+            micro_root, "landscape.source=merge", "landscape.resolution=2", f"paths.run_dir={tmp_path}"
+        ),
+    )
     after = EvalCache(pipe.merge_cache_path).entries
     assert set(after) - known == new and len(new) > 0
     out = json.loads((tmp_path / "landscape.json").read_text())
@@ -146,10 +176,13 @@ def test_merge_landscape_merges_only_new_grid_points(micro_run, micro_root, tmp_
         assert u == pytest.approx(after[alpha_key(alpha)]["U"], abs=1e-6)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("landscape.source=trained", "landscape.source must be one of surrogate, merge"),
-    ("landscape.resolution=0", "landscape.resolution must be a positive integer"),
-    ("landscape.specialists=maybe", "landscape.specialists must be true or false"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("landscape.source=trained", "landscape.source must be one of surrogate, merge"),
+        ("landscape.resolution=0", "landscape.resolution must be a positive integer"),
+        ("landscape.specialists=maybe", "landscape.specialists must be true or false"),
+    ],
+)
 def test_bad_landscape_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
     assert_cli_error("landscape", override, message, tmp_path, monkeypatch, capsys)

@@ -7,7 +7,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mergemix"
-ABOVE_THE_STAGES = ("mergemix.pipeline", "mergemix.cli", "mergemix.commands", "mergemix.analysis", "mergemix.api")
+ABOVE_THE_STAGES = (
+    "mergemix.pipeline",
+    "mergemix.cli",
+    "mergemix.commands",
+    "mergemix.analysis",
+    "mergemix.api",
+)
 
 
 def module_name(path: Path) -> str:
@@ -43,13 +49,18 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 def test_stages_import_nothing_above_them():
     stages = {n: p for n, p in MODULES.items() if n.startswith("mergemix.stages")}
     assert len(stages) >= 10
-    upward = {n: sorted(m for m in imported(p, top_level_only=False) if m.startswith(ABOVE_THE_STAGES))
-              for n, p in stages.items()}
+    upward = {
+        n: sorted(m for m in imported(p, top_level_only=False) if m.startswith(ABOVE_THE_STAGES))
+        for n, p in stages.items()
+    }
     assert not {n: m for n, m in upward.items() if m}
 
 
 def test_no_import_cycles_at_import_time():
-    graph = {n: {m for m in imported(p, top_level_only=True) if m in MODULES and m != n} for n, p in MODULES.items()}
+    graph = {
+        n: {m for m in imported(p, top_level_only=True) if m in MODULES and m != n}
+        for n, p in MODULES.items()
+    }
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     cycles = []
 
@@ -57,7 +68,7 @@ def test_no_import_cycles_at_import_time():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycles.append([*path[path.index(nxt):], nxt])
+                cycles.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
                 walk(nxt, [*path, nxt])
         state[node] = 2

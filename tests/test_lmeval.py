@@ -12,9 +12,22 @@ from mergemix.benchmarks.suite import Suite
 from mergemix.benchmarks.tasks import load_jsonl_task
 from mergemix.errors import MergeMixError
 
-needs_lmeval = pytest.mark.skipif(not lmeval.available(),
-                                  reason='lm-eval is not installed (pip install "lm-eval[hf]==0.4.13")')
-WORDS = ["river", "stone", "light", "shadow", "seven", "eleven", "proof", "number", "garden", "window", "quickly"]
+needs_lmeval = pytest.mark.skipif(
+    not lmeval.available(), reason='lm-eval is not installed (pip install "lm-eval[hf]==0.4.13")'
+)
+WORDS = [
+    "river",
+    "stone",
+    "light",
+    "shadow",
+    "seven",
+    "eleven",
+    "proof",
+    "number",
+    "garden",
+    "window",
+    "quickly",
+]
 
 
 def _items(n=40, seed=0):
@@ -25,8 +38,13 @@ def _items(n=40, seed=0):
     for _ in range(n):
         k = rng.randint(2, 4)
         choices = [" " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 3))) for _ in range(k)]
-        out.append({"context": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))),
-                    "choices": choices, "label": rng.randrange(k)})
+        out.append(
+            {
+                "context": " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))),
+                "choices": choices,
+                "label": rng.randrange(k),
+            }
+        )
     return out
 
 
@@ -36,16 +54,21 @@ def _task_dir(root, name="toy_mc", dataset_path="json", output_type="multiple_ch
     data = d / "items.jsonl"
     data.write_text("".join(json.dumps(it) + "\n" for it in _items()))
     if output_type == "multiple_choice":
-        body = ("doc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: label\n"
-                "target_delimiter: ''\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+        body = (
+            "doc_to_text: '{{context}}'\ndoc_to_choice: '{{choices}}'\ndoc_to_target: label\n"
+            "target_delimiter: ''\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n"
+        )
     else:
-        body = ("doc_to_text: '{{context}}'\ndoc_to_target: '{{choices[label]}}'\n"
-                "generation_kwargs: {until: ['\\n'], max_gen_toks: 3, do_sample: false}\n"
-                "metric_list:\n  - metric: exact_match\n")
+        body = (
+            "doc_to_text: '{{context}}'\ndoc_to_target: '{{choices[label]}}'\n"
+            "generation_kwargs: {until: ['\\n'], max_gen_toks: 3, do_sample: false}\n"
+            "metric_list:\n  - metric: exact_match\n"
+        )
     (d / f"{name}.yaml").write_text(
         f"task: {name}\ndataset_path: {dataset_path}\n"
         f"dataset_kwargs: {{data_files: {{test: {data}}}, cache_dir: {root / 'hf_cache'}}}\n"
-        f"test_split: test\noutput_type: {output_type}\n{body}")
+        f"test_split: test\noutput_type: {output_type}\n{body}"
+    )
     return d, data
 
 
@@ -56,8 +79,16 @@ def tok_and_model(tmp_path_factory):
 
     texts = [it["context"] + c for it in _items(200, 1) for c in it["choices"]]
     tok = train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok") / "tok")
-    cfg = {"name": "micro", "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-           "intermediate_size": 176, "seq_len": 128, "max_position_embeddings": 128}
+    cfg = {
+        "name": "micro",
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "intermediate_size": 176,
+        "seq_len": 128,
+        "max_position_embeddings": 128,
+    }
     return tok, build_model(cfg, len(tok), 0).eval()
 
 
@@ -65,7 +96,9 @@ def tok_and_model(tmp_path_factory):
 def test_lmeval_member_matches_the_fast_evaluator_item_by_item(tmp_path, tok_and_model):
     tok, model = tok_and_model
     d, data = _task_dir(tmp_path)
-    theirs = lmeval.resolve({"theirs": {"source": "lmeval", "task": "toy_mc", "include_path": str(d)}})["theirs"]
+    theirs = lmeval.resolve({"theirs": {"source": "lmeval", "task": "toy_mc", "include_path": str(d)}})[
+        "theirs"
+    ]
     ours = load_jsonl_task("ours", data)
     assert theirs.kind == "mc" and len(theirs.items) == len(ours.items) and theirs.chance == ours.chance
     suite = Suite(tok, {"ours": ours, "theirs": theirs}, {"a": ["ours"], "b": ["theirs"]}, "prob", 8, 128, 0)
@@ -86,11 +119,26 @@ def test_limit_and_generation_members(tmp_path, tok_and_model):
     tok, model = tok_and_model
     d, data = _task_dir(tmp_path)
     _task_dir(tmp_path, "toy_gen", output_type="generate_until")
-    tasks = lmeval.resolve({"mc10": {"task": "toy_mc", "include_path": str(d), "limit": 10},
-                            "gen": {"task": "toy_gen", "include_path": str(d), "limit": 5}})
-    assert len(tasks["mc10"].items) == 10 and tasks["gen"].kind == "gen" and tasks["gen"].score_key == "exact_match"
-    suite = Suite(tok, {"ours": load_jsonl_task("ours", data, limit=10), **tasks},
-                  {"a": ["ours"], "b": ["mc10"], "c": ["gen"]}, "acc", 8, 128, 0)
+    tasks = lmeval.resolve(
+        {
+            "mc10": {"task": "toy_mc", "include_path": str(d), "limit": 10},
+            "gen": {"task": "toy_gen", "include_path": str(d), "limit": 5},
+        }
+    )
+    assert (
+        len(tasks["mc10"].items) == 10
+        and tasks["gen"].kind == "gen"
+        and tasks["gen"].score_key == "exact_match"
+    )
+    suite = Suite(
+        tok,
+        {"ours": load_jsonl_task("ours", data, limit=10), **tasks},
+        {"a": ["ours"], "b": ["mc10"], "c": ["gen"]},
+        "acc",
+        8,
+        128,
+        0,
+    )
     scores = suite.per_item(model)
     assert np.array_equal(scores["ours"]["acc"], scores["mc10"]["acc"])
     gen = scores["gen"]["exact_match"]
@@ -111,13 +159,16 @@ def test_members_print_no_git_lines(tmp_path, tok_and_model, monkeypatch, capfd)
 
 
 @needs_lmeval
-@pytest.mark.parametrize("spec, message", [
-    ({"task": "no_such_task"}, "lm-eval task 'no_such_task' not found in"),
-    ({"task": "toy_hub"}, "lm-eval task 'toy_hub' cannot be loaded"),
-    ({"task": "toy_mc", "include_path": "/no/such/dir"}, "include_path not found"),
-    ({"task": "toy_mc", "limit": 0}, "limit must be a positive number"),
-    ({}, "needs `task: <lm-eval task name>`"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"task": "no_such_task"}, "lm-eval task 'no_such_task' not found in"),
+        ({"task": "toy_hub"}, "lm-eval task 'toy_hub' cannot be loaded"),
+        ({"task": "toy_mc", "include_path": "/no/such/dir"}, "include_path not found"),
+        ({"task": "toy_mc", "limit": 0}, "limit must be a positive number"),
+        ({}, "needs `task: <lm-eval task name>`"),
+    ],
+)
 def test_bad_members_are_one_clear_error(tmp_path, spec, message):
     d, _ = _task_dir(tmp_path)
     _task_dir(tmp_path, "toy_hub", dataset_path="nobody-offline/no_such_dataset")
@@ -140,20 +191,36 @@ def test_pipeline_suite_carries_lmeval_members(tmp_path, tok_and_model):
     from mergemix.pipeline import Pipeline
 
     d, data = _task_dir(tmp_path)
-    (tmp_path / "web.jsonl").write_text("".join(json.dumps({"text": it["context"]}) + "\n" for it in _items(300, 2)))
+    (tmp_path / "web.jsonl").write_text(
+        "".join(json.dumps({"text": it["context"]}) + "\n" for it in _items(300, 2))
+    )
     conf = tmp_path / "conf"
     (conf / "domains").mkdir(parents=True)
     (conf / "benchmarks").mkdir()
     (conf / "domains" / "one.yaml").write_text(
-        f"heldout_fraction: 0.0\nbase_mixture: token\nsources:\n  web: {{source: files, paths: [{tmp_path}/web.jsonl]}}\n")
+        f"heldout_fraction: 0.0\nbase_mixture: token\nsources:\n  web: {{source: files, paths: [{tmp_path}/web.jsonl]}}\n"
+        f"  web2: {{source: files, paths: [{tmp_path}/web.jsonl]}}\n"  # a mixture needs two domains
+    )
     (conf / "benchmarks" / "mixed.yaml").write_text(
         f"metric: prob\nbatch_size: 8\nmax_length: 128\nbootstrap: 10\ncapabilities:\n"
         f"  words: {{domain: web, tasks: [ours, theirs]}}\ntasks:\n"
         f"  ours: {{source: jsonl, path: {data}}}\n"
-        f"  theirs: {{source: lmeval, task: toy_mc, include_path: {d}}}\n")
-    cfg = to_plain(compose(["domains=one", "benchmarks=mixed", "model=micro", "logger=none",
-                            "tokenizer.vocab_size=300", "tokenizer.train_chars=20000", f"paths.root={tmp_path}/out"],
-                           str(conf)))
+        f"  theirs: {{source: lmeval, task: toy_mc, include_path: {d}}}\n"
+    )
+    cfg = to_plain(
+        compose(
+            [
+                "domains=one",
+                "benchmarks=mixed",
+                "model=micro",
+                "logger=none",
+                "tokenizer.vocab_size=300",
+                "tokenizer.train_chars=20000",
+                f"paths.root={tmp_path}/out",
+            ],
+            str(conf),
+        )
+    )
     pipe = Pipeline(cfg, tmp_path / "run")
     suite = pipe.suite
     assert suite.tasks["theirs"].lmeval["task"] == "toy_mc" and suite.lmeval is not None
@@ -163,16 +230,29 @@ def test_pipeline_suite_carries_lmeval_members(tmp_path, tok_and_model):
     model = build_model({**m, "max_position_embeddings": m["seq_len"]}, len(pipe.tokenizer), 0).eval()
     scores = suite.per_item(model)
     assert np.array_equal(scores["ours"]["acc"], scores["theirs"]["acc"])
-    bad = to_plain(compose(["domains=one", "benchmarks=mixed", "model=micro", "logger=none",
-                            f"paths.root={tmp_path}/out", "benchmarks.tasks.theirs.task=toy_nope"], str(conf)))
+    bad = to_plain(
+        compose(
+            [
+                "domains=one",
+                "benchmarks=mixed",
+                "model=micro",
+                "logger=none",
+                f"paths.root={tmp_path}/out",
+                "benchmarks.tasks.theirs.task=toy_nope",
+            ],
+            str(conf),
+        )
+    )
     with pytest.raises(MergeMixError, match="lm-eval task 'toy_nope' not found"):
         Pipeline(bad, tmp_path / "run2")
 
 
 @needs_lmeval
 @pytest.mark.slow
-@pytest.mark.parametrize("task, message", [("no_such_task_anywhere", "not found in lm-eval's task registry"),
-                                           ("hellaswag", "cannot be loaded")])
+@pytest.mark.parametrize(
+    "task, message",
+    [("no_such_task_anywhere", "not found in lm-eval's task registry"), ("hellaswag", "cannot be loaded")],
+)
 def test_registry_names_offline(task, message, monkeypatch):
     """By name from lm-eval's registry (indexing it takes ~10 s): unknown, or known but its data is on the hub."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -31,7 +31,9 @@ def _adapters(tmp_path, model_name="micro", k=3, **spec):
     return tmp_path / "base", paths
 
 
-@pytest.mark.parametrize("model_name, spec", [("micro", {}), ("micro", {"use_rslora": True}), ("micro_moe", {})])
+@pytest.mark.parametrize(
+    "model_name, spec", [("micro", {}), ("micro", {"use_rslora": True}), ("micro_moe", {})]
+)
 def test_lora_merge_equals_peft_merged_models(tmp_path, model_name, spec):
     from peft import LoraConfig
 
@@ -62,8 +64,9 @@ def test_lora_merge_equals_peft_merged_models(tmp_path, model_name, spec):
         for pname, t in mergeable(target).items():
             torch.testing.assert_close(t, merged[n][pname], rtol=0, atol=1e-6)
             if pname in bank.factors:
-                torch.testing.assert_close(bank.deltas[pname][i].view_as(t), merged[n][pname] - base[pname],
-                                           rtol=0, atol=1e-6)
+                torch.testing.assert_close(
+                    bank.deltas[pname][i].view_as(t), merged[n][pname] - base[pname], rtol=0, atol=1e-6
+                )
 
 
 def test_lora_bank_is_differentiable_in_alpha(tmp_path):
@@ -82,8 +85,14 @@ def test_mixed_expert_kinds_and_bad_kind_are_clear_errors(tmp_path, monkeypatch,
     base_dir, paths = _adapters(tmp_path, k=1)
     with pytest.raises(MergeMixError, match="mix LoRA adapters and full checkpoints"):
         ExpertBank.from_paths(base_dir, {**paths, "full": base_dir})
-    assert_cli_error("experts", "experts.kind=qlora", "experts.kind must be one of full, lora", tmp_path, monkeypatch,
-                     capsys)
+    assert_cli_error(
+        "experts",
+        "experts.kind=qlora",
+        "experts.kind must be one of full, lora",
+        tmp_path,
+        monkeypatch,
+        capsys,
+    )
 
 
 def test_extrapolated_lora_merge_scales_every_adapted_delta(tmp_path):
@@ -94,7 +103,9 @@ def test_extrapolated_lora_merge_scales_every_adapted_delta(tmp_path):
     bank.merge_into(one, [0.3, 0.7])
     bank.merge_into(two, [0.3, 0.7], scale=2.0)
     for name, p0 in mergeable(load_checkpoint(base_path)).items():
-        torch.testing.assert_close(mergeable(two)[name], p0 + 2 * (mergeable(one)[name] - p0), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            mergeable(two)[name], p0 + 2 * (mergeable(one)[name] - p0), rtol=0, atol=1e-6
+        )
 
 
 def test_an_adapter_directory_has_no_model_config_to_stamp(tmp_path):
@@ -117,7 +128,9 @@ def test_lora_experts_train_as_adapters_and_merge_like_their_models(tmp_path):
 
     from mergemix.pipeline import Pipeline
 
-    cfg = micro_cfg(tmp_path, "experts.kind=lora", "experts.lora.r=4", "base.tokens=8000", "experts.tokens=4000")
+    cfg = micro_cfg(
+        tmp_path, "experts.kind=lora", "experts.lora.r=4", "base.tokens=8000", "experts.tokens=4000"
+    )
     pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
     assert len(pipe.expert_report()) == len(pipe.domain_names)
 
@@ -130,7 +143,7 @@ def test_lora_experts_train_as_adapters_and_merge_like_their_models(tmp_path):
     bank = ExpertBank.from_paths(pipe.base_dir, pipe.expert_dirs)
     assert isinstance(bank, LoraBank) and max(float(d.abs().max()) for d in bank.deltas.values()) > 0
     target = load_checkpoint(pipe.base_dir)
-    for i, (name, path) in enumerate(sorted(pipe.expert_dirs.items())):
+    for i, (_, path) in enumerate(sorted(pipe.expert_dirs.items())):
         bank.merge_into(target, [float(j == i) for j in range(len(bank.names))])
         for pname, t in mergeable(load_checkpoint(path)).items():
             torch.testing.assert_close(mergeable(target)[pname], t, rtol=0, atol=1e-6)

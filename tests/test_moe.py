@@ -35,8 +35,10 @@ def test_active_params_count_the_routed_experts_used_per_token(tmp_path):
     per_expert = 3 * m["hidden_size"] * m["moe_intermediate_size"]
     routed = (m["num_layers"] - m["first_dense_layers"]) * m["num_experts"] * per_expert
     assert d["routed_expert_params"] == routed
-    assert d["total_params"] - d["active_params"] == routed * (m["num_experts"] - m["num_experts_per_tok"]) // m[
-        "num_experts"]
+    assert (
+        d["total_params"] - d["active_params"]
+        == routed * (m["num_experts"] - m["num_experts_per_tok"]) // m["num_experts"]
+    )
 
 
 def test_dense_model_is_all_active_and_info_prints_json(tmp_path, capsys):
@@ -59,7 +61,12 @@ def test_micro_moe_trains_every_expert_tensor(tmp_path):
     x = torch.randint(0, 256, (4, 32))
     model(input_ids=x, labels=x).loss.backward()
     moe = model.model.layers[1].mlp
-    for p in (moe.gate.weight, moe.experts.gate_up_proj, moe.experts.down_proj, moe.shared_experts.up_proj.weight):
+    for p in (
+        moe.gate.weight,
+        moe.experts.gate_up_proj,
+        moe.experts.down_proj,
+        moe.shared_experts.up_proj.weight,
+    ):
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
@@ -77,9 +84,13 @@ def test_expert_bank_merges_routers_and_experts(tmp_path):
     experts = {f"e{i}": _perturbed(build_model(cfg, 256, 0), i + 1) for i in range(3)}
     bank = ExpertBank(base, experts)
     names = set(bank.base_params)
-    assert {"model.layers.1.mlp.gate.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
-            "model.layers.1.mlp.experts.gate_up_proj", "model.layers.1.mlp.experts.down_proj",
-            "model.layers.1.mlp.shared_experts.down_proj.weight"} <= names
+    assert {
+        "model.layers.1.mlp.gate.weight",
+        "model.layers.1.mlp.gate.e_score_correction_bias",
+        "model.layers.1.mlp.experts.gate_up_proj",
+        "model.layers.1.mlp.experts.down_proj",
+        "model.layers.1.mlp.shared_experts.down_proj.weight",
+    } <= names
     assert names == set(mergeable(base))
     target = build_model(cfg, 256, 5)
     for k, name in enumerate(bank.names):
@@ -115,6 +126,7 @@ def test_micro_moe_pipeline_trains_base_and_experts(tmp_path):
 # ------------------------------------------------------------------------------- aux-loss-free balancing ---
 class _Trainer:
     """What RouterBalance reads of a Lightning trainer: the step counter and the cross-device sum."""
+
     global_step = 0
     strategy = type("S", (), {"reduce": staticmethod(lambda t, reduce_op: t)})()
 
@@ -142,8 +154,10 @@ def test_router_bias_moves_against_the_load_of_each_step(tmp_path):
     logged, trainer, cb = [], _Trainer(), RouterBalance(0.25)
     cb.on_train_start(trainer, module)
     xs = [torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(i)) for i in range(2)]
-    loads = [sum(torch.bincount(c[j].reshape(-1), minlength=4) for c in (_route(model, x) for x in xs))
-             for j in range(len(routers(model)))]
+    loads = [
+        sum(torch.bincount(c[j].reshape(-1), minlength=4) for c in (_route(model, x) for x in xs))
+        for j in range(len(routers(model)))
+    ]
     for x in xs:  # two micro-batches of one optimizer step
         model(input_ids=x)
         cb.on_train_batch_end(trainer, module, None, x, 0)
@@ -167,13 +181,27 @@ def _train_moe(tmp_path, rate: float, steps: int = 40):
     from mergemix.training import train_causal_lm
 
     rng = np.random.default_rng(0)
-    arrays = {"a": rng.integers(0, 64, 50_000).astype(np.uint16),
-              "b": (rng.zipf(1.5, 50_000) % 256).astype(np.uint16)}
+    arrays = {
+        "a": rng.integers(0, 64, 50_000).astype(np.uint16),
+        "b": (rng.zipf(1.5, 50_000) % 256).astype(np.uint16),
+    }
     model = build_model(_micro_moe(tmp_path), 256, 0)
     tok = type("T", (), {"save_pretrained": lambda self, p: None})()
-    result = train_causal_lm(model, tok, arrays, {"a": 0.5, "b": 0.5}, tmp_path / f"out-{rate}", steps * 16 * 32,
-                             32, 16, 3e-3, 0, {}, {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
-                             router_bias_update_rate=rate)
+    result = train_causal_lm(
+        model,
+        tok,
+        arrays,
+        {"a": 0.5, "b": 0.5},
+        tmp_path / f"out-{rate}",
+        steps * 16 * 32,
+        32,
+        16,
+        3e-3,
+        0,
+        {},
+        {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
+        router_bias_update_rate=rate,
+    )
     from mergemix.balance import routers
 
     return result["moe_load_imbalance"], routers(model)[0].e_score_correction_bias

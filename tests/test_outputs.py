@@ -25,8 +25,8 @@ def wandb_records(path: Path):
         if block - pos % block < 7:  # a block's trailer too short for a header is padding
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        buf, pos = buf + data[pos + 7:pos + 7 + length], pos + 7 + length
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        buf, pos = buf + data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind in (1, 4):
             record = pb.Record()
             record.ParseFromString(buf)
@@ -40,10 +40,16 @@ def read_offline_run(run_dir: Path) -> dict:
     for r in wandb_records(next(run_dir.glob("run-*.wandb"))):
         kind = r.WhichOneof("record_type")
         if kind == "run":
-            out.update(name=r.run.display_name, group=r.run.run_group, job_type=r.run.job_type, id=r.run.run_id)
-            out["config"].update({u.key: json.loads(u.value_json) for u in r.run.config.update if u.key != "_wandb"})
+            out.update(
+                name=r.run.display_name, group=r.run.run_group, job_type=r.run.job_type, id=r.run.run_id
+            )
+            out["config"].update(
+                {u.key: json.loads(u.value_json) for u in r.run.config.update if u.key != "_wandb"}
+            )
         elif kind == "config":
-            out["config"].update({u.key: json.loads(u.value_json) for u in r.config.update if u.key != "_wandb"})
+            out["config"].update(
+                {u.key: json.loads(u.value_json) for u in r.config.update if u.key != "_wandb"}
+            )
         elif kind == "summary":
             for u in r.summary.update:
                 key = u.key or u.nested_key[0]
@@ -63,8 +69,15 @@ def read_offline_run(run_dir: Path) -> dict:
 def _cli(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
-    res = subprocess.run([sys.executable, "-m", "mergemix.cli", *args], capture_output=True, text=True, env=env,
-                         cwd=cwd, timeout=timeout, check=False)
+    res = subprocess.run(
+        [sys.executable, "-m", "mergemix.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -74,8 +87,17 @@ def test_offline_wandb_runs_of_a_micro_pipeline_carry_everything(micro_run, micr
     """Every stage served from the cache still logs its results: configs, alpha* and U of the search, U and
     scores of every trained mixture, the trials table, the report's figures; one group for the run."""
     run_dir = tmp_path / "wb"
-    _cli(["run", "experiment=micro", "logger=wandb", f"paths.root={micro_root}", f"paths.run_dir={run_dir}",
-          "export.alpha_star_checkpoint=true"], tmp_path)
+    _cli(
+        [
+            "run",
+            "experiment=micro",
+            "logger=wandb",
+            f"paths.root={micro_root}",
+            f"paths.run_dir={run_dir}",
+            "export.alpha_star_checkpoint=true",
+        ],
+        tmp_path,
+    )
     runs = [read_offline_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
     by_type = {}
     for r in runs:
@@ -85,20 +107,28 @@ def test_offline_wandb_runs_of_a_micro_pipeline_carry_everything(micro_run, micr
     assert len({r["group"] for r in runs}) == 1 and runs[0]["group"].startswith("micro-")
     for r in runs:  # every run names its model, domains, seeds and strategy; no trial's alpha in a summary
         assert {k: r["config"][k] for k in ("model", "run_name", "strategy", "search_seed")} == {
-            "model": "micro", "run_name": "micro", "strategy": "surrogate", "search_seed": 0}, r["name"]
+            "model": "micro",
+            "run_name": "micro",
+            "strategy": "surrogate",
+            "search_seed": 0,
+        }, r["name"]
         assert r["config"]["domains"] == ["code", "math", "prose", "sft"]
         assert not [k for k in r["summary"] if k.startswith("alpha/")], r["name"]
     (search,) = by_type["search"]
     alpha_star = yaml_load(run_dir / "mixture.yaml")["alpha_star"]
     assert {k: search["summary"][f"alpha_star/{k}"] for k in alpha_star} == alpha_star
-    assert search["summary"]["U"] == pytest.approx(yaml_load(run_dir / "mixture.yaml")["verified"]["U"], abs=1e-6)
+    assert search["summary"]["U"] == pytest.approx(
+        yaml_load(run_dir / "mixture.yaml")["verified"]["U"], abs=1e-6
+    )
     assert "table-file" in search["media"] and "mixture" in search["artifacts"]
     summary = json.loads((run_dir / "summary.json").read_text())
     caps = summary["rows"]["base"]["capabilities"]
     for mix in by_type["mixture"]:
         label = {"mix:uniform": "uniform (trained)", "mix:mergemix": "mergemix (trained)"}[mix["name"]]
         assert mix["summary"]["U"] == pytest.approx(summary["rows"][label]["U"])
-        assert {c: mix["summary"][f"score/{c}"] for c in caps} == pytest.approx(summary["rows"][label]["capabilities"])
+        assert {c: mix["summary"][f"score/{c}"] for c in caps} == pytest.approx(
+            summary["rows"][label]["capabilities"]
+        )
         assert {k for k in mix["summary"] if k.startswith("mixture/")} == {f"mixture/{d}" for d in alpha_star}
     (report,) = by_type["report"]
     assert "image-file" in report["media"] and report["summary"]["alpha_star"] == summary["alpha_star"]
@@ -118,9 +148,19 @@ def yaml_load(path: Path) -> dict:
 def test_trained_mixture_logs_scores_learning_rate_and_throughput(micro_run, micro_root, tmp_path):
     """A mixture trained now (base cached): its run holds the learning rate and tokens/s per step, and its U,
     scores and mixture in the summary; cached stages still get their runs, linked to the run that built them."""
+
     def logged(run_dir):
-        _cli(["mix", "experiment=micro", "logger=wandb", "weights={code: 0.1, math: 0.2, prose: 0.3, sft: 0.4}",
-              f"paths.root={micro_root}", f"paths.run_dir={run_dir}"], tmp_path)
+        _cli(
+            [
+                "mix",
+                "experiment=micro",
+                "logger=wandb",
+                "weights={code: 0.1, math: 0.2, prose: 0.3, sft: 0.4}",
+                f"paths.root={micro_root}",
+                f"paths.run_dir={run_dir}",
+            ],
+            tmp_path,
+        )
         return {r["job_type"]: r for r in map(read_offline_run, (run_dir / "wandb").glob("offline-run-*"))}
 
     runs = logged(tmp_path / "wb")
@@ -129,22 +169,36 @@ def test_trained_mixture_logs_scores_learning_rate_and_throughput(micro_run, mic
     assert any(k.startswith("lr-") for k in mix["history"]), mix["history"]
     assert any("items_per_sec" in k for k in mix["history"]), mix["history"]
     assert mix["summary"]["mixture/sft"] == pytest.approx(0.4) and "U" in mix["summary"]
-    assert mix["summary"]["tokens_per_s"] > 0 and mix["config"]["inputs"]["ratios"]["sft"] == pytest.approx(0.4)
+    assert mix["summary"]["tokens_per_s"] > 0 and mix["config"]["inputs"]["ratios"]["sft"] == pytest.approx(
+        0.4
+    )
     assert runs["base"]["summary"]["cache_key"] == runs["base"]["config"]["cache_key"]
-    again = logged(tmp_path / "again")["mixture"]  # served from the cache: same results, linked to the first run
+    again = logged(tmp_path / "again")[
+        "mixture"
+    ]  # served from the cache: same results, linked to the first run
     assert again["summary"]["produced_by_run"] == mix_id(micro_root, mix) == mix["id"] != again["id"]
     assert again["summary"]["U"] == mix["summary"]["U"]
 
 
 def mix_id(root: Path, run: dict) -> str:
     """The run id kept in the manifest of the mixture artifact that `run` trained."""
-    (manifest,) = [m for m in (root / "cache" / "mixture").glob("*/manifest.json")
-                   if json.loads(m.read_text())["key"] == run["config"]["cache_key"]]
+    (manifest,) = [
+        m
+        for m in (root / "cache" / "mixture").glob("*/manifest.json")
+        if json.loads(m.read_text())["key"] == run["config"]["cache_key"]
+    ]
     return json.loads(manifest.read_text())["run_id"]
 
 
-IDENTITY = {"model": "micro", "domains": ["a", "b"], "benchmarks": ["x_mc", "y_mc"], "seed": 0, "search_seed": 1,
-            "strategy": "tpe", "run_name": "micro"}
+IDENTITY = {
+    "model": "micro",
+    "domains": ["a", "b"],
+    "benchmarks": ["x_mc", "y_mc"],
+    "seed": 0,
+    "search_seed": 1,
+    "strategy": "tpe",
+    "run_name": "micro",
+}
 
 
 def _offline_runs(tmp_path: Path) -> dict[str, dict]:
@@ -158,25 +212,57 @@ def _offline_runs(tmp_path: Path) -> dict[str, dict]:
 
     search = tmp_path / "search"
     search.mkdir()
-    (search / "seeds.csv").write_text("alpha/a,alpha/b,score/x,score/y,U,U_std\n0.2,0.8,0.1,0.2,0.15,0.01\n"
-                                      "0.7,0.3,0.3,0.1,0.2,0.01\n")
+    (search / "seeds.csv").write_text(
+        "alpha/a,alpha/b,score/x,score/y,U,U_std\n0.2,0.8,0.1,0.2,0.15,0.01\n0.7,0.3,0.3,0.1,0.2,0.01\n"
+    )
     (search / "mixture.yaml").write_text(yaml.safe_dump({"alpha_star": {"a": 0.6, "b": 0.4}}))
     verified = {"U": 0.21, "U_std": 0.01, "capabilities": {"x": 0.3, "y": 0.12}}
-    (search / "search.json").write_text(json.dumps({"alpha_star": {"a": 0.6, "b": 0.4}, "verified_result": verified,
-                                                    "backend": "optuna", "objective": "U",
-                                                    "cost": {"flops": 1e9, "evaluations": 2}}))
+    (search / "search.json").write_text(
+        json.dumps(
+            {
+                "alpha_star": {"a": 0.6, "b": 0.4},
+                "verified_result": verified,
+                "backend": "optuna",
+                "objective": "U",
+                "cost": {"flops": 1e9, "evaluations": 2},
+            }
+        )
+    )
     tracker = Tracker({"kind": "wandb", "mode": "offline"}, tmp_path / "wb", "micro-job", IDENTITY)
     with tracker.stage("search", "search", {"cache_key": "k1", "inputs": {"search": {"budget": 2}}}) as run:
         report_search(run, search, ["a", "b"])
-    with tracker.stage("mix:mergemix", "mixture", {"cache_key": "k2", "inputs": {"ratios": {"a": 0.6}}}) as run:
+    with tracker.stage(
+        "mix:mergemix", "mixture", {"cache_key": "k2", "inputs": {"ratios": {"a": 0.6}}}
+    ) as run:
         report_scores(run, verified, {"a": 0.6, "b": 0.4})
-    curve = [{"evaluations": i + 1, "flops": 1e9 * (i + 1), "utility": u, "best_so_far": u, "alpha/a": 0.5,
-              "alpha/b": 0.5, "capability/x": u} for i, u in enumerate([0.1, 0.3])]
-    result = {"strategy": "tpe", "seed": 1, "alpha": {"a": 0.5, "b": 0.5}, "U": 0.25, "U_std": 0.01,
-              "capabilities": {"x": 0.2, "y": 0.3}, "cost": {"train_tokens": 1000, "flops": 3e9}, "curve": curve}
+    curve = [
+        {
+            "evaluations": i + 1,
+            "flops": 1e9 * (i + 1),
+            "utility": u,
+            "best_so_far": u,
+            "alpha/a": 0.5,
+            "alpha/b": 0.5,
+            "capability/x": u,
+        }
+        for i, u in enumerate([0.1, 0.3])
+    ]
+    result = {
+        "strategy": "tpe",
+        "seed": 1,
+        "alpha": {"a": 0.5, "b": 0.5},
+        "U": 0.25,
+        "U_std": 0.01,
+        "capabilities": {"x": 0.2, "y": 0.3},
+        "cost": {"train_tokens": 1000, "flops": 3e9},
+        "curve": curve,
+    }
     log_to_wandb({"project": "mergemix", "mode": "offline"}, result, "micro-job", tmp_path / "cmp", IDENTITY)
     wandb.teardown()  # the service writes the runs' files out when it stops
-    dirs = [*(tmp_path / "wb" / "wandb").glob("offline-run-*"), *(tmp_path / "cmp" / "wandb").glob("offline-run-*")]
+    dirs = [
+        *(tmp_path / "wb" / "wandb").glob("offline-run-*"),
+        *(tmp_path / "cmp" / "wandb").glob("offline-run-*"),
+    ]
     return {r["job_type"]: r for r in map(read_offline_run, dirs)}
 
 
@@ -188,7 +274,9 @@ def test_stage_mixture_and_compare_runs_share_one_vocabulary(tmp_path, monkeypat
     assert set(runs) == {"search", "mixture", "compare"}
     for r in runs.values():
         assert {k: r["config"][k] for k in IDENTITY} == IDENTITY and r["group"] == "micro-job"
-        assert not [k for k in r["summary"] if k.startswith("alpha/")], r["summary"]  # per trial: history only
+        assert not [k for k in r["summary"] if k.startswith("alpha/")], r[
+            "summary"
+        ]  # per trial: history only
         assert not [k for k in r["summary"] if k.startswith(("trained/", "capability/"))]
     mix, cmp, search = runs["mixture"], runs["compare"], runs["search"]
     assert mix["config"]["cache_key"] == "k2" and mix["config"]["inputs"] == {"ratios": {"a": 0.6}}
@@ -196,7 +284,11 @@ def test_stage_mixture_and_compare_runs_share_one_vocabulary(tmp_path, monkeypat
     results = {"U", "U_std", "score/x", "score/y", "mixture/a", "mixture/b"}
     assert results <= set(mix["summary"]) and results <= set(cmp["summary"])
     assert {"U", "U_std", "score/x", "score/y", "cost/flops"} <= set(search["summary"]) & set(cmp["summary"])
-    assert cmp["summary"]["U"] == 0.25 and cmp["summary"]["score/y"] == 0.3 and cmp["summary"]["cost/flops"] == 3e9
+    assert (
+        cmp["summary"]["U"] == 0.25
+        and cmp["summary"]["score/y"] == 0.3
+        and cmp["summary"]["cost/flops"] == 3e9
+    )
     assert search["summary"]["alpha_star/a"] == 0.6 and search["summary"]["U"] == 0.21
     assert {"U", "alpha/a", "score/x"} <= search["history"] & cmp["history"]
     assert {"cost/flops", "best_U"} <= cmp["history"]
@@ -209,7 +301,9 @@ def test_wandb_stays_off_the_console(tmp_path, monkeypatch, capfd):
     from mergemix.loggers import Tracker, report_scores
 
     capfd.readouterr()
-    with Tracker({"kind": "wandb", "mode": "offline"}, tmp_path, "g", IDENTITY).stage("m", "mixture", {}) as run:
+    with Tracker({"kind": "wandb", "mode": "offline"}, tmp_path, "g", IDENTITY).stage(
+        "m", "mixture", {}
+    ) as run:
         report_scores(run, {"U": 0.2, "U_std": 0.01, "capabilities": {"x": 0.2}}, {"a": 1.0})
     out = capfd.readouterr()
     assert "wandb:" not in out.out + out.err, (out.out + out.err)[-2000:]
@@ -223,8 +317,14 @@ def test_optuna_trials_record_alpha_and_scores(micro_run, micro_root, tmp_path):
 
     from mergemix.pipeline import Pipeline
 
-    cfg = micro_cfg(micro_root, "search=tpe", "search.budget=6", f"paths.run_dir={tmp_path}/run",
-                    f"search.storage=sqlite:///{tmp_path}/study.db", "search_seed=7")
+    cfg = micro_cfg(
+        micro_root,
+        "search=tpe",
+        "search.budget=6",
+        f"paths.run_dir={tmp_path}/run",
+        f"search.storage=sqlite:///{tmp_path}/study.db",
+        "search_seed=7",
+    )
     pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
     _ = pipe.search_dir
     name = json.loads((pipe.search_dir / "search.json").read_text())["info"]["study_name"]
@@ -261,17 +361,26 @@ def test_exported_checkpoint_generates_and_stops_at_eos(micro_run, tmp_path):
     assert config["pad_token_id"] == gen["pad_token_id"] == tok.pad_token_id
     assert config["bos_token_id"] == tok.bos_token_id
     assert tok.model_max_length == config["max_position_embeddings"]
-    text = pipeline("text-generation", model=str(out), device="cpu")("def add(a, b):", max_new_tokens=8,
-                                                                      do_sample=False)[0]["generated_text"]
+    text = pipeline("text-generation", model=str(out), device="cpu")(
+        "def add(a, b):", max_new_tokens=8, do_sample=False
+    )[0]["generated_text"]
     assert text.startswith("def add(a, b):")
 
     weights = load_file(out / "model.safetensors")
-    save_file({k: torch.zeros_like(v) if k in ("lm_head.weight", "model.embed_tokens.weight") else v
-               for k, v in weights.items()}, out / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {
+            k: torch.zeros_like(v) if k in ("lm_head.weight", "model.embed_tokens.weight") else v
+            for k, v in weights.items()
+        },
+        out / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     gen_pipe = pipeline("text-generation", model=str(out), device="cpu")
     prompt = tok("def add(a, b):")["input_ids"]
-    ids = gen_pipe("def add(a, b):", max_new_tokens=20, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
-    assert ids[len(prompt):] == [tok.eos_token_id]  # one token, EOS, then stop (without the id: 20 tokens)
+    ids = gen_pipe("def add(a, b):", max_new_tokens=20, do_sample=False, return_tensors=True)[0][
+        "generated_token_ids"
+    ]
+    assert ids[len(prompt) :] == [tok.eos_token_id]  # one token, EOS, then stop (without the id: 20 tokens)
 
 
 def test_seeds_csv_reads_as_a_data_frame(micro_run):
@@ -307,16 +416,23 @@ def test_any_trainer_argument_passes_through(monkeypatch, micro_root):
     from mergemix.pipeline import Pipeline
 
     with pytest.raises(SystemExit):
-        Pipeline(micro_cfg(micro_root, "+trainer.deterministic=true", "search_seed=11"), micro_root / "r").train_mixture(
-            {"code": 1, "math": 0, "prose": 0, "sft": 0}, "spy")
+        Pipeline(
+            micro_cfg(micro_root, "+trainer.deterministic=true", "search_seed=11"), micro_root / "r"
+        ).train_mixture({"code": 1, "math": 0, "prose": 0, "sft": 0}, "spy")
     assert seen["deterministic"] is True
 
 
 def test_unknown_trainer_argument_is_one_error_line(micro_root, monkeypatch, capsys):
     from conftest import assert_cli_error
 
-    assert_cli_error("run", "+trainer.nope=1", "trainer.nope is not an argument of pytorch_lightning.Trainer",
-                     micro_root, monkeypatch, capsys)
+    assert_cli_error(
+        "run",
+        "+trainer.nope=1",
+        "trainer.nope is not an argument of pytorch_lightning.Trainer",
+        micro_root,
+        monkeypatch,
+        capsys,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- figures ---
@@ -342,7 +458,9 @@ def test_cost_curves_separate_merge_and_proxy_objectives_and_seeds(tmp_path, mon
     closed = _figures(monkeypatch)
     curve = [{"flops": 10.0 ** (9 + i), "best_so_far": 0.1 * i} for i in range(4)]
     later = [{"flops": 3 * c["flops"], "best_so_far": c["best_so_far"] + 0.05} for c in curve]
-    by = {s: [{"seed": 0, "curve": curve}, {"seed": 1, "curve": later}] for s in ("tpe", "surrogate", "proxy")}
+    by = {
+        s: [{"seed": 0, "curve": curve}, {"seed": 1, "curve": later}] for s in ("tpe", "surrogate", "proxy")
+    }
     by["regmix"] = [{"seed": 0, "curve": curve}]
     by["uniform"] = [{"seed": 0, "curve": []}]
     _plot_curves(tmp_path / "c.png", by)
@@ -354,11 +472,15 @@ def test_cost_curves_separate_merge_and_proxy_objectives_and_seeds(tmp_path, mon
         assert "FLOPs" in ax.get_xlabel() and "x100" in ax.get_ylabel()
     legend = [t.get_text() for t in merged.get_legend().get_texts()]
     assert legend == [f"{s} (mean of 2 seeds, band: min–max)" for s in ("surrogate", "tpe")]
-    assert [t.get_text() for t in proxy.get_legend().get_texts()] == ["proxy (mean of 2 seeds, band: min–max)",
-                                                                      "regmix (1 seed)"]
+    assert [t.get_text() for t in proxy.get_legend().get_texts()] == [
+        "proxy (mean of 2 seeds, band: min–max)",
+        "regmix (1 seed)",
+    ]
     assert len(merged.collections) == 2 and len(proxy.collections) == 1  # a band for each strategy of 2 seeds
     x, y = merged.get_lines()[0].get_data()
-    assert y[np.searchsorted(x, 3e9)] == pytest.approx(100 * (0.0 + 0.05) / 2)  # seed 1's first point: the mean
+    assert y[np.searchsorted(x, 3e9)] == pytest.approx(
+        100 * (0.0 + 0.05) / 2
+    )  # seed 1's first point: the mean
     assert (tmp_path / "c.png").is_file()
 
 
@@ -372,15 +494,21 @@ def test_landscape_has_a_title_and_labelled_colour_bars(tmp_path, monkeypatch):
     for k in (3, 4):
         grid = np.asarray(simplex_grid(k, 4))
         values = {"U": grid[:, 0], "code": grid[:, 1]}
-        landscape_plot.plot(tmp_path / "l.png", grid, values, ["code", "math", "prose", "sft"][:k], 4, grid[0], {})
+        landscape_plot.plot(
+            tmp_path / "l.png", grid, values, ["code", "math", "prose", "sft"][:k], 4, grid[0], {}
+        )
     three, four = closed
     assert three.get_suptitle() and four.get_suptitle()
     bars = [[ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"] for fig in closed]
-    assert bars == [["U (x100 above chance)", "code score (x100 above chance)"],
-                    ["best U at these two weights (x100 above chance)"]]
+    assert bars == [
+        ["U (x100 above chance)", "code score (x100 above chance)"],
+        ["best U at these two weights (x100 above chance)"],
+    ]
     profiles = [ax.get_ylabel() for ax in four.axes if ax.get_title().endswith("profile along each domain")]
     assert profiles == ["best U (x100 above chance)", "best code score (x100 above chance)"]
-    assert len(four.axes) == 6 + 2 + 1  # U over the six pairs, one profile panel per objective, one colour bar
+    assert (
+        len(four.axes) == 6 + 2 + 1
+    )  # U over the six pairs, one profile panel per objective, one colour bar
 
 
 def test_python_api_reads_alpha_star_and_scores(micro_run, micro_root):
@@ -406,8 +534,11 @@ def test_tracking_groups_are_unique_per_sweep_and_job(monkeypatch, tmp_path):
     cfg = {"run_name": "micro"}
 
     def sweep(stamp, num):
-        hc = SimpleNamespace(mode=RunMode.MULTIRUN, sweep=SimpleNamespace(dir=f"/o/multirun/micro/{stamp}"),
-                             job=SimpleNamespace(num=num))
+        hc = SimpleNamespace(
+            mode=RunMode.MULTIRUN,
+            sweep=SimpleNamespace(dir=f"/o/multirun/micro/{stamp}"),
+            job=SimpleNamespace(num=num),
+        )
         monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hc))
         return _group(cfg, tmp_path / str(num))
 
@@ -459,7 +590,9 @@ def test_a_lightning_logger_is_a_yaml_file(tmp_path):
     assert "train/loss" in metrics and "2.5" in metrics and "0.25" in metrics
     tb = to_plain(compose(["experiment=micro", "logger=tensorboard"]))["logger"]
     if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
-        with pytest.raises(MergeMixError, match=r"^cannot create the logger pytorch_lightning.loggers.TensorBoard"):
+        with pytest.raises(
+            MergeMixError, match=r"^cannot create the logger pytorch_lightning.loggers.TensorBoard"
+        ):
             Tracker(tb, tmp_path, "g")._open("base", "base", {})
     with pytest.raises(MergeMixError, match="cannot create the logger no.such.Logger"):
         Tracker({"_target_": "no.such.Logger"}, tmp_path, "g")._open("base", "base", {})

@@ -52,7 +52,12 @@ def tok(tmp_path_factory):
 
 def _items(rng: random.Random) -> list[dict]:
     items = []
-    for n_words in (2, 4, 16, 30):  # the longer contexts exceed MAX_LENGTH tokens and are truncated from the left
+    for n_words in (
+        2,
+        4,
+        16,
+        30,
+    ):  # the longer contexts exceed MAX_LENGTH tokens and are truncated from the left
         context = " ".join(rng.choice(WORDS) for _ in range(n_words))
         items += [
             {"context": context, "choices": [" river stone", " river light", " seven", " river"], "label": 0},
@@ -68,7 +73,7 @@ def _reference(model, tok, item: dict) -> np.ndarray:
     out = []
     for choice in item["choices"]:
         ctx, cont = _encode_pair(tok, item["context"], choice)
-        inp = (ctx + cont)[-(MAX_LENGTH + 1):][:-1]
+        inp = (ctx + cont)[-(MAX_LENGTH + 1) :][:-1]
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([inp])).logits[0].float(), -1)
         out.append(float(sum(logp[len(inp) - len(cont) + i, t] for i, t in enumerate(cont))))

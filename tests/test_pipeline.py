@@ -7,7 +7,11 @@ from mergemix.pipeline import Pipeline
 
 
 def _artifacts(root):
-    return {p.relative_to(root).as_posix() for p in (root / "cache").glob("*/*") if (p / "manifest.json").is_file()}
+    return {
+        p.relative_to(root).as_posix()
+        for p in (root / "cache").glob("*/*")
+        if (p / "manifest.json").is_file()
+    }
 
 
 def test_micro_end_to_end_outputs(micro_run):
@@ -19,9 +23,19 @@ def test_micro_end_to_end_outputs(micro_run):
     assert set(s["alpha_star"]) == {"code", "math", "prose", "sft"}
     assert abs(sum(s["alpha_star"].values()) - 1) < 1e-5
     rows = s["rows"]
-    assert {"base", "expert:code", "expert:math", "expert:prose", "expert:sft", "uniform (trained)",
-            "mergemix (trained)", "mergemix (merge)"} <= set(rows)
-    assert all("U" in r and set(r["capabilities"]) == {"code", "instruct", "language", "math"} for r in rows.values())
+    assert {
+        "base",
+        "expert:code",
+        "expert:math",
+        "expert:prose",
+        "expert:sft",
+        "uniform (trained)",
+        "mergemix (trained)",
+        "mergemix (merge)",
+    } <= set(rows)
+    assert all(
+        "U" in r and set(r["capabilities"]) == {"code", "instruct", "language", "math"} for r in rows.values()
+    )
     mix = yaml.safe_load((run / "mixture.yaml").read_text())
     assert mix["domains"] == ["code", "math", "prose", "sft"]
     assert list(mix["alpha_star"]) == mix["domains"]

@@ -45,8 +45,14 @@ def test_moe_layer_and_evaluation_arithmetic():
     sh = plan.shape(cfg["model"], cfg["tokenizer"]["vocab_size"])
     assert any(sh["moe_layers"]) and sh["experts"] > sh["k"] > 0
     d = sh["d"]
-    want = (4 * d + 2 * sh["d_kv"] + 2 * d + 2 * sh["experts"] + 2 * sh["k"] * d
-            + 4 * sh["f_e"] * (sh["k"] + sh["shared"]))
+    want = (
+        4 * d
+        + 2 * sh["d_kv"]
+        + 2 * d
+        + 2 * sh["experts"]
+        + 2 * sh["k"] * d
+        + 4 * sh["f_e"] * (sh["k"] + sh["shared"])
+    )
     assert plan.layer_activations(sh, True) == want
     ev = plan.evaluation_memory(sh, 3, 2, 10)
     assert ev["bank_bf16"] - ev["merged_bf16"] == 2 * 4 * sh["params"]
@@ -55,21 +61,39 @@ def test_moe_layer_and_evaluation_arithmetic():
 
 def test_hours(micro):
     sh, _ = micro
-    h = plan.hours(sh, experts=4, expert_tokens=1e9, candidates=40, eval_tokens=1e6, gpus=8, mfu=0.5, peak=1e15)
+    h = plan.hours(
+        sh, experts=4, expert_tokens=1e9, candidates=40, eval_tokens=1e6, gpus=8, mfu=0.5, peak=1e15
+    )
     assert h["train_h"] == pytest.approx(6 * sh["active"] * 4e9 / 4e15 / 3600)
     assert h["eval_h"] == pytest.approx(2 * sh["active"] * 4e7 / 4e15 / 3600)
     assert h["total_h"] == pytest.approx(h["train_h"] + h["eval_h"])
 
 
 def test_the_plan_names_its_command_and_checks_the_measurement(tmp_path):
-    rep = {"model": "micro", "strategy": "single-process", "activation_checkpointing": False,
-           "train": {"batch_size": 2, "seq_len": 16, "peak_memory_gib": 0.01}}
+    rep = {
+        "model": "micro",
+        "strategy": "single-process",
+        "activation_checkpointing": False,
+        "train": {"batch_size": 2, "seq_len": 16, "peak_memory_gib": 0.01},
+    }
     (tmp_path / "gpu_check-single-nockpt.json").write_text(json.dumps(rep))
-    text = plan.main(["--models", "micro", "--measured", str(tmp_path), "--out", str(tmp_path / "plan.md"),
-                      "--expert-tokens", "1e9"])
+    text = plan.main(
+        [
+            "--models",
+            "micro",
+            "--measured",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "plan.md"),
+            "--expert-tokens",
+            "1e9",
+        ]
+    )
     assert (tmp_path / "plan.md").read_text() == text
     assert "`python scripts/gpu_check.py --plan --models micro" in text and "## micro:" in text
     row = next(line for line in text.splitlines() if line.startswith("| gpu_check-single-nockpt.json"))
-    sh = plan.shape(micro_cfg("/tmp/plan")["model"], 2048)  # the default tokenizer: the report names only the model
+    sh = plan.shape(
+        micro_cfg("/tmp/plan")["model"], 2048
+    )  # the default tokenizer: the report names only the model
     est = plan.training_memory(sh, 1, 2, 16, False, None, fsdp=False)["total"] / plan.GIB
     assert row.endswith(f"| 0.01 | {est:.3g} | {est / 0.01:.2f} |")

@@ -74,16 +74,28 @@ def postgres_url():
     if as_user:
         os.chown(root, owner.pw_uid, owner.pw_gid)
     data, port = root / "data", _free_port()
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "mergemix", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-U", "mergemix", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "server.log"), "-w", "start"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(root / "server.log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     try:
         yield f"postgresql+psycopg2://mergemix@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
-                       timeout=60, check=False)
+        subprocess.run(
+            [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -94,8 +106,22 @@ def test_workers_on_two_machines_share_one_postgres_study(postgres_url, tmp_path
     budget, log = 16, tmp_path / "calls.jsonl"
 
     def start(workers, seed):
-        return subprocess.Popen([sys.executable, "-c", WORKER, postgres_url, str(log), str(budget), str(workers),
-                                 "1.0", str(seed)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                postgres_url,
+                str(log),
+                str(budget),
+                str(workers),
+                "1.0",
+                str(seed),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     first = start(2, 0)
     deadline = time.time() + 120
@@ -114,7 +140,9 @@ def test_workers_on_two_machines_share_one_postgres_study(postgres_url, tmp_path
     alphas = [tuple(c["alpha"]) for c in calls]
     assert len(alphas) == len(set(alphas))  # no mixture evaluated twice
     assert len({c["pid"] for c in calls}) == 3  # two forked workers and the second process all took trials
-    assert study.best_value == pytest.approx(0.0, abs=1e-9)  # the enqueued uniform point (U's optimum) ran once
+    assert study.best_value == pytest.approx(
+        0.0, abs=1e-9
+    )  # the enqueued uniform point (U's optimum) ran once
 
 
 def test_search_worker_joins_the_search_of_another_process(postgres_url, micro_run, micro_root):
@@ -122,12 +150,23 @@ def test_search_worker_joins_the_search_of_another_process(postgres_url, micro_r
     import optuna
 
     pipe, _ = micro_run  # base and experts are cached under micro_root for both processes
-    args = ["experiment=micro", "logger=none", f"paths.root={micro_root}", "search=tpe",
-            f"search.storage={postgres_url}", "search.study_name=joined", "search.budget=24"]
+    args = [
+        "experiment=micro",
+        "logger=none",
+        f"paths.root={micro_root}",
+        "search=tpe",
+        f"search.storage={postgres_url}",
+        "search.study_name=joined",
+        "search.budget=24",
+    ]
 
     def start(command, *extra):
-        return subprocess.Popen([sys.executable, "-m", "mergemix.cli", command, *args, *extra],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "mergemix.cli", command, *args, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     worker = start("search-worker")  # first, so that it surely takes trials before the budget is reached
     deadline = time.time() + 180
@@ -139,11 +178,13 @@ def test_search_worker_joins_the_search_of_another_process(postgres_url, micro_r
     for name, proc in (("worker", worker), ("search", search)):
         outs[name], err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
-    joined = json.loads(outs["worker"][outs["worker"].index("{"):outs["worker"].index("}") + 1])
+    joined = json.loads(outs["worker"][outs["worker"].index("{") : outs["worker"].index("}") + 1])
     assert joined["complete_trials"] >= 24 and joined["budget"] == 24
     mixture = Path(outs["search"].split("mixture file: ")[1].split()[0])
     result = json.loads((mixture.parent / "search.json").read_text())
-    assert joined["study"] == result["info"]["study_name"] and joined["study"].startswith("joined-")  # one study
+    assert joined["study"] == result["info"]["study_name"] and joined["study"].startswith(
+        "joined-"
+    )  # one study
     study = optuna.load_study(study_name=joined["study"], storage=postgres_url)
     assert result["info"]["n_trials"] >= 24 and len(study.trials) >= 24
     best = max(t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
@@ -157,5 +198,8 @@ def _complete_trials(url: str, prefix: str) -> int:
     import optuna
 
     names = [n for n in optuna.get_all_study_names(storage=url) if n.startswith(prefix)]
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for n in names
-               for t in optuna.load_study(study_name=n, storage=url).trials)
+    return sum(
+        t.state == optuna.trial.TrialState.COMPLETE
+        for n in names
+        for t in optuna.load_study(study_name=n, storage=url).trials
+    )

@@ -55,11 +55,23 @@ def test_evaluation_in_a_log_file_logs_items_rate_and_eta(monkeypatch, capsys):
             return "".join(chr(i) for i in ids)
 
     rng = np.random.default_rng(0)
-    mc = [{"context": f"q{i} ", "choices": ["a", "bb", "c"], "label": int(rng.integers(3))} for i in range(12)]
+    mc = [
+        {"context": f"q{i} ", "choices": ["a", "bb", "c"], "label": int(rng.integers(3))} for i in range(12)
+    ]
     gen = [{"prompt": f"p{i}", "answer": "x"} for i in range(6)]
     tasks = {"m": Task("m", "mc", mc), "g": Task("g", "gen", gen, max_new_tokens=2)}
-    model = build_model({"hidden_size": 32, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
-                         "intermediate_size": 64, "max_position_embeddings": 64}, 128, seed=0)
+    model = build_model(
+        {
+            "hidden_size": 32,
+            "num_layers": 1,
+            "num_heads": 2,
+            "num_kv_heads": 1,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+        },
+        128,
+        seed=0,
+    )
     monkeypatch.setenv("MERGEMIX_PROGRESS_S", "0")
     Evaluator(Tok(), tasks, batch_size=4).per_item(model)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[evaluate] ")]

@@ -9,8 +9,19 @@ from mergemix.errors import MergeMixError
 from mergemix.search.refine import Refiner, fit_correction
 from mergemix.search.surrogate import utility
 
-SEARCH = {"lgbm": {"n_estimators": 100, "learning_rate": 0.1, "num_leaves": 7, "min_data_in_leaf": 2,
-                   "min_data_in_bin": 1, "verbose": -1}, "n_candidates": 4000, "top_k": 20, "objective": "macro"}
+SEARCH = {
+    "lgbm": {
+        "n_estimators": 100,
+        "learning_rate": 0.1,
+        "num_leaves": 7,
+        "min_data_in_leaf": 2,
+        "min_data_in_bin": 1,
+        "verbose": -1,
+    },
+    "n_candidates": 4000,
+    "top_k": 20,
+    "objective": "macro",
+}
 
 
 def test_tilt_recovers_a_linear_residual_and_gain_an_affine_map():
@@ -88,14 +99,21 @@ def test_refine_on_the_micro_pipeline_charges_the_merges_and_its_runs(micro_run)
     cfg = {"budget": 2, "trial_tokens": 4096, "correction": "tilt", "min_distance": 0.2}
     alpha, obj, info = refine(pipe, cfg, pipe.search_seed)
     star = pipe.search_result["alpha_star"]
-    assert info["runs"][0] == pytest.approx({n: star[n] / sum(star.values()) for n in pipe.domain_names}, abs=1e-6)
+    assert info["runs"][0] == pytest.approx(
+        {n: star[n] / sum(star.values()) for n in pipe.domain_names}, abs=1e-6
+    )
     tv = 0.5 * sum(abs(info["runs"][1][n] - info["runs"][0][n]) for n in pipe.domain_names)
     assert tv >= 0.1  # the second run explores away from alpha*
     search_cost = pipe.search_result["cost"]
-    assert obj.ledger.train_tokens == search_cost["train_tokens"] + 2 * trained_tokens(4096, pipe.cfg["model"])
+    assert obj.ledger.train_tokens == search_cost["train_tokens"] + 2 * trained_tokens(
+        4096, pipe.cfg["model"]
+    )
     assert obj.ledger.eval_tokens > search_cost["eval_tokens"] and obj.ledger.flops > search_cost["flops"]
-    assert np.isclose(alpha.sum(), 1) and (alpha >= 0).all() and info["answer"] in ("corrected optimum",
-                                                                                   "best trained run")
+    assert (
+        np.isclose(alpha.sum(), 1)
+        and (alpha >= 0).all()
+        and info["answer"] in ("corrected optimum", "best trained run")
+    )
     # the registered strategy gives the same mixture from the cached runs
     mixture, cost = baseline_mixture(pipe, {**cfg, "baseline": "refine"}, pipe.search_seed, None)
     assert mixture == pytest.approx(dict(zip(pipe.domain_names, alpha)))

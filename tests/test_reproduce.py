@@ -16,9 +16,16 @@ spec.loader.exec_module(reproduce)
 
 
 def _result(sweep: Path, job: int, strategy: str, seed: int, u: float, tokens: float) -> dict:
-    r = {"strategy": strategy, "seed": seed, "alpha": {"a": 0.25, "b": 0.75}, "U": u, "U_std": 0.01,
-         "capabilities": {"x": u + 0.1, "y": u - 0.1}, "curve": [],
-         "cost": {"train_tokens": tokens, "flops": 6 * tokens, "evaluations": 20, "wall_s": 1.0}}
+    r = {
+        "strategy": strategy,
+        "seed": seed,
+        "alpha": {"a": 0.25, "b": 0.75},
+        "U": u,
+        "U_std": 0.01,
+        "capabilities": {"x": u + 0.1, "y": u - 0.1},
+        "curve": [],
+        "cost": {"train_tokens": tokens, "flops": 6 * tokens, "evaluations": 20, "wall_s": 1.0},
+    }
     (sweep / str(job)).mkdir(parents=True)
     (sweep / str(job) / "result.json").write_text(json.dumps(r))
     return r
@@ -50,8 +57,10 @@ def test_report_marks_a_failed_step_and_embeds_a_finished_one(tmp_path):
     (runs / "theory").mkdir(parents=True)
     (runs / "theory" / "theory.md").write_text("| gamma | 1.0 |")
     (runs / "theory" / "theory_gamma.png").write_bytes(b"png")
-    status = {"table2": {"rc": 1, "wall_s": 6.0, "command": "mergemix validate"},
-              "theory": {"rc": 0, "wall_s": 60.0, "command": "mergemix theory"}}
+    status = {
+        "table2": {"rc": 1, "wall_s": 6.0, "command": "mergemix validate"},
+        "theory": {"rc": 0, "wall_s": 60.0, "command": "mergemix theory"},
+    }
     text = reproduce.write_report("micro", runs, out, status, [0]).read_text()
     assert "**FAILED (exit 1), see table2.log**" in text
     assert "| gamma | 1.0 |" in text and "![theory_gamma](theory_theory_gamma.png)" in text
@@ -61,10 +70,27 @@ def test_report_marks_a_failed_step_and_embeds_a_finished_one(tmp_path):
 @pytest.mark.slow
 def test_reproduce_on_micro_end_to_end(tmp_path):
     env = {**os.environ, "MERGEMIX_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "reproduce.py"), "--size", "micro", "--only",
-                          "table2", "theory", "--report-dir", str(tmp_path / "report"), "validate.n_mixtures=3",
-                          "logger=none"],
-                         check=False, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "reproduce.py"),
+            "--size",
+            "micro",
+            "--only",
+            "table2",
+            "theory",
+            "--report-dir",
+            str(tmp_path / "report"),
+            "validate.n_mixtures=3",
+            "logger=none",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     report = (tmp_path / "report" / "README.md").read_text()
     assert "## Table 2" in report and "noise-ceiling" in report and "theory_cosines" in report
@@ -81,7 +107,9 @@ def test_every_size_composes_to_a_config_that_passes_the_checks(size, tmp_path):
     cfg = to_plain(compose([*args, f"paths.root={tmp_path}"]))  # an override's typo or bad number fails here
     check_config(cfg)
     assert cfg["model"]["name"] == size
-    if size == "small":  # the sizing DECISIONS.md gives: a noise ceiling, and baselines on the experts' tokens
+    if (
+        size == "small"
+    ):  # the sizing DECISIONS.md gives: a noise ceiling, and baselines on the experts' tokens
         assert len(cfg["validate"]["seeds"]) >= 2
         experts_tokens = len(cfg["domains"]["sources"]) * cfg["experts"]["tokens"]
         assert cfg["baseline"]["budget"] * cfg["baseline"]["trial_tokens"] == experts_tokens

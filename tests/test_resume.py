@@ -44,32 +44,66 @@ def train(out, checkpoint_dir=None, hang_at=0, lr=3e-3, every=EVERY):
 
     rng = np.random.default_rng(0)
     arrays = {d: rng.integers(0, VOCAB, 8000).astype(np.uint16) for d in "ab"}
-    spec = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 176,
-            "max_position_embeddings": SEQ}
-    kwargs = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "enable_progress_bar": False,
-              "gradient_clip_val": 1.0, "micro_batch_size": MICRO, "checkpoint_every_n_steps": every,
-              "callbacks": [Hang()] if hang_at else []}
+    spec = {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_heads": 4,
+        "num_kv_heads": 2,
+        "intermediate_size": 176,
+        "max_position_embeddings": SEQ,
+    }
+    kwargs = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "enable_progress_bar": False,
+        "gradient_clip_val": 1.0,
+        "micro_batch_size": MICRO,
+        "checkpoint_every_n_steps": every,
+        "callbacks": [Hang()] if hang_at else [],
+    }
     optim = {"weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_steps": 2, "schedule": "wsd"}
-    return train_causal_lm(build_model(spec, VOCAB, seed=0), Tok(), arrays, {"a": 0.7, "b": 0.3}, Path(out),
-                           SEQ * BATCH * STEPS, SEQ, BATCH, lr, 0, optim, kwargs, desc="t",
-                           checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None)
+    return train_causal_lm(
+        build_model(spec, VOCAB, seed=0),
+        Tok(),
+        arrays,
+        {"a": 0.7, "b": 0.3},
+        Path(out),
+        SEQ * BATCH * STEPS,
+        SEQ,
+        BATCH,
+        lr,
+        0,
+        optim,
+        kwargs,
+        desc="t",
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+    )
 
 
 def test_plan_sampler_continues_the_plan_order_on_any_layout():
     for world in (1, 2, 4):
         ranks = [list(PlanSampler(32, r, world, start=8)) for r in range(world)]
-        assert sorted(i for r in ranks for i in r) == list(range(8, 32))  # every later window once, none before
+        assert sorted(i for r in ranks for i in r) == list(
+            range(8, 32)
+        )  # every later window once, none before
         assert all(ranks[r][0] == 8 + r for r in range(world))  # step by step as one process would
-        assert all(len(PlanSampler(32, r, world, start=8)) == 32 // world for r in range(world))  # whole epoch
+        assert all(
+            len(PlanSampler(32, r, world, start=8)) == 32 // world for r in range(world)
+        )  # whole epoch
 
 
 def test_sigkilled_training_resumes_bitwise(tmp_path, capsys):
     """Kill -9 a training process two steps after its checkpoint (with a torn later checkpoint left behind), rerun
     (here, in this process): it resumes from the checkpoint and ends at the uninterrupted run's weights, bit for bit."""
     scratch = tmp_path / "scratch"
-    code = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()}); sys.path.insert(0, {str(TESTS)!r});"
-            f"from test_resume import train; train({str(tmp_path / 'out')!r}, {str(scratch)!r}, {HANG})")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    code = (
+        f"import sys, torch; torch.set_num_threads({torch.get_num_threads()}); sys.path.insert(0, {str(TESTS)!r});"
+        f"from test_resume import train; train({str(tmp_path / 'out')!r}, {str(scratch)!r}, {HANG})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     while (line := proc.stdout.readline()) and "hanging" not in line:
         pass
     os.killpg(proc.pid, signal.SIGKILL)
@@ -79,15 +113,23 @@ def test_sigkilled_training_resumes_bitwise(tmp_path, capsys):
     (scratch / f"step-{3 * EVERY:08d}.ckpt.tmp").write_bytes(b"torn")  # a checkpoint write cut by a kill
     train(tmp_path / "out", scratch)
     assert f"[t] resuming from step {EVERY}/{STEPS}" in capsys.readouterr().out
-    assert sorted(p.name for p in scratch.iterdir()) == [f"step-{3 * EVERY:08d}.ckpt"]  # none at the last step
+    assert sorted(p.name for p in scratch.iterdir()) == [
+        f"step-{3 * EVERY:08d}.ckpt"
+    ]  # none at the last step
     assert train(tmp_path / "ref")["steps"] == STEPS  # uninterrupted, no checkpoints
-    ref, resumed = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
+    ref, resumed = (
+        load_file(tmp_path / "ref" / "model.safetensors"),
+        load_file(tmp_path / "out" / "model.safetensors"),
+    )
     assert ref.keys() == resumed.keys() and all(torch.equal(ref[k], resumed[k]) for k in ref)
 
 
 def test_diverging_training_stops_at_its_first_bad_step_and_keeps_the_checkpoint(tmp_path, capsys):
-    with pytest.raises(MergeMixError, match=r"^\[t\] training diverged at step \d+/12 \(loss .*\); lower the learning "
-                                            r"rate \(now 1e\+06\); the checkpoint of step \d+ stays in ") as err:
+    with pytest.raises(
+        MergeMixError,
+        match=r"^\[t\] training diverged at step \d+/12 \(loss .*\); lower the learning "
+        r"rate \(now 1e\+06\); the checkpoint of step \d+ stays in ",
+    ) as err:
         train(tmp_path / "out", tmp_path / "scratch", lr=1e6, every=1)
     step, kept = map(int, re.search(r"at step (\d+)/.* of step (\d+)", str(err.value)).groups())
     assert kept == step - 1 >= 1 and not (tmp_path / "out" / "model.safetensors").exists()
@@ -139,12 +181,17 @@ def test_same_seed_same_expert_across_fresh_caches(micro_run, micro_root, tmp_pa
 
 def test_diverging_stage_leaves_no_artifact(micro_run, micro_root, tmp_path):
     root = tmp_path / "root"
-    shutil.copytree(micro_root / "cache", root / "cache", ignore=shutil.ignore_patterns(
-        "expert", "mixture", "search", "eval", "evalcache", "studies"))
+    shutil.copytree(
+        micro_root / "cache",
+        root / "cache",
+        ignore=shutil.ignore_patterns("expert", "mixture", "search", "eval", "evalcache", "studies"),
+    )
     from mergemix.pipeline import Pipeline
 
-    pipe = Pipeline(micro_cfg(root, "experts.lr=1e6", "experts.tokens=20480", "trainer.checkpoint_every_n_steps=1"),
-                    tmp_path / "run")
+    pipe = Pipeline(
+        micro_cfg(root, "experts.lr=1e6", "experts.tokens=20480", "trainer.checkpoint_every_n_steps=1"),
+        tmp_path / "run",
+    )
     with pytest.raises(MergeMixError, match=r"\[expert:code\] training diverged at step \d+/10 \(loss"):
         pipe.expert_dir("code")
     assert not list((root / "cache" / "expert").glob("*/manifest.json"))
@@ -152,8 +199,15 @@ def test_diverging_stage_leaves_no_artifact(micro_run, micro_root, tmp_path):
 
 
 # Killed stages through the real CLI: the micro run with budgets long enough to kill mid-training (40 steps).
-BUDGETS = ("experiment=micro", "logger=none", "expert_domain=code", "base.tokens=81920", "experts.tokens=81920",
-           "mix.tokens=81920", "trainer.num_threads=1")
+BUDGETS = (
+    "experiment=micro",
+    "logger=none",
+    "expert_domain=code",
+    "base.tokens=81920",
+    "experts.tokens=81920",
+    "mix.tokens=81920",
+    "trainer.num_threads=1",
+)
 MIX = {"code": 0.5, "math": 0.2, "prose": 0.2, "sft": 0.1}
 
 
@@ -164,7 +218,9 @@ def uninterrupted(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("uninterrupted")
     for command, weights in (("experts", None), ("mix", MIX)):
-        cfg = micro_cfg(root, *BUDGETS, "trainer.checkpoint_every_n_steps=0", f"paths.run_dir={root}/{command}")
+        cfg = micro_cfg(
+            root, *BUDGETS, "trainer.checkpoint_every_n_steps=0", f"paths.run_dir={root}/{command}"
+        )
         execute(command, cfg, weights)
     return root / "cache"
 
@@ -175,11 +231,19 @@ def test_sigkilled_stage_resumes_to_the_uninterrupted_weights(stage, uninterrupt
     home = tmp_path / "home"
     shutil.copytree(uninterrupted, home / "cache", ignore=shutil.ignore_patterns(stage))
     command = ["mix", f"weights={MIX}".replace("'", "")] if stage == "mixture" else ["experts"]
-    args = [sys.executable, "-m", "mergemix.cli", *command, *BUDGETS, "trainer.checkpoint_every_n_steps=4",
-            f"paths.run_dir={tmp_path}/run"]
+    args = [
+        sys.executable,
+        "-m",
+        "mergemix.cli",
+        *command,
+        *BUDGETS,
+        "trainer.checkpoint_every_n_steps=4",
+        f"paths.run_dir={tmp_path}/run",
+    ]
     env = {**os.environ, "MERGEMIX_HOME": str(home)}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     scratch, deadline = home / "cache" / stage, time.time() + 300
     while not list(scratch.glob(".partial-*/step-*.ckpt")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)

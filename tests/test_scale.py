@@ -52,7 +52,9 @@ def test_k4_design_and_candidates_are_pinned():
     design = seed_mixtures(names, 40, 3, [prior], 10.0, 0)
     assert np.array_equal(design[:20], _product_grid(4, 3)) and len(design) == 40
     rng = np.random.default_rng(0)
-    expected = np.vstack([rng.dirichlet(np.ones(4), 2000), _product_grid(4, 8)])  # C(11, 3) = 165 <= 2000 / 10
+    expected = np.vstack(
+        [rng.dirichlet(np.ones(4), 2000), _product_grid(4, 8)]
+    )  # C(11, 3) = 165 <= 2000 / 10
     assert np.array_equal(candidates(4, 2000, 0), expected)
 
 
@@ -74,13 +76,29 @@ def test_top_k_above_the_candidates_is_capped_with_a_warning(capsys):
 def tokenizer(tmp_path_factory):
     from mergemix.data.tokenizer import train_tokenizer
 
-    text = "def f(x):\n    return x + 42  # it's fine, isn't it?\n\nThe river's stone; 3.14 and 2,718.\t tab\n" * 50
+    text = (
+        "def f(x):\n    return x + 42  # it's fine, isn't it?\n\nThe river's stone; 3.14 and 2,718.\t tab\n"
+        * 50
+    )
     return train_tokenizer([text], 320, tmp_path_factory.mktemp("tok"))
 
 
 def _document(n_chars: int) -> str:
     rng = np.random.default_rng(1)
-    words = ["river", "stone's", "x=1;", "(a,", "b)", "42", "3.14", "\tdef", "  return", "don't", "état", "数"]
+    words = [
+        "river",
+        "stone's",
+        "x=1;",
+        "(a,",
+        "b)",
+        "42",
+        "3.14",
+        "\tdef",
+        "  return",
+        "don't",
+        "état",
+        "数",
+    ]
     seps = [" ", " ", "\n", ", ", ".\n\n", "  ", "\t"]
     out, n = [], 0
     while n < n_chars:
@@ -104,8 +122,10 @@ def test_long_document_is_tokenised_in_bounded_pieces_with_the_ids_of_the_whole(
     counting.eos_token_id, counting.__len__ = tokenizer.eos_token_id, tokenizer.__len__
     monkeypatch.setattr(tokens, "dtype_for", lambda tok: np.dtype(np.uint16))
     packed = tokens.pack(counting, ["short one", doc, "another"])
-    short = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-             for t in ("short one", "another")]
+    short = [
+        tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for t in ("short one", "another")
+    ]
     assert packed.tolist() == short[0] + whole + short[1]
     assert len(calls) >= 25 and max(calls) <= 2 * 2_000 + 2_000  # a piece, plus the pieces already pending
     assert tokens.splits_at_spaces(tokenizer)
@@ -134,7 +154,19 @@ def test_a_micro_run_over_22_domains_finishes(tmp_path, capsys, monkeypatch):
     from conftest import run_cli
 
     names = [f"d{i:02d}" for i in range(22)]
-    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "shadow", "seven", "eleven", "proof"]
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "river",
+        "stone",
+        "light",
+        "shadow",
+        "seven",
+        "eleven",
+        "proof",
+    ]
     conf = tmp_path / "conf"
     (conf / "domains").mkdir(parents=True)
     (conf / "benchmarks").mkdir()
@@ -143,20 +175,43 @@ def test_a_micro_run_over_22_domains_finishes(tmp_path, capsys, monkeypatch):
         docs = [" ".join(f"{words[(i * (k + 1) + j) % len(words)]}{k}" for i in range(80)) for j in range(30)]
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
         sources.append(f"  {name}: {{source: files, paths: [{tmp_path}/{name}.jsonl]}}")
-    (conf / "domains" / "many.yaml").write_text("heldout_fraction: 0.2\nbase_mixture: token\nsources:\n"
-                                                + "\n".join(sources) + "\n")
+    (conf / "domains" / "many.yaml").write_text(
+        "heldout_fraction: 0.2\nbase_mixture: token\nsources:\n" + "\n".join(sources) + "\n"
+    )
     mc = '{"context": "alpha0 beta0", "choices": [" %s", " %s"], "label": 0}\n'
     (tmp_path / "bench.jsonl").write_text("".join(mc % (w, v) for w, v in zip(words, words[1:] + words[:1])))
     (conf / "benchmarks" / "mine.yaml").write_text(
         "metric: prob\nbatch_size: 8\nmax_length: 64\nbootstrap: 10\ncapabilities:\n"
-        f"  words: {{domain: d00, tasks: [words]}}\ntasks:\n  words: {{source: jsonl, path: {tmp_path}/bench.jsonl}}\n")
-    args = ["run", "--config-dir", str(conf), "domains=many", "benchmarks=mine", "model=micro", "logger=none",
-            "data.max_epochs=null", "tokenizer.vocab_size=300", "tokenizer.train_chars=40000",
-            "base.tokens=8192", "base.warmup_steps=1", "experts.tokens=2048", "experts.warmup_steps=0",
-            "mix.tokens=2048", "mix.warmup_steps=0", "search.budget=24", "search.n_candidates=2000",
-            "search.top_k=10", "search.lgbm.n_estimators=20", "trainer.precision=32-true", "trainer.eval_dtype=null",
-            "trainer.enable_progress_bar=false", f"paths.root={tmp_path}/home", f"hydra.run.dir={tmp_path}/hydra",
-            f"paths.run_dir={tmp_path}/run"]
+        f"  words: {{domain: d00, tasks: [words]}}\ntasks:\n  words: {{source: jsonl, path: {tmp_path}/bench.jsonl}}\n"
+    )
+    args = [
+        "run",
+        "--config-dir",
+        str(conf),
+        "domains=many",
+        "benchmarks=mine",
+        "model=micro",
+        "logger=none",
+        "data.max_epochs=null",
+        "tokenizer.vocab_size=300",
+        "tokenizer.train_chars=40000",
+        "base.tokens=8192",
+        "base.warmup_steps=1",
+        "experts.tokens=2048",
+        "experts.warmup_steps=0",
+        "mix.tokens=2048",
+        "mix.warmup_steps=0",
+        "search.budget=24",
+        "search.n_candidates=2000",
+        "search.top_k=10",
+        "search.lgbm.n_estimators=20",
+        "trainer.precision=32-true",
+        "trainer.eval_dtype=null",
+        "trainer.enable_progress_bar=false",
+        f"paths.root={tmp_path}/home",
+        f"hydra.run.dir={tmp_path}/hydra",
+        f"paths.run_dir={tmp_path}/run",
+    ]
     monkeypatch.chdir(tmp_path)
     t0 = time.time()
     code, _, err = run_cli(args, capsys, monkeypatch)

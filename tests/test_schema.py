@@ -9,9 +9,14 @@ from mergemix import schema
 from mergemix.cli import compose, to_plain
 from mergemix.errors import MergeMixError
 
-PRESETS = [["experiment=micro"], ["experiment=micro", "search=iterative"], ["experiment=micro", "baseline=regmix"],
-           ["experiment=micro", "experts.kind=lora"], ["experiment=micro", "model=micro_moe"],
-           ["experiment=micro", "baseline=refine"]]
+PRESETS = [
+    ["experiment=micro"],
+    ["experiment=micro", "search=iterative"],
+    ["experiment=micro", "baseline=regmix"],
+    ["experiment=micro", "experts.kind=lora"],
+    ["experiment=micro", "model=micro_moe"],
+    ["experiment=micro", "baseline=refine"],
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +43,18 @@ def test_the_shipped_configs_pass(configs):
         schema.check(cfg)
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("search.lgbm.num_leaves", 1, "search.lgbm.num_leaves must be an integer of at least 2, got 1"),
-    ("experts.schedule", "bogus", "experts.schedule must be one of constant, wsd, cosine, got 'bogus'"),
-    ("dynamic.fraction", 1.0, "dynamic.fraction must be a number strictly between 0 and 1, got 1.0"),
-    ("curves.train", "yes", "curves.train must be true or false, got 'yes'"),
-    ("validate.design", "sobol", "validate.design must be one of dirichlet, grid, got 'sobol'"),
-    ("search.lgbm", 7, "search.lgbm must be a mapping of settings, got 7"),
-    ("mix.tokens", 2.5, "mix.tokens must be a positive integer, got 2.5"),
-])
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("search.lgbm.num_leaves", 1, "search.lgbm.num_leaves must be an integer of at least 2, got 1"),
+        ("experts.schedule", "bogus", "experts.schedule must be one of constant, wsd, cosine, got 'bogus'"),
+        ("dynamic.fraction", 1.0, "dynamic.fraction must be a number strictly between 0 and 1, got 1.0"),
+        ("curves.train", "yes", "curves.train must be true or false, got 'yes'"),
+        ("validate.design", "sobol", "validate.design must be one of dirichlet, grid, got 'sobol'"),
+        ("search.lgbm", 7, "search.lgbm must be a mapping of settings, got 7"),
+        ("mix.tokens", 2.5, "mix.tokens must be a positive integer, got 2.5"),
+    ],
+)
 def test_a_violation_is_one_line_naming_the_key(configs, key, value, message):
     import copy
 
@@ -63,7 +71,9 @@ def test_a_violation_is_one_line_naming_the_key(configs, key, value, message):
 
 def test_rules_that_tie_settings_together(configs):
     cfg = {**configs[0], "search": {**configs[0]["search"], "backend": "iterative", "budget": 3}}
-    with pytest.raises(MergeMixError, match="search.budget must be at least 4 for the iterative back-end, got 3"):
+    with pytest.raises(
+        MergeMixError, match="search.budget must be at least 4 for the iterative back-end, got 3"
+    ):
         schema.check(cfg)
     cfg = {**configs[3], "trainer": {**configs[3]["trainer"], "strategy": {"name": "fsdp"}}}
     with pytest.raises(MergeMixError, match="experts.kind=lora trains on one device"):

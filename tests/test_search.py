@@ -9,8 +9,14 @@ from mergemix.search.evalcache import EvalCache
 from mergemix.search.surrogate import Surrogate, fine_search
 from mergemix.simplex import check_weights, grid, grid_size
 
-LGBM = {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 7, "min_data_in_leaf": 3,
-        "min_data_in_bin": 1, "verbose": -1}
+LGBM = {
+    "n_estimators": 200,
+    "learning_rate": 0.05,
+    "num_leaves": 7,
+    "min_data_in_leaf": 3,
+    "min_data_in_bin": 1,
+    "verbose": -1,
+}
 
 
 def test_grid_covers_the_simplex():
@@ -35,8 +41,7 @@ def test_surrogate_finds_a_known_interior_optimum():
     target = np.array([0.4, 0.3, 0.2, 0.1])
 
     def caps(a):
-        return {f"c{i}": 1 - (np.atleast_2d(a)[:, i] - target[i]) ** 2 * 4
-                for i in range(4)}
+        return {f"c{i}": 1 - (np.atleast_2d(a)[:, i] - target[i]) ** 2 * 4 for i in range(4)}
 
     seeds = np.vstack([grid(4, 3), rng.dirichlet(np.ones(4), 40)])
     sur = Surrogate(LGBM).fit(seeds, caps(seeds))
@@ -96,13 +101,21 @@ def test_eval_cache_is_shared_by_processes_and_sees_their_later_lines(tmp_path):
         assert p.exitcode == 0
     evaluated = Path(log).read_text().splitlines()
     assert sorted(evaluated) == sorted(map(str, alphas))  # every merge once, by one of the two
-    assert early.get_or_eval(alphas[3], lambda: pytest.fail("evaluated again")) == {"U": 1.0, "capabilities": {}}
+    assert early.get_or_eval(alphas[3], lambda: pytest.fail("evaluated again")) == {
+        "U": 1.0,
+        "capabilities": {},
+    }
     assert early.joined == 1 and early.hits == early.misses == 0  # evaluated by another process meanwhile
 
 
-@pytest.mark.parametrize("w, message", [
-    ([0.5, 0.5 + 2e-6], "sum to 1"), ([1.0, 0.0, 0.0], "have 3 entries"), ({"a": 1.0}, "miss domains"),
-])
+@pytest.mark.parametrize(
+    "w, message",
+    [
+        ([0.5, 0.5 + 2e-6], "sum to 1"),
+        ([1.0, 0.0, 0.0], "have 3 entries"),
+        ({"a": 1.0}, "miss domains"),
+    ],
+)
 def test_check_weights(w, message):
     with pytest.raises(MergeMixError, match=message):
         check_weights(w, ["a", "b"])

@@ -13,8 +13,22 @@ from mergemix.data import domains, tokens
 from mergemix.data.tokenizer import train_tokenizer
 from mergemix.errors import MergeMixError
 
-WORDS = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "shadow", "code", "math", "proof",
-         "number", "seven", "eleven"]
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "river",
+    "stone",
+    "light",
+    "shadow",
+    "code",
+    "math",
+    "proof",
+    "number",
+    "seven",
+    "eleven",
+]
 
 
 def _docs(n, seed):
@@ -54,7 +68,10 @@ def shard_dir(tmp_path):
 def test_shard_directory_expands_to_its_readable_files(shard_dir):
     files = domains.resolve_files("web", {"paths": [str(shard_dir)]})
     assert [f.relative_to(shard_dir).as_posix() for f in files] == [
-        *(f"{i:02d}.jsonl" for i in range(6)), "part2/a.parquet", "part2/b.txt"]
+        *(f"{i:02d}.jsonl" for i in range(6)),
+        "part2/a.parquet",
+        "part2/b.txt",
+    ]
     train, held = load_domain("web", {"source": "files", "paths": [str(shard_dir)]}, 0, 0.2)
     assert len(train) + len(held) == 6 * 40 + 50 + 1 and held and len(train) > len(held)
 
@@ -107,7 +124,8 @@ def test_saved_hf_dataset_is_a_domain(tok_dir, tmp_path):
     docs = _docs(120, 5)
     datasets.Dataset.from_dict({"body": docs, "n": list(range(120))}).save_to_disk(str(tmp_path / "ds"))
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": docs[:30]})}).save_to_disk(
-        str(tmp_path / "dd"))
+        str(tmp_path / "dd")
+    )
     spec = {"source": "files", "paths": [str(tmp_path / "ds")], "text_field": "body"}
     assert domains.resolve_files("hf", spec) == [tmp_path / "ds"]
     train, held = load_domain("hf", spec, 0, 0.0)
@@ -163,15 +181,34 @@ def _shard_pipeline(tmp_path, *overrides):
     (conf / "benchmarks").mkdir(exist_ok=True)
     (conf / "domains" / "two.yaml").write_text(
         f"heldout_fraction: 0.05\nbase_mixture: token\nsources:\n"
-        f"  big: {{source: files, paths: [{big}]}}\n  small: {{source: files, paths: [{small}/*.jsonl]}}\n")
-    (tmp_path / "bench.jsonl").write_text('{"context": "river", "choices": [" stone", " seven"], "label": 0}\n')
+        f"  big: {{source: files, paths: [{big}]}}\n  small: {{source: files, paths: [{small}/*.jsonl]}}\n"
+    )
+    (tmp_path / "bench.jsonl").write_text(
+        '{"context": "river", "choices": [" stone", " seven"], "label": 0}\n'
+    )
     (conf / "benchmarks" / "mine.yaml").write_text(
         f"metric: prob\nbatch_size: 8\nmax_length: 64\nbootstrap: 10\ncapabilities:\n"
-        f"  words: {{domain: big, tasks: [w]}}\ntasks:\n  w: {{source: jsonl, path: {tmp_path}/bench.jsonl}}\n")
-    cfg = to_plain(compose(["domains=two", "benchmarks=mine", "model=micro", "logger=none",
-                            "tokenizer.vocab_size=300", "tokenizer.train_chars=20000", "data.shard_mb=0.005",
-                            "data.num_workers=1", "base.tokens=4096", f"paths.root={tmp_path}/out", *overrides],
-                           str(conf)))
+        f"  words: {{domain: big, tasks: [w]}}\ntasks:\n  w: {{source: jsonl, path: {tmp_path}/bench.jsonl}}\n"
+    )
+    cfg = to_plain(
+        compose(
+            [
+                "domains=two",
+                "benchmarks=mine",
+                "model=micro",
+                "logger=none",
+                "tokenizer.vocab_size=300",
+                "tokenizer.train_chars=20000",
+                "data.shard_mb=0.005",
+                "data.num_workers=1",
+                "base.tokens=4096",
+                "base.warmup_steps=1",  # within its 2 steps
+                f"paths.root={tmp_path}/out",
+                *overrides,
+            ],
+            str(conf),
+        )
+    )
     return Pipeline(cfg, tmp_path / "run")
 
 
@@ -184,17 +221,21 @@ def test_pipeline_packs_shard_domains_and_trains_from_memory_maps(tmp_path):
     data = MixtureDataModule(pipe.arrays, {"big": 0.5, "small": 0.5}, 4096, 128, 16, seed=0)
     ds = WindowDataset(pipe.arrays, data.plan)
     d, s = data.plan.domain[0], data.plan.start[0]
-    assert np.array_equal(ds[0].numpy(), pipe.arrays[data.plan.domains[d]][s:s + 128])
+    assert np.array_equal(ds[0].numpy(), pipe.arrays[data.plan.domains[d]][s : s + 128])
 
 
 def test_repetition_beyond_max_epochs_is_refused_before_any_training(tmp_path):
     pipe = _shard_pipeline(tmp_path, "experts.tokens=20480")
     small = pipe.token_counts["small"]
-    with pytest.raises(MergeMixError, match=r"expert:small would repeat domain 'small' [\d.]+ times .* max_epochs 4"):
+    with pytest.raises(
+        MergeMixError, match=r"expert:small would repeat domain 'small' [\d.]+ times .* max_epochs 4"
+    ):
         _ = pipe.expert_dirs
     assert not any((tmp_path / "out" / "cache" / stage).exists() for stage in ("base", "expert"))
     assert 20480 / small > 4
-    relaxed = _shard_pipeline(tmp_path, "experts.tokens=20480", f"+domains.sources.small.max_epochs={20480 / small + 1}")
+    relaxed = _shard_pipeline(
+        tmp_path, "experts.tokens=20480", f"+domains.sources.small.max_epochs={20480 / small + 1}"
+    )
     relaxed.check_epochs({"big": 0.0, "small": 1.0}, 20480, "expert:small")  # the per-domain limit allows it
     with pytest.raises(MergeMixError, match="mix:custom would repeat domain 'big'"):
         relaxed.check_epochs({"big": 1.0, "small": 0.0}, 10 * pipe.token_counts["big"], "mix:custom")

@@ -35,7 +35,9 @@ class Payload:
 
 
 # ------------------------------------------------------------------------------------ no code from the cache ---
-def test_a_planted_checkpoint_is_ignored_with_a_warning_and_its_payload_never_runs(tmp_path, capsys, monkeypatch):
+def test_a_planted_checkpoint_is_ignored_with_a_warning_and_its_payload_never_runs(
+    tmp_path, capsys, monkeypatch
+):
     """A pickle payload at the path resume reads: ignored (removed, one warning), training starts over."""
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     sys.path.insert(0, str(TESTS))
@@ -47,8 +49,10 @@ def test_a_planted_checkpoint_is_ignored_with_a_warning_and_its_payload_never_ru
     assert train(tmp_path / "out", scratch)["steps"] == STEPS
     out = capsys.readouterr()
     assert not marker.exists() and "resuming" not in out.out
-    assert "step-00000003.ckpt cannot be read as weights and plain values (damaged, or holding code): it is " \
-           "ignored and training starts over" in out.err
+    assert (
+        "step-00000003.ckpt cannot be read as weights and plain values (damaged, or holding code): it is "
+        "ignored and training starts over" in out.err
+    )
 
 
 def test_lightning_itself_resumes_weights_only(tmp_path, monkeypatch):
@@ -63,7 +67,9 @@ def test_lightning_itself_resumes_weights_only(tmp_path, monkeypatch):
     scratch.mkdir()
     torch.save({"state_dict": {}, "x": Payload(marker)}, scratch / "step-00000003.ckpt")
     monkeypatch.setattr(resume, "check_data_only", lambda path: None)
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # only a load that does not ask is unsafe then
+    monkeypatch.setenv(
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1"
+    )  # only a load that does not ask is unsafe then
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         train(tmp_path / "out", scratch)
     assert not marker.exists()
@@ -78,7 +84,10 @@ def test_a_sharded_checkpoint_is_checked_as_data_before_fsdp_reads_it(tmp_path):
 
     marker = tmp_path / "pwned"
     good, bad = tmp_path / "good", tmp_path / "bad"
-    state = {"model": {"w": torch.zeros(3)}, "optimizer": {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.95)}]}}
+    state = {
+        "model": {"w": torch.zeros(3)},
+        "optimizer": {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.95)}]},
+    }
     dcp.save(state, checkpoint_id=good / "step-00000004.ckpt")
     torch.save({"global_step": 4, "loops": {"x": [1, 2]}}, good / "step-00000004.ckpt" / "meta.pt")
     dcp.save({**state, "extra": Payload(marker)}, checkpoint_id=bad / "step-00000004.ckpt")
@@ -101,12 +110,18 @@ def test_a_link_planted_at_a_lock_or_temporary_file_is_never_written_through(whe
         assert (root / "summary.json").read_text() == "{}"
     else:
         inputs = {"x": 1}
-        lock = (root / ".locks" / f"corpus-{artifacts.stage_key('corpus', inputs)}.lock" if where == "store" else
-                root / "evalcache" / ".e.jsonl.lock")
+        lock = (
+            root / ".locks" / f"corpus-{artifacts.stage_key('corpus', inputs)}.lock"
+            if where == "store"
+            else root / "evalcache" / ".e.jsonl.lock"
+        )
         lock.parent.mkdir(parents=True)
         lock.symlink_to(target)
-        with pytest.raises(MergeMixError, match=r"\.lock is a symbolic link or a special file: mergemix only uses "
-                                                r"regular files in its cache; remove it"):
+        with pytest.raises(
+            MergeMixError,
+            match=r"\.lock is a symbolic link or a special file: mergemix only uses "
+            r"regular files in its cache; remove it",
+        ):
             if where == "store":
                 ArtifactStore(root).get_or_build("corpus", inputs, lambda tmp: None)
             else:
@@ -129,7 +144,9 @@ def _same_size_edit(path: Path, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("small_file", [artifacts.SMALL_FILE, 0], ids=["hashed-each-time", "memoised"])
-def test_a_same_size_edit_with_the_mtime_kept_changes_a_domain_files_digest(small_file, tmp_path, monkeypatch):
+def test_a_same_size_edit_with_the_mtime_kept_changes_a_domain_files_digest(
+    small_file, tmp_path, monkeypatch
+):
     from mergemix.data.domains import source_fingerprint
 
     monkeypatch.setattr(artifacts, "SMALL_FILE", small_file)
@@ -187,8 +204,11 @@ def test_an_edited_evaluation_cache_line_is_evaluated_again_with_a_warning(tmp_p
         again = EvalCache(path)
     assert again.entries == {}
     assert [r.getMessage() for r in caplog.records] == [
-        (f"3 line(s) of the evaluation cache {path} fail their digest (edited, damaged, or written before lines "
-         f"carried one): those merges are evaluated again")]
+        (
+            f"3 line(s) of the evaluation cache {path} fail their digest (edited, damaged, or written before lines "
+            f"carried one): those merges are evaluated again"
+        )
+    ]
     calls = []
     assert again.get_or_eval([1.0, 0.0], lambda: calls.append(1) or _result(0.2))["U"] == 0.2
     assert calls == [1] and EvalCache(path).entries[alpha_key([1.0, 0.0])]["U"] == 0.2  # the new line holds
@@ -201,15 +221,28 @@ URL = "postgresql://mergemix:s3cret@db-host:5432/mergemix"
 def test_mask_secrets_hides_every_urls_password():
     assert mask_secrets(URL) == "postgresql://mergemix:***@db-host:5432/mergemix"
     assert mask_secrets({"a": [f"x {URL} y", 3], "b": "postgresql://u@h/db"}) == {
-        "a": ["x postgresql://mergemix:***@db-host:5432/mergemix y", 3], "b": "postgresql://u@h/db"}
+        "a": ["x postgresql://mergemix:***@db-host:5432/mergemix y", 3],
+        "b": "postgresql://u@h/db",
+    }
     assert "p@ss" not in mask_secrets("postgresql+psycopg2://u:p@ss@h/db")
 
 
 def test_a_storage_urls_password_is_in_no_error_line(tmp_path, capsys, monkeypatch):
-    code, _, err = run_cli(["search", "experiment=micro", "logger=none", f"paths.root={tmp_path}", "search=tpe",
-                            "search.storage=foo://user:s3cret@db/x"], capsys, monkeypatch)
-    assert code == 2 and err == [("error: cannot open Optuna storage foo://user:***@db/x: Can't load plugin: "
-                                  "sqlalchemy.dialects:foo")]
+    code, _, err = run_cli(
+        [
+            "search",
+            "experiment=micro",
+            "logger=none",
+            f"paths.root={tmp_path}",
+            "search=tpe",
+            "search.storage=foo://user:s3cret@db/x",
+        ],
+        capsys,
+        monkeypatch,
+    )
+    assert code == 2 and err == [
+        ("error: cannot open Optuna storage foo://user:***@db/x: Can't load plugin: sqlalchemy.dialects:foo")
+    ]
 
 
 def test_a_storage_urls_password_is_in_no_cache_key(micro_root):
@@ -229,19 +262,35 @@ def test_a_storage_urls_password_is_in_no_tracked_config(logger, tmp_path, monke
         import wandb
 
         real = wandb.init
-        monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw["config"]) or real(**{**kw, "mode": "disabled"}))
+        monkeypatch.setattr(
+            wandb, "init", lambda **kw: seen.update(kw["config"]) or real(**{**kw, "mode": "disabled"})
+        )
         cfg = {"kind": "wandb", "mode": "disabled"}
     else:
         cfg = {"_target_": "pytorch_lightning.loggers.CSVLogger"}
     with Tracker(cfg, tmp_path, "g").stage("search", "search", {"search": {"storage": URL}}):
         pass
-    written = seen if logger == "wandb" else (tmp_path / "logs" / "search" / "version_0" / "hparams.yaml").read_text()
+    written = (
+        seen
+        if logger == "wandb"
+        else (tmp_path / "logs" / "search" / "version_0" / "hparams.yaml").read_text()
+    )
     assert "s3cret" not in str(written) and "mergemix:***@db-host" in str(written)
 
 
 def test_a_storage_urls_password_is_in_no_file_hydra_writes(tmp_path, capsys, monkeypatch):
-    code, _, _ = run_cli(["info", "experiment=micro", "logger=none", f"paths.root={tmp_path}", "search=tpe",
-                            f"search.storage={URL}"], capsys, monkeypatch)
+    code, _, _ = run_cli(
+        [
+            "info",
+            "experiment=micro",
+            "logger=none",
+            f"paths.root={tmp_path}",
+            "search=tpe",
+            f"search.storage={URL}",
+        ],
+        capsys,
+        monkeypatch,
+    )
     written = [f.read_text() for f in (tmp_path / "runs").rglob("*.yaml")]
     assert code == 0 and written and all("s3cret" not in t for t in written)
     assert any("mergemix:***@db-host" in t for t in written)
@@ -251,22 +300,35 @@ def test_console_lines_mask_passwords(capsys):
     from mergemix.log import log
 
     log.warning(f"cannot reach {URL}")
-    assert capsys.readouterr().err == "warning: cannot reach postgresql://mergemix:***@db-host:5432/mergemix\n"
+    assert (
+        capsys.readouterr().err == "warning: cannot reach postgresql://mergemix:***@db-host:5432/mergemix\n"
+    )
 
 
 # --------------------------------------------------------------------------------- paths and permissions ---
-@pytest.mark.parametrize("override, line", [
-    ("run_name=../../x", "run_name '../../x' cannot name a file"),
-    ("run_name='a b'", "run_name 'a b' cannot name a file"),
-    ("+benchmarks.tasks.../../../../tmp/x={source: jsonl, path: /dev/null}", None),
-], ids=["run-up", "run-space", "task-up"])
-def test_a_name_that_would_leave_its_root_is_one_error_line_before_any_work(override, line, tmp_path, capsys,
-                                                                             monkeypatch):
-    code, _, err = run_cli(["run", "experiment=micro", "logger=none", f"paths.root={tmp_path}/root", override],
-                           capsys, monkeypatch)
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("run_name=../../x", "run_name '../../x' cannot name a file"),
+        ("run_name='a b'", "run_name 'a b' cannot name a file"),
+        ("+benchmarks.tasks.../../../../tmp/x={source: jsonl, path: /dev/null}", None),
+    ],
+    ids=["run-up", "run-space", "task-up"],
+)
+def test_a_name_that_would_leave_its_root_is_one_error_line_before_any_work(
+    override, line, tmp_path, capsys, monkeypatch
+):
+    code, _, err = run_cli(
+        ["run", "experiment=micro", "logger=none", f"paths.root={tmp_path}/root", override],
+        capsys,
+        monkeypatch,
+    )
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
     if line:
-        assert line in err[0] and "use one path component without '/', '\\', '..', whitespace or a leading" in err[0]
+        assert (
+            line in err[0]
+            and "use one path component without '/', '\\', '..', whitespace or a leading" in err[0]
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, inside or outside the root
 
 
@@ -308,5 +370,10 @@ def test_artifacts_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
-    assert modes == {out.name: 0o755, "model.safetensors": 0o644, "manifest.json": 0o644, "sub": 0o755,
-                     "run.sh": 0o755}
+    assert modes == {
+        out.name: 0o755,
+        "model.safetensors": 0o644,
+        "manifest.json": 0o644,
+        "sub": 0o755,
+        "run.sh": 0o755,
+    }

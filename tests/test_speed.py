@@ -10,8 +10,14 @@ import torch
 from mergemix.models import build_model
 from mergemix.speed import Compiled, adamw_options, chunked_lm_loss, lm_parts
 
-SPEC = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 176,
-        "max_position_embeddings": 32}
+SPEC = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 176,
+    "max_position_embeddings": 32,
+}
 VOCAB = 300
 
 
@@ -29,7 +35,9 @@ def test_chunked_loss_and_gradient_equal_the_models_own(tied):
     ref = plain(input_ids=ids, labels=labels).loss
     ref.backward()
     body, head = lm_parts(chunked)
-    loss = chunked_lm_loss(body(input_ids=ids).last_hidden_state, head.weight, labels, chunk=7)  # uneven chunks
+    loss = chunked_lm_loss(
+        body(input_ids=ids).last_hidden_state, head.weight, labels, chunk=7
+    )  # uneven chunks
     loss.backward()
     assert float(loss) == pytest.approx(float(ref), abs=1e-5)
     for (name, p), q in zip(plain.named_parameters(), chunked.parameters()):
@@ -71,6 +79,7 @@ def test_a_failed_compile_warns_once_and_runs_eagerly(monkeypatch, caplog):
     def broken(module):
         def fn(*_a, **_k):
             raise RuntimeError("no C++ compiler\nmore lines")
+
         return fn
 
     monkeypatch.setattr(torch, "compile", broken)
@@ -79,7 +88,9 @@ def test_a_failed_compile_warns_once_and_runs_eagerly(monkeypatch, caplog):
     x = torch.ones(1, 3)
     torch.testing.assert_close(fwd(x), model(x))
     fwd(x)  # eager from now on, without another warning
-    assert _warnings(caplog) == ["trainer.compile failed (RuntimeError: no C++ compiler): training runs eagerly"]
+    assert _warnings(caplog) == [
+        "trainer.compile failed (RuntimeError: no C++ compiler): training runs eagerly"
+    ]
 
 
 def test_fused_adamw_only_on_cuda():
@@ -96,12 +107,32 @@ def _train(tmp_path, name, **speed):
 
     rng = np.random.default_rng(0)
     arrays = {d: rng.integers(0, VOCAB, 4000).astype(np.uint16) for d in "ab"}
-    kwargs = {"accelerator": "cpu", "devices": 1, "precision": "32-true", "enable_progress_bar": False,
-              "gradient_clip_val": 1.0, "checkpoint_every_n_steps": 0, **speed}
+    kwargs = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "precision": "32-true",
+        "enable_progress_bar": False,
+        "gradient_clip_val": 1.0,
+        "checkpoint_every_n_steps": 0,
+        **speed,
+    }
     optim = {"weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_steps": 1, "schedule": "constant"}
     out = tmp_path / name
-    stats = train_causal_lm(_model(), Tok(), arrays, {"a": 0.5, "b": 0.5}, out, 32 * 8 * 4, 32, 8, 3e-3, 0, optim,
-                            kwargs, desc=name)
+    stats = train_causal_lm(
+        _model(),
+        Tok(),
+        arrays,
+        {"a": 0.5, "b": 0.5},
+        out,
+        32 * 8 * 4,
+        32,
+        8,
+        3e-3,
+        0,
+        optim,
+        kwargs,
+        desc=name,
+    )
     from safetensors.torch import load_file
 
     return stats, load_file(out / "model.safetensors")
@@ -110,7 +141,9 @@ def _train(tmp_path, name, **speed):
 def test_training_with_the_speed_settings_matches_the_default_on_cpu(tmp_path, caplog):
     base, w0 = _train(tmp_path, "default")
     off, w1 = _train(tmp_path, "off", chunked_loss=None, compile=False, fused_adamw=False)
-    assert base["final_loss"] == off["final_loss"] and all(torch.equal(w0[k], w1[k]) for k in w0)  # bit-identical
+    assert base["final_loss"] == off["final_loss"] and all(
+        torch.equal(w0[k], w1[k]) for k in w0
+    )  # bit-identical
     assert not _warnings(caplog)
     fast, w2 = _train(tmp_path, "fast", chunked_loss=50, compile=True, fused_adamw=True)
     assert _warnings(caplog) == ["trainer.compile needs a CUDA device: training runs eagerly"]

@@ -13,9 +13,21 @@ from mergemix.merging import ExpertBank, export_merge, mergeable
 from mergemix.models import build_model, load_checkpoint
 from mergemix.streaming import Reader, stream_merge
 
-MICRO = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "intermediate_size": 176,
-         "max_position_embeddings": 128}
-MICRO_MOE = {**MICRO, "arch": "glm4_moe", "moe_intermediate_size": 32, "num_experts": 4, "num_experts_per_tok": 2}
+MICRO = {
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 176,
+    "max_position_embeddings": 128,
+}
+MICRO_MOE = {
+    **MICRO,
+    "arch": "glm4_moe",
+    "moe_intermediate_size": 32,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+}
 WEIGHTS = [0.2, 0.3, 0.5]
 
 
@@ -36,14 +48,17 @@ def _checkpoints(root, cfg, dtype=torch.float32, **save_kw):
         with torch.no_grad():
             for t in mergeable(e).values():
                 t.add_((torch.randn(t.shape, generator=gen) * 0.01).to(dtype))
-        experts.append(_save(e, root / f"e{i}", {"stage": "expert", "key": f"x{i}", "inputs": {"init": "base/b0"}}))
+        experts.append(
+            _save(e, root / f"e{i}", {"stage": "expert", "key": f"x{i}", "inputs": {"init": "base/b0"}})
+        )
     return root / "base", experts
 
 
 def _in_memory(base, experts):
     target = load_checkpoint(base)
-    ExpertBank(load_checkpoint(base), {f"e{i}": load_checkpoint(p) for i, p in enumerate(experts)}).merge_into(
-        target, WEIGHTS)
+    ExpertBank(
+        load_checkpoint(base), {f"e{i}": load_checkpoint(p) for i, p in enumerate(experts)}
+    ).merge_into(target, WEIGHTS)
     return mergeable(target)
 
 
@@ -54,7 +69,8 @@ def test_stream_equals_in_memory_merge(tmp_path, cfg, shards):
     files = sorted(p.name for p in out.iterdir())
     assert "config.json" in files and ("model.safetensors.index.json" in files) == bool(shards)
     assert [f for f in files if f.endswith(".safetensors")] == sorted(
-        p.name for p in base.iterdir() if p.suffix == ".safetensors")
+        p.name for p in base.iterdir() if p.suffix == ".safetensors"
+    )
     got, expect = mergeable(load_checkpoint(out)), _in_memory(base, experts)
     assert set(got) == set(expect)
     for name, t in expect.items():
@@ -79,8 +95,12 @@ def test_stream_keeps_the_stored_dtype(tmp_path):
     b, es = load_file(base / "model.safetensors"), [load_file(e / "model.safetensors") for e in experts]
     for name, t in got.items():
         assert t.dtype == torch.bfloat16
-        expect = b[name].double() + sum(w * (e[name].double() - b[name].double()) for w, e in zip(WEIGHTS, es))
-        torch.testing.assert_close(t.double(), expect, rtol=2**-8, atol=1e-6)  # one bf16 rounding of the exact merge
+        expect = b[name].double() + sum(
+            w * (e[name].double() - b[name].double()) for w, e in zip(WEIGHTS, es)
+        )
+        torch.testing.assert_close(
+            t.double(), expect, rtol=2**-8, atol=1e-6
+        )  # one bf16 rounding of the exact merge
         assert not torch.equal(t, b[name])
 
 
@@ -94,8 +114,13 @@ def test_expert_from_another_base_is_refused(tmp_path):
     base, experts = _checkpoints(tmp_path, MICRO)
     manifest = experts[1] / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "inputs": {"init": "base/other"}}))
-    _fails(tmp_path, base, experts, "expert 'expert001:e1' was trained from another base: its manifest records "
-                                    "'base/other', the base is 'base/b0'")
+    _fails(
+        tmp_path,
+        base,
+        experts,
+        "expert 'expert001:e1' was trained from another base: its manifest records "
+        "'base/other', the base is 'base/b0'",
+    )
     manifest.unlink()  # no record of its base (a user's checkpoint): only shapes and config are checked
     assert export_merge(base, experts, WEIGHTS, tmp_path / "out", stream=True).is_dir()
 
@@ -105,15 +130,23 @@ def test_expert_with_other_shapes_is_refused(tmp_path):
     tensors = load_file(experts[2] / "model.safetensors")
     tensors["model.norm.weight"] = torch.ones(32)
     save_file(tensors, experts[2] / "model.safetensors", metadata={"format": "pt"})
-    _fails(tmp_path, base, experts, r"expert 'expert002:e2' was not trained from this base: tensor model.norm.weight")
+    _fails(
+        tmp_path,
+        base,
+        experts,
+        r"expert 'expert002:e2' was not trained from this base: tensor model.norm.weight",
+    )
     other = _save(build_model({**MICRO, "hidden_size": 32}, 256, 0), tmp_path / "small", {})
     _fails(tmp_path, base, [experts[0], experts[1], other], "another architecture than the base")
 
 
 def test_moe_expert_count_mismatch_is_refused(tmp_path):
     base, experts = _checkpoints(tmp_path, MICRO_MOE)
-    other = _save(build_model({**MICRO_MOE, "num_experts": 8}, 256, 0), tmp_path / "wide",
-                  {"stage": "expert", "key": "w", "inputs": {"init": "base/b0"}})
+    other = _save(
+        build_model({**MICRO_MOE, "num_experts": 8}, 256, 0),
+        tmp_path / "wide",
+        {"stage": "expert", "key": "w", "inputs": {"init": "base/b0"}},
+    )
     _fails(tmp_path, base, [experts[0], experts[1], other], "n_routed_experts=8 but the base has 4")
 
 
@@ -131,7 +164,9 @@ def test_pipeline_experts_stream_like_they_merge(micro_models, tmp_path):
     """Real pipeline artifacts: their manifests name the base they were trained from."""
     base_dir, expert_dirs, base, experts = micro_models
     names = sorted(expert_dirs)
-    out = export_merge(base_dir, [expert_dirs[n] for n in names], [0.4, 0.3, 0.2, 0.1], tmp_path / "m", stream=True)
+    out = export_merge(
+        base_dir, [expert_dirs[n] for n in names], [0.4, 0.3, 0.2, 0.1], tmp_path / "m", stream=True
+    )
     target = load_checkpoint(base_dir)
     ExpertBank(base, experts).merge_into(target, [0.4, 0.3, 0.2, 0.1])
     got = mergeable(load_checkpoint(out))
@@ -146,9 +181,23 @@ def test_merge_cli_stream_flag(micro_models, tmp_path, capsys):
 
     base_dir, expert_dirs, _, _ = micro_models
     e = ",".join(str(expert_dirs[n]) for n in sorted(expert_dirs))
-    _merge([f"base={base_dir}", f"experts=[{e}]", "weights=[0.25,0.25,0.25,0.25]", f"out={tmp_path}/s",
-            "stream=true"])
+    _merge(
+        [
+            f"base={base_dir}",
+            f"experts=[{e}]",
+            "weights=[0.25,0.25,0.25,0.25]",
+            f"out={tmp_path}/s",
+            "stream=true",
+        ]
+    )
     assert "merged checkpoint" in capsys.readouterr().out and (tmp_path / "s" / "model.safetensors").is_file()
     with pytest.raises(MergeMixError, match="stream must be true or false"):
-        _merge([f"base={base_dir}", f"experts=[{e}]", "weights=[0.25,0.25,0.25,0.25]", f"out={tmp_path}/t",
-                "stream=maybe"])
+        _merge(
+            [
+                f"base={base_dir}",
+                f"experts=[{e}]",
+                "weights=[0.25,0.25,0.25,0.25]",
+                f"out={tmp_path}/t",
+                "stream=maybe",
+            ]
+        )

@@ -27,8 +27,14 @@ def test_two_searches_on_one_storage_get_two_studies(micro_run, micro_root, tmp_
     storage = f"sqlite:///{tmp_path}/shared.db"
     found = {}
     for seed in (31, 32):  # seeds no other test searches with (a search of the same inputs is cached)
-        cfg = micro_cfg(micro_root, "search=tpe", "search.budget=6", f"search.storage={storage}",
-                        f"search_seed={seed}", f"paths.run_dir={tmp_path}/run{seed}")
+        cfg = micro_cfg(
+            micro_root,
+            "search=tpe",
+            "search.budget=6",
+            f"search.storage={storage}",
+            f"search_seed={seed}",
+            f"paths.run_dir={tmp_path}/run{seed}",
+        )
         pipe = Pipeline(cfg, cfg["paths"]["run_dir"])
         found[seed] = json.loads((pipe.search_dir / "search.json").read_text())
     names = [found[s]["info"]["study_name"] for s in (31, 32)]
@@ -36,7 +42,8 @@ def test_two_searches_on_one_storage_get_two_studies(micro_run, micro_root, tmp_
     assert sorted(optuna.get_all_study_names(storage=storage)) == sorted(names)
     for name in names:
         done = optuna.load_study(study_name=name, storage=storage).get_trials(
-            states=(optuna.trial.TrialState.COMPLETE,))
+            states=(optuna.trial.TrialState.COMPLETE,)
+        )
         assert len(done) == 6
     assert found[31]["alpha_star"] != found[32]["alpha_star"]
 

@@ -8,8 +8,14 @@ from mergemix.analysis import theory
 from mergemix.errors import MergeMixError
 from mergemix.models import build_model
 
-TINY = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 24,
-        "max_position_embeddings": 16}
+TINY = {
+    "hidden_size": 16,
+    "num_layers": 1,
+    "num_heads": 2,
+    "num_kv_heads": 1,
+    "intermediate_size": 24,
+    "max_position_embeddings": 16,
+}
 
 
 def _tiny_model(dtype=torch.float64):
@@ -35,6 +41,7 @@ def test_hvp_matches_central_differences_of_the_gradient():
 
 def _quadratics(mats, centres):
     """L_k(w) = 1/2 (w - c_k)^T A_k (w - c_k): g_k = A_k (w0 - c_k), H_k = A_k exactly."""
+
     def loss(a, c):
         a, c = torch.tensor(a), torch.tensor(c)
         return lambda p: 0.5 * (p["w"] - c) @ a @ (p["w"] - c)
@@ -66,8 +73,12 @@ def test_second_order_terms_on_random_quadratics():
         self_ = sum((alpha[i] ** 2 - alpha[i]) * hg[i][i] for i in range(k))
         np.testing.assert_allclose(so.cross[a].numpy(), cross, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(so.self_[a].numpy(), self_, rtol=1e-10, atol=1e-12)
-    assert np.allclose(so.self_[1].numpy(), 0) and np.allclose(so.cross[1].numpy(), 0)  # a vertex is its expert
-    expected = np.array([[np.linalg.norm(hg[i][j]) / np.linalg.norm(g[j]) for j in range(k)] for i in range(k)])
+    assert np.allclose(so.self_[1].numpy(), 0) and np.allclose(
+        so.cross[1].numpy(), 0
+    )  # a vertex is its expert
+    expected = np.array(
+        [[np.linalg.norm(hg[i][j]) / np.linalg.norm(g[j]) for j in range(k)] for i in range(k)]
+    )
     gamma = theory.relative_curvature(so.hg_norms, so.grads.norm(dim=1).numpy())
     np.testing.assert_allclose(gamma, expected / np.diag(expected)[:, None], rtol=1e-10)
 
@@ -97,8 +108,19 @@ def test_theory_report_on_the_micro_run(micro_run, tmp_path):
     np.testing.assert_allclose(np.diag(gamma), 1.0)
     assert all(np.isfinite(v) and v > 0 for v in result["grad_norms"].values())
     (row,) = result["gaps"]
-    numbers = [row[k] for k in ("mix_update_norm", "first_order_norm", "gap_norm", "gap_over_first", "S_mix",
-                                "S_effective", "cross_over_self", "cos_gap_vs_predicted")]
+    numbers = [
+        row[k]
+        for k in (
+            "mix_update_norm",
+            "first_order_norm",
+            "gap_norm",
+            "gap_over_first",
+            "S_mix",
+            "S_effective",
+            "cross_over_self",
+            "cos_gap_vs_predicted",
+        )
+    ]
     numbers += [v for p in row["predicted"].values() for v in p.values()]
     assert all(v is not None and np.isfinite(v) for v in numbers)
     assert row["gap_norm"] > 0 and row["first_order_norm"] > 0

@@ -24,27 +24,44 @@ from mergemix.search.evalcache import EvalCache, record_line
 
 
 def _result(u: float = 0.5, prob: float = 0.5) -> dict:
-    return {"tasks": {"math_mc": {"prob": prob}}, "capabilities": {"math": u}, "capabilities_std": {"math": 0.1},
-            "U": u, "U_std": 0.1, "items": {"math_mc": [u]}}
+    return {
+        "tasks": {"math_mc": {"prob": prob}},
+        "capabilities": {"math": u},
+        "capabilities_std": {"math": 0.1},
+        "U": u,
+        "U_std": 0.1,
+        "items": {"math_mc": [u]},
+    }
 
 
 # ------------------------------------------------------------------------------------ non-finite scores ---
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_a_non_finite_score_is_an_error_naming_the_merge_and_task_and_is_not_cached(bad, tmp_path):
     cache = EvalCache(tmp_path / "evals.jsonl")
-    with pytest.raises(MergeMixError, match=r"merge alpha=\(0\.250000,0\.750000\) scores .* on tasks\.math_mc\.prob:"):
+    with pytest.raises(
+        MergeMixError, match=r"merge alpha=\(0\.250000,0\.750000\) scores .* on tasks\.math_mc\.prob:"
+    ):
         cache.get_or_eval([0.25, 0.75], lambda: _result(prob=bad))
     assert not (tmp_path / "evals.jsonl").exists() and not cache.entries
     cache.get_or_eval([0.25, 0.75], lambda: _result())  # a finite score is cached as before
     assert EvalCache(tmp_path / "evals.jsonl").entries == {"0.250000,0.750000": _result()}
 
 
-@pytest.mark.parametrize("line", [
-    '{"key": "0.500000,0.500000", "alpha": [0.5, 0.5], "result": {"U": NaN, "capabilities": {}}}',  # old NaN
-    '{"key": "0.500000,0.500000", "result": {"U": 0.5, "capabilities": {"math": Infinity}}}',
-    '{"key": "0.500000,0.500000"}', '5', '[1, 2]', '{"key": 3, "result": {"U": 0.5}}',
-    '{"key": "0.500000,0.500000", "result": "x"}', '{"key": "0.5', '\ufffd\ufffd',
-], ids=["nan", "inf", "no-result", "number", "list", "key-type", "result-type", "cut", "binary"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"key": "0.500000,0.500000", "alpha": [0.5, 0.5], "result": {"U": NaN, "capabilities": {}}}',  # old NaN
+        '{"key": "0.500000,0.500000", "result": {"U": 0.5, "capabilities": {"math": Infinity}}}',
+        '{"key": "0.500000,0.500000"}',
+        "5",
+        "[1, 2]",
+        '{"key": 3, "result": {"U": 0.5}}',
+        '{"key": "0.500000,0.500000", "result": "x"}',
+        '{"key": "0.5',
+        "\ufffd\ufffd",
+    ],
+    ids=["nan", "inf", "no-result", "number", "list", "key-type", "result-type", "cut", "binary"],
+)
 def test_an_unreadable_or_non_finite_evaluation_cache_line_is_evaluated_again(line, tmp_path):
     path = tmp_path / "evals.jsonl"
     good = record_line("evals", [0.1, 0.9], _result(0.3))  # with its digest (a line of this cache)
@@ -76,19 +93,26 @@ def _build(store: ArtifactStore, calls: list, payload: bytes = b"weights"):
         calls.append(1)
         (tmp / "model.safetensors").write_bytes(payload)
         (tmp / "scores.json").write_text('{"U": 0.5}')
+
     return store.get_or_build("expert", {"domain": "code"}, build)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "remove", "manifest-cut", "manifest-binary",
-                                    "manifest-not-object", "scores-cut"])
+@pytest.mark.parametrize(
+    "damage",
+    ["flip", "truncate", "remove", "manifest-cut", "manifest-binary", "manifest-not-object", "scores-cut"],
+)
 def test_a_damaged_artifact_is_rebuilt_not_used(damage, tmp_path, monkeypatch):
     monkeypatch.setattr(artifacts, "_VERIFIED", set())  # a new process
     store, calls = ArtifactStore(tmp_path / "cache"), []
     path = _build(store, calls)
     manifest = json.loads((path / "manifest.json").read_text())
     assert set(manifest["digest"]) == {"model.safetensors", "scores.json"}
-    target = {"flip": "model.safetensors", "truncate": "model.safetensors", "remove": "model.safetensors",
-              "scores-cut": "scores.json"}.get(damage, "manifest.json")
+    target = {
+        "flip": "model.safetensors",
+        "truncate": "model.safetensors",
+        "remove": "model.safetensors",
+        "scores-cut": "scores.json",
+    }.get(damage, "manifest.json")
     data = (path / target).read_bytes()
     if damage == "flip":
         (path / target).write_bytes(bytes([data[0] ^ 0x40]) + data[1:])  # same size, one bit
@@ -102,7 +126,9 @@ def test_a_damaged_artifact_is_rebuilt_not_used(damage, tmp_path, monkeypatch):
         (path / target).write_bytes(data[: len(data) // 2])
     monkeypatch.setattr(artifacts, "_VERIFIED", set())  # the next run
     assert _build(store, calls) == path and calls == [1, 1]
-    assert (path / "model.safetensors").read_bytes() == b"weights" and json.loads((path / "scores.json").read_text())
+    assert (path / "model.safetensors").read_bytes() == b"weights" and json.loads(
+        (path / "scores.json").read_text()
+    )
 
 
 def test_an_intact_artifact_is_hashed_once_per_process(tmp_path, monkeypatch):
@@ -137,7 +163,8 @@ def test_a_tampered_cached_evaluation_of_a_real_run_is_recomputed_not_read(micro
     monkeypatch.setattr(artifacts, "_VERIFIED", set())  # the next process
     again = pipe.evaluate_checkpoint(pipe.base_dir)  # recomputed (to float noise: another thread count)
     assert again["U"] == pytest.approx(good["U"], abs=1e-9) and again["capabilities"] == pytest.approx(
-        good["capabilities"], abs=1e-9)
+        good["capabilities"], abs=1e-9
+    )
     assert artifacts.content_digest(path) == json.loads((path / "manifest.json").read_text())["digest"]
 
 
@@ -174,8 +201,17 @@ def tiny_ckpts(tmp_path_factory):
     from mergemix.models import build_model
 
     d = tmp_path_factory.mktemp("ckpts")
-    spec = {"name": "t", "hidden_size": 16, "num_layers": 1, "num_heads": 2, "num_kv_heads": 1,
-            "intermediate_size": 32, "seq_len": 16, "batch_size": 2, "max_position_embeddings": 16}
+    spec = {
+        "name": "t",
+        "hidden_size": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "num_kv_heads": 1,
+        "intermediate_size": 32,
+        "seq_len": 16,
+        "batch_size": 2,
+        "max_position_embeddings": 16,
+    }
     model = build_model(spec, 64, 0)
     model.save_pretrained(d / "base")
     for i, name in enumerate(("a", "b"), 1):
@@ -234,7 +270,9 @@ def test_run_directories_carry_the_microsecond_and_the_process_id(tmp_path):
     _register_resolvers()
     run_dir = yaml.safe_load((CONF_DIR / "hydra" / "default.yaml").read_text())["run"]["dir"]
     hydra_dir = OmegaConf.create({"d": run_dir.replace("${paths.root}", "r").replace("${run_name}", "n")}).d
-    plain_dir = _run_dir({"paths": {"root": str(tmp_path), "run_dir": None}, "run_name": "n"})  # outside Hydra
+    plain_dir = _run_dir(
+        {"paths": {"root": str(tmp_path), "run_dir": None}, "run_name": "n"}
+    )  # outside Hydra
     for name in (Path(hydra_dir).name, plain_dir.name):  # another process: another id; this one: a later time
         assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d_\d\d-\d\d-\d\d\.\d{{6}}-{os.getpid()}", name), name
 
@@ -245,8 +283,12 @@ def test_two_runs_started_at_once_get_their_own_directories(tmp_path):
 
     code = f"from mergemix.cli import main; main(['info', 'experiment=micro', 'paths.root={tmp_path}'])"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [e[-1000:] for _, e in outs]
     runs = list((tmp_path / "runs" / "micro").iterdir())
@@ -260,7 +302,9 @@ def test_two_runs_started_at_once_get_their_own_directories(tmp_path):
 RULES = leaves()  # every setting the typed schema checks
 CHECKED = sorted(RULES)
 TEXT = st.text(alphabet=string.ascii_letters + string.digits + " _-.:/", max_size=10)
-VALUES = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), TEXT)
+VALUES = st.one_of(
+    st.integers(-(10**12), 10**12), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), TEXT
+)
 FAST = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 SLOW = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
@@ -353,8 +397,9 @@ def test_random_bad_setting_is_one_error_line(key, value, micro_plain, guarded_h
 
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, width=16), TEXT)
 JSON = st.one_of(SCALARS, st.lists(SCALARS, max_size=3))
-CHOICE_LISTS = st.one_of(JSON, st.lists(st.one_of(st.sampled_from(["", " ", " four", " five"]), TEXT, SCALARS),
-                                        max_size=4))
+CHOICE_LISTS = st.one_of(
+    JSON, st.lists(st.one_of(st.sampled_from(["", " ", " four", " five"]), TEXT, SCALARS), max_size=4)
+)
 
 
 def mc_ok(item) -> bool:
@@ -369,11 +414,15 @@ def mc_ok(item) -> bool:
 
 BAD_LINES = st.one_of(
     JSON.map(json.dumps),  # not an object
-    st.fixed_dictionaries({}, optional={"context": JSON, "choices": CHOICE_LISTS, "label": JSON}).filter(
-        lambda item: not mc_ok(item)).map(json.dumps),
-    st.text(max_size=20).map(lambda t: json.dumps({"context": t, "choices": ["a", "b"], "label": 0})[:-1]),  # cut
+    st.fixed_dictionaries({}, optional={"context": JSON, "choices": CHOICE_LISTS, "label": JSON})
+    .filter(lambda item: not mc_ok(item))
+    .map(json.dumps),
+    st.text(max_size=20).map(
+        lambda t: json.dumps({"context": t, "choices": ["a", "b"], "label": 0})[:-1]
+    ),  # cut
     st.binary(min_size=1, max_size=8).map(  # not UTF-8, on the one line
-        lambda b: b'{"context": "' + b.replace(b"\n", b"") + b'\xff", "choices": ["a", "b"]}'),
+        lambda b: b'{"context": "' + b.replace(b"\n", b"") + b'\xff", "choices": ["a", "b"]}'
+    ),
 )
 
 
@@ -386,8 +435,9 @@ def bad_file(tmp_path: Path, line) -> Path:
 
 @FAST
 @given(line=BAD_LINES)
-def test_random_malformed_benchmark_item_is_one_error_line_naming_file_and_line(line, micro_plain, guarded_home,
-                                                                                  no_training, tmp_path, capsys):
+def test_random_malformed_benchmark_item_is_one_error_line_naming_file_and_line(
+    line, micro_plain, guarded_home, no_training, tmp_path, capsys
+):
     assume(line.strip() if isinstance(line, str) else True)
     path = bad_file(tmp_path, line)
     cfg = with_value(micro_plain, "benchmarks.tasks.mine", {"source": "jsonl", "path": str(path)})
@@ -398,8 +448,9 @@ def test_random_malformed_benchmark_item_is_one_error_line_naming_file_and_line(
 @pytest.mark.slow
 @SLOW
 @given(key=st.sampled_from(CHECKED), value=VALUES, line=BAD_LINES)
-def test_random_bad_command_line_is_one_error_line(key, value, line, micro_plain, guarded_home, no_training,
-                                                   tmp_path, capsys, monkeypatch):
+def test_random_bad_command_line_is_one_error_line(
+    key, value, line, micro_plain, guarded_home, no_training, tmp_path, capsys, monkeypatch
+):
     """The whole CLI: a bad setting typed on the command line, or a bad item in a benchmark file it names."""
     from conftest import run_cli
 
@@ -409,6 +460,7 @@ def test_random_bad_command_line_is_one_error_line(key, value, line, micro_plain
     code, _, lines = run_cli([*args, f"++{key}={hydra_text(value)}"], capsys, monkeypatch)
     assert_refused(code, lines, guarded_home)
     path = bad_file(tmp_path, line)
-    code, _, lines = run_cli([*args, f"+benchmarks.tasks.mine={{source: jsonl, path: '{path}'}}"], capsys,
-                             monkeypatch)
+    code, _, lines = run_cli(
+        [*args, f"+benchmarks.tasks.mine={{source: jsonl, path: '{path}'}}"], capsys, monkeypatch
+    )
     assert_refused(code, lines, guarded_home, contains=f"{path}:2")

@@ -60,13 +60,19 @@ def test_bootstrap_intervals_keep_the_numbers_of_the_hand_written_bootstrap():
     rng = np.random.default_rng(3)
     trained = rng.normal(size=16)
     pred = {"overall": trained + 0.5 * rng.normal(size=16), "math": rng.integers(0, 3, 16).astype(float)}
-    refs = [{"overall": trained, "math": rng.integers(0, 3, 16).astype(float)},
-            {"overall": trained + 0.3 * rng.normal(size=16), "math": rng.integers(0, 3, 16).astype(float)}]
-    before = {"spearman": ([0.589252305323242, 0.9895611453662183], [-0.5649036604417147, 0.0781962013402164]),
-              "kendall": ([0.44018720555417806, 0.956156213928434], [-0.5451490752312654, 0.0741082701804625]),
-              "top25_spearman": ([0.43250000000000016, 1.0], [None, None]),
-              "capability_recovery": ([-9.60825755365318, 6.633601442700563],
-                                      [0.4420547385620915, 1.2578800366300367])}
+    refs = [
+        {"overall": trained, "math": rng.integers(0, 3, 16).astype(float)},
+        {"overall": trained + 0.3 * rng.normal(size=16), "math": rng.integers(0, 3, 16).astype(float)},
+    ]
+    before = {
+        "spearman": ([0.589252305323242, 0.9895611453662183], [-0.5649036604417147, 0.0781962013402164]),
+        "kendall": ([0.44018720555417806, 0.956156213928434], [-0.5451490752312654, 0.0741082701804625]),
+        "top25_spearman": ([0.43250000000000016, 1.0], [None, None]),
+        "capability_recovery": (
+            [-9.60825755365318, 6.633601442700563],
+            [0.4420547385620915, 1.2578800366300367],
+        ),
+    }
     out = rank.compare(pred, refs, n_boot=300, seed=7)
     for metric, (overall, math) in before.items():
         assert out[metric]["interval"]["overall"] == pytest.approx(overall, rel=1e-12), metric
@@ -100,8 +106,12 @@ def test_validate_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys
         for block in (v[key], v["noise_ceiling"][key]):
             assert set(block) == {"overall", "capabilities", "interval"}
             assert set(block["capabilities"]) == caps and set(block["interval"]["capabilities"]) == caps
-    scores = v["by_metric"]["prob"]["scores"]  # U's ρ: merged vs each seed's trained U, averaged over the seeds
-    rho = np.mean([spearmanr(scores["merged"]["overall"], t["overall"]).statistic for t in scores["trained"].values()])
+    scores = v["by_metric"]["prob"][
+        "scores"
+    ]  # U's ρ: merged vs each seed's trained U, averaged over the seeds
+    rho = np.mean(
+        [spearmanr(scores["merged"]["overall"], t["overall"]).statistic for t in scores["trained"].values()]
+    )
     assert v["spearman"]["overall"] == pytest.approx(rho)
     assert v["top25_spearman"]["overall"] is None  # 4 mixtures: the top quarter is one mixture
     assert set(v["by_metric"]) == {"prob", "acc"} and v["metric"] == "prob"
@@ -127,9 +137,12 @@ def test_validate_end_to_end_and_reuse(micro_root, tmp_path, monkeypatch, capsys
     assert again["raw"] == v["raw"] and again["spearman"] == v["spearman"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("validate.n_mixtures=2", "validate.n_mixtures must be an integer of at least 3"),
-    ("mix.tokens=0", "mix.tokens must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("validate.n_mixtures=2", "validate.n_mixtures must be an integer of at least 3"),
+        ("mix.tokens=0", "mix.tokens must be a positive integer"),
+    ],
+)
 def test_bad_validation_input_is_one_clear_error(override, message, tmp_path, monkeypatch, capsys):
     assert_cli_error("validate", override, message, tmp_path, monkeypatch, capsys)

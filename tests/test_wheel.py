@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(*args, **kw) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(a) for a in args], capture_output=True, text=True, check=False, timeout=600, **kw)
+    res = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, check=False, timeout=600, **kw
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     return res
 
@@ -31,7 +33,18 @@ def test_wheel_installs_and_runs(tmp_path):
         shutil.copy2(ROOT / name, src / name)
     for tree in ("mergemix", "conf"):  # the configs live at the top, shipped as mergemix.conf
         shutil.copytree(ROOT / tree, src / tree, ignore=shutil.ignore_patterns("__pycache__"))
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist", src)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        tmp_path / "dist",
+        src,
+    )
     wheel = next((tmp_path / "dist").glob("mergemix-*.whl"))
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
     expected = {"mergemix/" + p.relative_to(ROOT).as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
@@ -49,6 +62,14 @@ def test_wheel_installs_and_runs(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = _run(py, "-c", "import mergemix; print(mergemix.__file__)", cwd=tmp_path, env=env).stdout.strip()
     assert Path(where).is_relative_to(site)
-    info = json.loads(_run(venv / "bin" / "mergemix", "info", "model=micro", f"paths.root={tmp_path}/home",
-                           cwd=tmp_path, env=env).stdout)
+    info = json.loads(
+        _run(
+            venv / "bin" / "mergemix",
+            "info",
+            "model=micro",
+            f"paths.root={tmp_path}/home",
+            cwd=tmp_path,
+            env=env,
+        ).stdout
+    )
     assert info["name"] == "micro" and info["total_params"] > 0

@@ -29,23 +29,46 @@ def run_strategy(pipe: Pipeline) -> dict:
             curve = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
     else:
         spec = {**cfg["search"], **cfg["baseline"], "baseline": kind}
-        alpha, cost = baseline_mixture(pipe, spec, pipe.search_seed, proxy_study_path(pipe, spec, pipe.search_seed))
+        alpha, cost = baseline_mixture(
+            pipe, spec, pipe.search_seed, proxy_study_path(pipe, spec, pipe.search_seed)
+        )
         curve = cost.pop("curve", [])
     total = sum(float(alpha[n]) for n in names)
     alpha = {n: float(alpha[n]) / total for n in names}  # rounding in files may leave the sum 1e-6 off
-    label = cfg["strategy"] if kind == "none" else kind  # what ran: a baseline chosen directly is not "surrogate"
+    label = (
+        cfg["strategy"] if kind == "none" else kind
+    )  # what ran: a baseline chosen directly is not "surrogate"
     trained = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, label))
-    result = {"strategy": label, "seed": pipe.search_seed, "alpha": alpha, "U": trained["U"],
-              "U_std": trained["U_std"], "capabilities": trained["capabilities"], "cost": cost, "curve": curve}
+    result = {
+        "strategy": label,
+        "seed": pipe.search_seed,
+        "alpha": alpha,
+        "U": trained["U"],
+        "U_std": trained["U_std"],
+        "capabilities": trained["capabilities"],
+        "cost": cost,
+        "curve": curve,
+    }
     write_atomic(pipe.run_dir / "result.json", json.dumps(result, indent=2, default=float))
     if cfg["logger"].get("kind") == "wandb":
-        log_to_wandb(cfg["logger"], result, group=pipe.tracker.group, out_dir=pipe.run_dir,
-                     identity=pipe.tracker.identity)
+        log_to_wandb(
+            cfg["logger"],
+            result,
+            group=pipe.tracker.group,
+            out_dir=pipe.run_dir,
+            identity=pipe.tracker.identity,
+        )
     return result
 
 
-CURVE_KEYS = {"utility": "U", "best_so_far": "best_U", "evaluations": "cost/evaluations", "flops": "cost/flops",
-              "train_tokens": "cost/train_tokens", "wall_s": "cost/wall_s"}  # a curve point's keys, as tracked
+CURVE_KEYS = {
+    "utility": "U",
+    "best_so_far": "best_U",
+    "evaluations": "cost/evaluations",
+    "flops": "cost/flops",
+    "train_tokens": "cost/train_tokens",
+    "wall_s": "cost/wall_s",
+}  # a curve point's keys, as tracked
 
 
 def tracked_point(point: dict) -> dict:
@@ -57,7 +80,9 @@ def tracked_point(point: dict) -> dict:
     return out
 
 
-def log_to_wandb(logger_cfg: dict, result: dict, group: str, out_dir: Path, identity: dict | None = None) -> Path:
+def log_to_wandb(
+    logger_cfg: dict, result: dict, group: str, out_dir: Path, identity: dict | None = None
+) -> Path:
     """One W&B run per (strategy, seed), job type `compare`, in its job's group: every trial's alpha, scores, U
     and cumulative cost as a step; the trained U, scores, mixture and search cost in the summary, under the names
     stage runs use (U, score/*, mixture/*, cost/*), so one table or chart holds both. Returns the run's local
@@ -65,14 +90,26 @@ def log_to_wandb(logger_cfg: dict, result: dict, group: str, out_dir: Path, iden
     from mergemix.loggers import flat, open_run
 
     config = {**(identity or {}), "strategy": result["strategy"], "search_seed": result["seed"]}
-    with open_run({**logger_cfg, "kind": "wandb"}, out_dir, group, f"{result['strategy']}-seed{result['seed']}",
-                  "compare", config) as run:
+    with open_run(
+        {**logger_cfg, "kind": "wandb"},
+        out_dir,
+        group,
+        f"{result['strategy']}-seed{result['seed']}",
+        "compare",
+        config,
+    ) as run:
         run.history_only("alpha/*")  # a trial's mixture; the chosen one is mixture/*
         for point in result["curve"]:
             run.log(tracked_point(point), step=int(point["evaluations"]))
-        run.summary({"U": result["U"], "U_std": result.get("U_std"), **flat("score", result["capabilities"]),
-                     **flat("mixture", result["alpha"]),
-                     **flat("cost", {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))})})
+        run.summary(
+            {
+                "U": result["U"],
+                "U_std": result.get("U_std"),
+                **flat("score", result["capabilities"]),
+                **flat("mixture", result["alpha"]),
+                **flat("cost", {k: v for k, v in result["cost"].items() if isinstance(v, (int, float))}),
+            }
+        )
         return Path(run.run.dir).parent
 
 
@@ -86,19 +123,29 @@ def aggregate(sweep_dir: Path) -> dict:
     for s, rs in sorted(by.items()):
         u = np.array([r["U"] for r in rs])
         tokens = float(np.mean([r["cost"]["train_tokens"] for r in rs]))
-        table[s] = {"seeds": [r["seed"] for r in rs], "U_mean": float(u.mean()), "U_std": float(u.std()),
-                    "train_tokens": tokens, "flops": float(np.mean([r["cost"]["flops"] for r in rs])),
-                    "evaluations": float(np.mean([r["cost"]["evaluations"] for r in rs])),
-                    "wall_s": float(np.mean([r["cost"]["wall_s"] for r in rs])),
-                    "cost_ratio_to_proxy": tokens / proxy_tokens if np.isfinite(proxy_tokens) and tokens else None}
+        table[s] = {
+            "seeds": [r["seed"] for r in rs],
+            "U_mean": float(u.mean()),
+            "U_std": float(u.std()),
+            "train_tokens": tokens,
+            "flops": float(np.mean([r["cost"]["flops"] for r in rs])),
+            "evaluations": float(np.mean([r["cost"]["evaluations"] for r in rs])),
+            "wall_s": float(np.mean([r["cost"]["wall_s"] for r in rs])),
+            "cost_ratio_to_proxy": tokens / proxy_tokens if np.isfinite(proxy_tokens) and tokens else None,
+        }
     write_atomic(Path(sweep_dir) / "comparison.json", json.dumps(table, indent=2))
-    lines = ["Trained U of each strategy's mixture (x100 above chance, mean ± std over seeds) and its search cost.",
-             "", "| strategy | seeds | trained U | training tokens | FLOPs | evaluations | tokens / proxy search |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "Trained U of each strategy's mixture (x100 above chance, mean ± std over seeds) and its search cost.",
+        "",
+        "| strategy | seeds | trained U | training tokens | FLOPs | evaluations | tokens / proxy search |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s, t in sorted(table.items(), key=lambda kv: -kv[1]["U_mean"]):
         ratio = "—" if t["cost_ratio_to_proxy"] is None else f"{t['cost_ratio_to_proxy']:.3f}"
-        lines.append(f"| {s} | {len(t['seeds'])} | {100 * t['U_mean']:.2f} ± {100 * t['U_std']:.2f} | "
-                     f"{t['train_tokens']:.3g} | {t['flops']:.3g} | {t['evaluations']:.0f} | {ratio} |")
+        lines.append(
+            f"| {s} | {len(t['seeds'])} | {100 * t['U_mean']:.2f} ± {100 * t['U_std']:.2f} | "
+            f"{t['train_tokens']:.3g} | {t['flops']:.3g} | {t['evaluations']:.0f} | {ratio} |"
+        )
     write_atomic(Path(sweep_dir) / "comparison.md", "\n".join(lines) + "\n")
     _plot_curves(Path(sweep_dir) / "cost_curves.png", by)
     return table
@@ -137,8 +184,10 @@ def draw_curves(by: dict):
     from matplotlib.ticker import LogLocator
 
     proxies = {"proxy", "regmix"}  # training baselines: their objective is a proxy run's U
-    panels = [("merge searches: best merged U so far", [s for s in sorted(by) if s not in proxies]),
-              ("proxy searches: best proxy-trained U so far", [s for s in sorted(by) if s in proxies])]
+    panels = [
+        ("merge searches: best merged U so far", [s for s in sorted(by) if s not in proxies]),
+        ("proxy searches: best proxy-trained U so far", [s for s in sorted(by) if s in proxies]),
+    ]
     panels = [(t, ss) for t, ss in panels if any(r["curve"] for s in ss for r in by[s])]
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4.2), squeeze=False)
     for ax, (title, strategies) in zip(axes[0], panels):

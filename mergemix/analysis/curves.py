@@ -29,7 +29,9 @@ def curve_domains(cfg: dict) -> list[str]:
             raise MergeMixError(f"curves needs two configured domains, got {names}")
         return names[:2]
     if not isinstance(chosen, list) or len(chosen) != 2:
-        raise MergeMixError(f"curves.domains must name two domains, e.g. [{', '.join(names[:2])}], got {chosen}")
+        raise MergeMixError(
+            f"curves.domains must name two domains, e.g. [{', '.join(names[:2])}], got {chosen}"
+        )
     unknown = [d for d in chosen if d not in names]
     if unknown:
         raise MergeMixError(f"curves.domains names unknown domains {unknown}; configured: {names}")
@@ -45,18 +47,24 @@ def check_config(cfg: dict) -> None:
     alphas = list(c["alphas"] or [])
     outside = [a for a in alphas if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < 1]
     if outside:
-        raise MergeMixError(f"curves.alphas must lie strictly inside (0, 1) (the ends are the experts), got {outside}")
+        raise MergeMixError(
+            f"curves.alphas must lie strictly inside (0, 1) (the ends are the experts), got {outside}"
+        )
     if len(set(alphas)) < rank.MIN_TOP:
-        raise MergeMixError(f"curves.alphas must hold at least {rank.MIN_TOP} distinct values (a rank correlation "
-                            f"along the curve needs 3 points), got {alphas}")
+        raise MergeMixError(
+            f"curves.alphas must hold at least {rank.MIN_TOP} distinct values (a rank correlation "
+            f"along the curve needs 3 points), got {alphas}"
+        )
     if len(set(alphas)) != len(alphas):
         raise MergeMixError(f"curves.alphas must be distinct, got {alphas}")
     seeds = list(c["seeds"] or [])
     if c["train"] and (not seeds or len(set(seeds)) != len(seeds)):
         raise MergeMixError(f"curves.seeds must be a non-empty list of distinct seeds, got {seeds}")
     if c["train"] and int(cfg["mix"]["tokens"]) <= 0:
-        raise MergeMixError(f"mix.tokens (the budget each curve mixture is trained for) must be positive, "
-                            f"got {cfg['mix']['tokens']}")
+        raise MergeMixError(
+            f"mix.tokens (the budget each curve mixture is trained for) must be positive, "
+            f"got {cfg['mix']['tokens']}"
+        )
 
 
 def _scores(result: dict) -> dict[str, float]:
@@ -74,7 +82,9 @@ def run(pipe: Pipeline) -> dict:
     c, names = pipe.cfg["curves"], pipe.domain_names
     a, b = curve_domains(pipe.cfg)
     alphas = sorted(float(x) for x in c["alphas"])
-    mixtures = [{n: round(x, 12) if n == a else round(1 - x, 12) if n == b else 0.0 for n in names} for x in alphas]
+    mixtures = [
+        {n: round(x, 12) if n == a else round(1 - x, 12) if n == b else 0.0 for n in names} for x in alphas
+    ]
     objective = MergeObjective(pipe, EvalCache(pipe.merge_cache_path))
     merged = [objective([m[n] for n in names]) for m in mixtures]
     seeds = [pipe.search_seed + int(s) for s in c["seeds"]] if c["train"] else []
@@ -83,24 +93,43 @@ def run(pipe: Pipeline) -> dict:
         for s in seeds:
             paths[s].append(pipe.train_mixture(m, f"curve{i:02d}", seed=s))
             trained[s].append(pipe.evaluate_checkpoint(paths[s][-1]))
-            log.info(f"curves: {a}={alphas[i]:.2f} {b}={1 - alphas[i]:.2f} seed {s}: trained U "
-                     f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f}")
+            log.info(
+                f"curves: {a}={alphas[i]:.2f} {b}={1 - alphas[i]:.2f} seed {s}: trained U "
+                f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f}"
+            )
 
     pred = _columns([_scores(r) for r in merged])
     refs = {s: _columns([_scores(r) for r in trained[s]]) for s in seeds}
     rho = None
     if seeds:  # averaged over the training seeds; no bootstrap over 3-9 points
-        rho = {k: v for k, v in rank.compare(pred, list(refs.values()), 0, pipe.search_seed)["spearman"].items()
-               if k != "interval"}
+        rho = {
+            k: v
+            for k, v in rank.compare(pred, list(refs.values()), 0, pipe.search_seed)["spearman"].items()
+            if k != "interval"
+        }
 
     def raw(r: dict) -> dict:
         return {k: r[k] for k in ("U", "U_std", "capabilities", "capabilities_std")}
 
-    out = {"domains": [a, b], "alphas": alphas, "metric": pipe.cfg["benchmarks"]["metric"],
-           "mix_tokens": int(pipe.cfg["mix"]["tokens"]) if seeds else None, "training_seeds": seeds,
-           "mixtures": mixtures, "merged": pred, "trained": {str(s): refs[s] for s in seeds}, "spearman": rho,
-           "raw": [{"merged": raw(merged[i]), "trained": {str(s): raw(trained[s][i]) for s in seeds},
-                    "checkpoints": {str(s): str(paths[s][i]) for s in seeds}} for i in range(len(alphas))]}
+    out = {
+        "domains": [a, b],
+        "alphas": alphas,
+        "metric": pipe.cfg["benchmarks"]["metric"],
+        "mix_tokens": int(pipe.cfg["mix"]["tokens"]) if seeds else None,
+        "training_seeds": seeds,
+        "mixtures": mixtures,
+        "merged": pred,
+        "trained": {str(s): refs[s] for s in seeds},
+        "spearman": rho,
+        "raw": [
+            {
+                "merged": raw(merged[i]),
+                "trained": {str(s): raw(trained[s][i]) for s in seeds},
+                "checkpoints": {str(s): str(paths[s][i]) for s in seeds},
+            }
+            for i in range(len(alphas))
+        ],
+    }
     pipe.run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(pipe.run_dir / "curves.json", json.dumps(out, indent=2))
     write_atomic(pipe.run_dir / "curves.md", markdown(out))
@@ -124,15 +153,31 @@ def _f(x) -> str:
 def markdown(out: dict) -> str:
     a, b = out["domains"]
     series, seeds = list(out["merged"]), list(out["trained"])
-    mean_trained = {s: np.mean([out["trained"][k][s] for k in seeds], axis=0) for s in series} if seeds else {}
-    what = (f"trained = mixture lambda = alpha from the base for {out['mix_tokens']:,} tokens, mean over training "
-            f"seeds {out['training_seeds']}") if seeds else "not trained (curves.train=false)"
-    lines = [(f"Two-domain curve {a}-{b}: merge = base + alpha tau_{a} + (1 - alpha) tau_{b}; {what}. "
-             f"Scores x100 (`{out['metric']}`), merged / trained."), "",
-             "| alpha | " + " | ".join(_label(s) for s in series) + " |", "|---|" + "---|" * len(series)]
+    mean_trained = (
+        {s: np.mean([out["trained"][k][s] for k in seeds], axis=0) for s in series} if seeds else {}
+    )
+    what = (
+        (
+            f"trained = mixture lambda = alpha from the base for {out['mix_tokens']:,} tokens, mean over training "
+            f"seeds {out['training_seeds']}"
+        )
+        if seeds
+        else "not trained (curves.train=false)"
+    )
+    lines = [
+        (
+            f"Two-domain curve {a}-{b}: merge = base + alpha tau_{a} + (1 - alpha) tau_{b}; {what}. "
+            f"Scores x100 (`{out['metric']}`), merged / trained."
+        ),
+        "",
+        "| alpha | " + " | ".join(_label(s) for s in series) + " |",
+        "|---|" + "---|" * len(series),
+    ]
     for i, x in enumerate(out["alphas"]):
-        cells = [f"{100 * out['merged'][s][i]:.2f}" + (f" / {100 * mean_trained[s][i]:.2f}" if seeds else "")
-                 for s in series]
+        cells = [
+            f"{100 * out['merged'][s][i]:.2f}" + (f" / {100 * mean_trained[s][i]:.2f}" if seeds else "")
+            for s in series
+        ]
         lines.append(f"| {x:.2f} | " + " | ".join(cells) + " |")
     if seeds:
         lines.append("| Spearman rho | " + " | ".join(_f(_rho(out, s)) for s in series) + " |")

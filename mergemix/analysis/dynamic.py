@@ -38,8 +38,10 @@ def check_config(cfg: dict) -> None:
     parts = [("first", first)] + ([("second", second)] if d["train_second_half"] else [])
     for part, n in parts:
         if n < batch:
-            raise MergeMixError(f"dynamic: the {part} part of mix.tokens ({n:,} tokens at fraction {f}) must cover "
-                                f"at least one batch ({batch:,} tokens); raise mix.tokens or move dynamic.fraction")
+            raise MergeMixError(
+                f"dynamic: the {part} part of mix.tokens ({n:,} tokens at fraction {f}) must cover "
+                f"at least one batch ({batch:,} tokens); raise mix.tokens or move dynamic.fraction"
+            )
 
 
 def run(pipe: Pipeline) -> dict:
@@ -47,24 +49,39 @@ def run(pipe: Pipeline) -> dict:
     first, second = split_tokens(cfg)
     alpha = check_weights(normalised(pipe.alpha_star), names, "alpha*")
     mid = pipe.train_mixture(alpha, "dynamic-first", spec={**cfg["mix"], "tokens": first})
-    at_mid = pipe.derive(base={**cfg["base"], "checkpoint": str(mid)})  # experts and search keyed by this init
+    at_mid = pipe.derive(
+        base={**cfg["base"], "checkpoint": str(mid)}
+    )  # experts and search keyed by this init
     alpha_mid = check_weights(normalised(at_mid.alpha_star), names, "alpha* at the mid-point")
     mix = {"alpha*": alpha, "alpha*_mid": alpha_mid}
-    result = {"fraction": float(cfg["dynamic"]["fraction"]), "tokens": {"first": first, "second": second},
-              "mixtures": mix, "l1": mixtures.l1(alpha, alpha_mid),
-              "difference": {d: alpha_mid[d] - alpha[d] for d in names},
-              "verified_merge": {"alpha* (at the base)": pipe.search_result["verified"],
-                                 "alpha*_mid (at the mid-point)": at_mid.search_result["verified"]},
-              "searches": {"base": str(pipe.search_dir), "mid": str(at_mid.search_dir)},
-              "checkpoints": {"mid": str(mid)}}
+    result = {
+        "fraction": float(cfg["dynamic"]["fraction"]),
+        "tokens": {"first": first, "second": second},
+        "mixtures": mix,
+        "l1": mixtures.l1(alpha, alpha_mid),
+        "difference": {d: alpha_mid[d] - alpha[d] for d in names},
+        "verified_merge": {
+            "alpha* (at the base)": pipe.search_result["verified"],
+            "alpha*_mid (at the mid-point)": at_mid.search_result["verified"],
+        },
+        "searches": {"base": str(pipe.search_dir), "mid": str(at_mid.search_dir)},
+        "checkpoints": {"mid": str(mid)},
+    }
     rows = None
     if cfg["dynamic"]["train_second_half"]:
         spec, seed = {**cfg["mix"], "tokens": second}, pipe.search_seed + SECOND_HALF_SEED
-        paths = {STATIC: at_mid.train_mixture(alpha, "dynamic-static", spec, seed),
-                 REOPTIMISED: at_mid.train_mixture(alpha_mid, "dynamic-reoptimised", spec, seed)}
-        rows = {"mid-point": pipe.evaluate_checkpoint(mid), **{k: pipe.evaluate_checkpoint(p) for k, p in paths.items()}}
-        result.update(rows={k: mixtures.scores(r) for k, r in rows.items()},
-                      margins=mixtures.margins(rows, [(REOPTIMISED, STATIC)], pipe.suite.capabilities))
+        paths = {
+            STATIC: at_mid.train_mixture(alpha, "dynamic-static", spec, seed),
+            REOPTIMISED: at_mid.train_mixture(alpha_mid, "dynamic-reoptimised", spec, seed),
+        }
+        rows = {
+            "mid-point": pipe.evaluate_checkpoint(mid),
+            **{k: pipe.evaluate_checkpoint(p) for k, p in paths.items()},
+        }
+        result.update(
+            rows={k: mixtures.scores(r) for k, r in rows.items()},
+            margins=mixtures.margins(rows, [(REOPTIMISED, STATIC)], pipe.suite.capabilities),
+        )
         result["checkpoints"].update({k: str(p) for k, p in paths.items()})
     mixtures.write(pipe.run_dir, "dynamic", result, markdown(result, rows), mix, rows)
     return result
@@ -73,12 +90,28 @@ def run(pipe: Pipeline) -> dict:
 def markdown(r: dict, rows: dict | None) -> str:
     first, second = r["tokens"]["first"], r["tokens"]["second"]
     verified = "; ".join(f"{k} U {100 * v['U']:.1f}" for k, v in r["verified_merge"].items())
-    lines = [(f"Mixture re-optimised after {r['fraction']:.0%} of the mixture run ({first:,} of {first + second:,} "
-              f"tokens on alpha*): experts trained again from that mid-point checkpoint and searched again."), "",
-             "### Mixtures (%)", "", mixtures.table({**r["mixtures"], "alpha*_mid - alpha*": r["difference"]}), "",
-             f"L1 distance alpha* vs alpha*_mid: {r['l1']:.3f} (0: the same mixture, 2: disjoint).", "",
-             f"Verified merges (each at its own base): {verified}.", ""]
+    lines = [
+        (
+            f"Mixture re-optimised after {r['fraction']:.0%} of the mixture run ({first:,} of {first + second:,} "
+            f"tokens on alpha*): experts trained again from that mid-point checkpoint and searched again."
+        ),
+        "",
+        "### Mixtures (%)",
+        "",
+        mixtures.table({**r["mixtures"], "alpha*_mid - alpha*": r["difference"]}),
+        "",
+        f"L1 distance alpha* vs alpha*_mid: {r['l1']:.3f} (0: the same mixture, 2: disjoint).",
+        "",
+        f"Verified merges (each at its own base): {verified}.",
+        "",
+    ]
     if rows:
-        lines += [f"### Second half: {second:,} tokens from the mid-point", "", report.score_table(rows), "",
-                  *mixtures.margin_lines(r["margins"]), ""]
+        lines += [
+            f"### Second half: {second:,} tokens from the mid-point",
+            "",
+            report.score_table(rows),
+            "",
+            *mixtures.margin_lines(r["margins"]),
+            "",
+        ]
     return "\n".join(lines)

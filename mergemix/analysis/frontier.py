@@ -32,9 +32,17 @@ from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
 from mergemix.search.cost import trained_tokens
 
-FAMILIES = {"mergemix": "MergeMix", "refine": "MergeMix + refine", "proxy": "proxy search", "regmix": "RegMix",
-            "proxy_full": "proxy search, full", "regmix_full": "RegMix, full",
-            "regmix_small": "RegMix, small proxies", "token": "token-proportional", "manual": "manual prior"}
+FAMILIES = {
+    "mergemix": "MergeMix",
+    "refine": "MergeMix + refine",
+    "proxy": "proxy search",
+    "regmix": "RegMix",
+    "proxy_full": "proxy search, full",
+    "regmix_full": "RegMix, full",
+    "regmix_small": "RegMix, small proxies",
+    "token": "token-proportional",
+    "manual": "manual prior",
+}
 TRIAL_FAMILIES = ("proxy", "regmix", "proxy_full", "regmix_full", "regmix_small")
 
 
@@ -48,14 +56,37 @@ def jobs(cfg: dict) -> list[dict]:
     reference = (int(cfg["experts"]["tokens"]), int(cfg["search"]["budget"]))
     others = set(f["seeds"][: int(f["other_seeds"])])
     for seed in f["seeds"]:
-        out.append({"kind": "mergemix", "seed": seed, "experts": reference[0], "budget": reference[1], "cost": 2,
-                    "core": True})
+        out.append(
+            {
+                "kind": "mergemix",
+                "seed": seed,
+                "experts": reference[0],
+                "budget": reference[1],
+                "cost": 2,
+                "core": True,
+            }
+        )
         if f["refine"]:
-            out.append({"kind": "refine", "seed": seed, "designs": list(f["refine"]), "runs": int(f["refine_runs"]),
-                        "cost": 5, "core": True})
-        out.append({"kind": "full", "seed": seed, "counts": list(range(1, int(f["full_runs"]) + 1)),
-                    "regmix_counts": [n for n in f["regmix_full_counts"] if n <= int(f["full_runs"])], "cost": 10,
-                    "core": True})
+            out.append(
+                {
+                    "kind": "refine",
+                    "seed": seed,
+                    "designs": list(f["refine"]),
+                    "runs": int(f["refine_runs"]),
+                    "cost": 5,
+                    "core": True,
+                }
+            )
+        out.append(
+            {
+                "kind": "full",
+                "seed": seed,
+                "counts": list(range(1, int(f["full_runs"]) + 1)),
+                "regmix_counts": [n for n in f["regmix_full_counts"] if n <= int(f["full_runs"])],
+                "cost": 10,
+                "core": True,
+            }
+        )
         out.append({"kind": "fixed", "seed": seed, "cost": 1, "core": True})
         if seed not in others:
             continue
@@ -64,14 +95,31 @@ def jobs(cfg: dict) -> list[dict]:
                 if (e, n) != reference:
                     out.append({"kind": "mergemix", "seed": seed, "experts": e, "budget": n, "cost": 2})
         for corr in f["corrections"]:
-            out.append({"kind": "mergemix", "seed": seed, "experts": reference[0], "budget": reference[1],
-                        "correction": corr, "cost": 2})
+            out.append(
+                {
+                    "kind": "mergemix",
+                    "seed": seed,
+                    "experts": reference[0],
+                    "budget": reference[1],
+                    "correction": corr,
+                    "cost": 2,
+                }
+            )
         for fam in ("proxy", "regmix"):
             for t in f["trial_tokens"]:
-                out.append({"kind": fam, "seed": seed, "trial_tokens": t, "counts": f["trial_counts"], "cost": 4})
+                out.append(
+                    {"kind": fam, "seed": seed, "trial_tokens": t, "counts": f["trial_counts"], "cost": 4}
+                )
         if f.get("small_model"):
-            out.append({"kind": "small", "seed": seed, "trial_tokens": f["small_trial_tokens"],
-                        "counts": f["small_counts"], "cost": 3})
+            out.append(
+                {
+                    "kind": "small",
+                    "seed": seed,
+                    "trial_tokens": f["small_trial_tokens"],
+                    "counts": f["small_counts"],
+                    "cost": 3,
+                }
+            )
     return sorted(out, key=lambda j: (not j.get("core"), j["seed"], -j["cost"]))
 
 
@@ -90,7 +138,9 @@ def expected(job: dict) -> set[tuple]:
     if kind == "refine":
         return {("refine", job["runs"], d) for d in job["designs"]}
     if kind == "full":
-        return {("proxy_full", n, None) for n in counts} | {("regmix_full", n, None) for n in job["regmix_counts"]}
+        return {("proxy_full", n, None) for n in counts} | {
+            ("regmix_full", n, None) for n in job["regmix_counts"]
+        }
     return {({"small": "regmix_small"}.get(kind, kind), n, None) for n in counts}
 
 
@@ -113,8 +163,15 @@ def run_job(cfg: dict, job: dict, out_dir: Path, small_model: dict | None = None
     if (done := finished(job, out_dir)) is not None:
         return done
     pipe = Pipeline({**cfg, "search_seed": int(job["seed"])}, out_dir)
-    points = {"fixed": _fixed, "mergemix": _mergemix, "refine": _refine, "proxy": _proxy, "regmix": _regmix,
-              "full": _full, "small": _small}[job["kind"]](pipe, job, small_model)
+    points = {
+        "fixed": _fixed,
+        "mergemix": _mergemix,
+        "refine": _refine,
+        "proxy": _proxy,
+        "regmix": _regmix,
+        "full": _full,
+        "small": _small,
+    }[job["kind"]](pipe, job, small_model)
     write_atomic(path, json.dumps(points, indent=1, default=float))
     return points
 
@@ -126,27 +183,46 @@ def _point(pipe, family: str, settings: dict, alpha: dict, cost: dict) -> dict:
     alpha = {n: float(alpha[n]) / total for n in pipe.domain_names}
     seed = pipe.search_seed + int(pipe.cfg["frontier"]["retrain_offset"])
     scores = pipe.evaluate_checkpoint(pipe.train_mixture(alpha, family, seed=seed))
-    return {"family": family, "label": FAMILIES[family], "settings": settings, "seed": pipe.search_seed,
-            "alpha": alpha, "U": scores["U"], "U_std": scores["U_std"], "capabilities": scores["capabilities"],
-            "retrained": True, "retrain_seed": seed, "train_tokens": int(cost["train_tokens"]),
-            "train_flops": float(cost["train_flops"]), "eval_flops": float(cost["eval_flops"]),
-            "total_flops": float(cost["train_flops"]) + float(cost["eval_flops"]),
-            "evaluations": int(cost["evaluations"])}
+    return {
+        "family": family,
+        "label": FAMILIES[family],
+        "settings": settings,
+        "seed": pipe.search_seed,
+        "alpha": alpha,
+        "U": scores["U"],
+        "U_std": scores["U_std"],
+        "capabilities": scores["capabilities"],
+        "retrained": True,
+        "retrain_seed": seed,
+        "train_tokens": int(cost["train_tokens"]),
+        "train_flops": float(cost["train_flops"]),
+        "eval_flops": float(cost["eval_flops"]),
+        "total_flops": float(cost["train_flops"]) + float(cost["eval_flops"]),
+        "evaluations": int(cost["evaluations"]),
+    }
 
 
 def ledger_cost(summary: dict) -> dict:
     """A search ledger's summary (search/cost.py) as a point's cost."""
     n = float(summary["n_params"])
-    return {"train_tokens": summary["train_tokens"], "train_flops": 6.0 * n * summary["train_tokens"],
-            "eval_flops": 2.0 * n * summary["eval_tokens"], "evaluations": summary["evaluations"]}
+    return {
+        "train_tokens": summary["train_tokens"],
+        "train_flops": 6.0 * n * summary["train_tokens"],
+        "eval_flops": 2.0 * n * summary["eval_tokens"],
+        "evaluations": summary["evaluations"],
+    }
 
 
 def runs_cost(runs: int, tokens: int, eval_tokens: int, params: int, extra_tokens: int = 0) -> dict:
     """`runs` trained runs of `tokens` each evaluated once on `eval_tokens`, plus `extra_tokens` trained (a small
     model's base), on a model of `params` active parameters."""
     train = runs * tokens + extra_tokens
-    return {"train_tokens": train, "train_flops": 6.0 * params * train,
-            "eval_flops": 2.0 * params * eval_tokens * runs, "evaluations": runs}
+    return {
+        "train_tokens": train,
+        "train_flops": 6.0 * params * train,
+        "eval_flops": 2.0 * params * eval_tokens * runs,
+        "evaluations": runs,
+    }
 
 
 def _params(pipe) -> int:
@@ -160,18 +236,24 @@ def _fixed(pipe, job, _small) -> list[dict]:
     from mergemix.search.baselines import manual_prior
 
     prior, free = pipe.cfg["frontier"]["manual_prior"], runs_cost(0, 0, 0, 0)
-    return [_point(pipe, "token", {}, dict(pipe.uniform_mixture), free),
-            _point(pipe, "manual", {"prior": prior}, manual_prior(prior, pipe.domain_names), free)]
+    return [
+        _point(pipe, "token", {}, dict(pipe.uniform_mixture), free),
+        _point(pipe, "manual", {"prior": prior}, manual_prior(prior, pipe.domain_names), free),
+    ]
 
 
 # the merge variants a MergeMix point or the consistency table can use: config sections patched over the run's
-VARIANTS = {"merge": {}, "recovery": {"search": {"calibration": "recovery"}}, "lora": {"experts": {"kind": "lora"}}}
+VARIANTS = {
+    "merge": {},
+    "recovery": {"search": {"calibration": "recovery"}},
+    "lora": {"experts": {"kind": "lora"}},
+}
 
 
 def variant(cfg: dict, name: str | None) -> dict:
     """The config with variant `name` applied: one of VARIANTS, or scale<s> (extrapolated merges, s = float)."""
     if name and name.startswith("scale"):
-        patch = {"search": {"merge_scale": float(name[len("scale"):])}}
+        patch = {"search": {"merge_scale": float(name[len("scale") :])}}
     elif (name or "merge") in VARIANTS:
         patch = VARIANTS[name or "merge"]
     else:
@@ -195,13 +277,20 @@ def _mergemix(pipe, job, _small) -> list[dict]:
     result = p.search_result
     cost = ledger_cost(result["cost"])  # experts (LoRA experts: the same tokens) and every merge evaluated
     if corr == "recovery":  # the token-proportional run it calibrates on (at search_seed) and its evaluation
-        extra = runs_cost(1, trained_tokens(cfg["mix"]["tokens"], cfg["model"]), p.suite.evaluator.n_tokens(),
-                          _params(p))
+        extra = runs_cost(
+            1, trained_tokens(cfg["mix"]["tokens"], cfg["model"]), p.suite.evaluator.n_tokens(), _params(p)
+        )
         cost = {k: cost[k] + extra[k] for k in cost}
-    settings = {"expert_tokens": int(job["experts"]), "budget": int(job["budget"]), "correction": corr or "none"}
+    settings = {
+        "expert_tokens": int(job["experts"]),
+        "budget": int(job["budget"]),
+        "correction": corr or "none",
+    }
     point = _point(p, "mergemix", settings, result["alpha_star"], cost)
-    point.update(merged_U=result["verified"].get("U"),
-                 switched_to_best_merge=result.get("alpha_choice", {}).get("switched_to_best_merge"))
+    point.update(
+        merged_U=result["verified"].get("U"),
+        switched_to_best_merge=result.get("alpha_choice", {}).get("switched_to_best_merge"),
+    )
     return [point]
 
 
@@ -212,11 +301,20 @@ def _refine(pipe, job, _small) -> list[dict]:
     p = merge_pipeline(pipe, cfg, cfg["experts"]["tokens"], cfg["search"]["budget"])
     out = []
     for design in job["designs"]:
-        spec = {"budget": int(job["runs"]), "trial_tokens": int(cfg["mix"]["tokens"]), "correction": design,
-                "min_distance": float(cfg["frontier"]["refine_min_distance"])}
+        spec = {
+            "budget": int(job["runs"]),
+            "trial_tokens": int(cfg["mix"]["tokens"]),
+            "correction": design,
+            "min_distance": float(cfg["frontier"]["refine_min_distance"]),
+        }
         alpha, obj, info = refine(p, spec, pipe.search_seed)
-        point = _point(p, "refine", {"runs": int(job["runs"]), "correction": design},
-                       dict(zip(p.domain_names, map(float, alpha))), ledger_cost(obj.ledger.summary()))
+        point = _point(
+            p,
+            "refine",
+            {"runs": int(job["runs"]), "correction": design},
+            dict(zip(p.domain_names, map(float, alpha))),
+            ledger_cost(obj.ledger.summary()),
+        )
         point.update(answer=info["answer"], trained_runs=info["runs"], trained_runs_U=info["trained_U"])
         out.append(point)
     return out
@@ -226,17 +324,28 @@ def _trials(pipe, job, kind: str, trial_tokens: int, small=None):
     """The trial runs of one proxy study (TPE) or RegMix design, at the largest count; (history, objective)."""
     from mergemix.search.baselines import proxy_search, proxy_study_path, regmix
 
-    spec = {**pipe.cfg["search"], **pipe.cfg["baseline"], "baseline": kind, "budget": max(job["counts"]),
-            "trial_tokens": int(trial_tokens), "sampler": "tpe", "prior_concentration": 10}
+    spec = {
+        **pipe.cfg["search"],
+        **pipe.cfg["baseline"],
+        "baseline": kind,
+        "budget": max(job["counts"]),
+        "trial_tokens": int(trial_tokens),
+        "sampler": "tpe",
+        "prior_concentration": 10,
+    }
     runner = small or pipe
     if kind == "proxy":
-        _, obj = proxy_search(runner, spec, pipe.search_seed, proxy_study_path(runner, spec, pipe.search_seed))
+        _, obj = proxy_search(
+            runner, spec, pipe.search_seed, proxy_study_path(runner, spec, pipe.search_seed)
+        )
     else:
         _, obj = regmix(runner, spec, pipe.search_seed)
     return obj.history, obj, spec
 
 
-def _prefix_points(pipe, family, history, counts, runner, tokens: int, settings, fit, extra_tokens=0) -> list[dict]:
+def _prefix_points(
+    pipe, family, history, counts, runner, tokens: int, settings, fit, extra_tokens=0
+) -> list[dict]:
     """One point per count n: the strategy's answer from its first n runs, charged n runs of `tokens` and their
     evaluations on `runner`'s model (plus `extra_tokens` trained there)."""
     params, eval_tokens = _params(runner), runner.suite.evaluator.n_tokens()
@@ -253,16 +362,32 @@ def _proxy(pipe, job, _small) -> list[dict]:
     from mergemix.search.baselines import best_run
 
     history, obj, _ = _trials(pipe, job, "proxy", job["trial_tokens"])
-    return _prefix_points(pipe, "proxy", history, job["counts"], pipe, job["trial_tokens"],
-                          {"trial_tokens": int(job["trial_tokens"])}, lambda h: best_run(h, obj.utility))
+    return _prefix_points(
+        pipe,
+        "proxy",
+        history,
+        job["counts"],
+        pipe,
+        job["trial_tokens"],
+        {"trial_tokens": int(job["trial_tokens"])},
+        lambda h: best_run(h, obj.utility),
+    )
 
 
 def _regmix(pipe, job, _small) -> list[dict]:
     from mergemix.search.baselines import regmix_fit
 
     history, _, spec = _trials(pipe, job, "regmix", job["trial_tokens"])
-    return _prefix_points(pipe, "regmix", history, job["counts"], pipe, job["trial_tokens"],
-                          {"trial_tokens": int(job["trial_tokens"])}, lambda h: regmix_fit(h, spec, pipe.search_seed))
+    return _prefix_points(
+        pipe,
+        "regmix",
+        history,
+        job["counts"],
+        pipe,
+        job["trial_tokens"],
+        {"trial_tokens": int(job["trial_tokens"])},
+        lambda h: regmix_fit(h, spec, pipe.search_seed),
+    )
 
 
 def _full(pipe, job, _small) -> list[dict]:
@@ -271,10 +396,28 @@ def _full(pipe, job, _small) -> list[dict]:
 
     t = int(pipe.cfg["mix"]["tokens"])
     history, obj, spec = _trials(pipe, job, "proxy", t)
-    return [*_prefix_points(pipe, "proxy_full", history, job["counts"], pipe, t, {"trial_tokens": t},
-                            lambda h: best_run(h, obj.utility)),
-            *_prefix_points(pipe, "regmix_full", history, job["regmix_counts"], pipe, t, {"trial_tokens": t},
-                            lambda h: regmix_fit(h, spec, pipe.search_seed))]
+    return [
+        *_prefix_points(
+            pipe,
+            "proxy_full",
+            history,
+            job["counts"],
+            pipe,
+            t,
+            {"trial_tokens": t},
+            lambda h: best_run(h, obj.utility),
+        ),
+        *_prefix_points(
+            pipe,
+            "regmix_full",
+            history,
+            job["regmix_counts"],
+            pipe,
+            t,
+            {"trial_tokens": t},
+            lambda h: regmix_fit(h, spec, pipe.search_seed),
+        ),
+    ]
 
 
 def _small(pipe, job, small_model) -> list[dict]:
@@ -284,9 +427,17 @@ def _small(pipe, job, small_model) -> list[dict]:
     small = pipe.derive(model=small_model)
     history, _, spec = _trials(pipe, job, "regmix", job["trial_tokens"], small=small)
     base = trained_tokens(small.cfg["base"]["tokens"], small_model)
-    return _prefix_points(pipe, "regmix_small", history, job["counts"], small, job["trial_tokens"],
-                          {"trial_tokens": int(job["trial_tokens"]), "model": small_model.get("name")},
-                          lambda h: regmix_fit(h, spec, pipe.search_seed), extra_tokens=base)
+    return _prefix_points(
+        pipe,
+        "regmix_small",
+        history,
+        job["counts"],
+        small,
+        job["trial_tokens"],
+        {"trial_tokens": int(job["trial_tokens"]), "model": small_model.get("name")},
+        lambda h: regmix_fit(h, spec, pipe.search_seed),
+        extra_tokens=base,
+    )
 
 
 # ----------------------------------------------------------------------------------------- consistency ---
@@ -299,17 +450,19 @@ def consistency(cfg: dict, points: list[dict], n_boot: int = 1000) -> dict:
     from mergemix.search.run import objective_for
 
     alphas = [np.array([p["alpha"][n] for n in sorted(p["alpha"])]) for p in points]
-    trained = {"overall": [p["U"] for p in points],
-               **{c: [p["capabilities"][c] for p in points] for c in points[0]["capabilities"]}}
+    trained = {
+        "overall": [p["U"] for p in points],
+        **{c: [p["capabilities"][c] for p in points] for c in points[0]["capabilities"]},
+    }
     out = {"n_points": len(points), "n_mixtures": len({tuple(np.round(a, 6)) for a in alphas})}
     for name in cfg["frontier"]["consistency"]:
         pipe = Pipeline({**variant(cfg, name), "search_seed": 0}, ".")
         objective = objective_for(pipe)
         merged = [objective(a) for a in alphas]
-        pred = {"overall": [r["U"] for r in merged],
-                **{c: [r["capabilities"][c] for r in merged] for c in merged[0]["capabilities"]}}
+        pred = {
+            "overall": [r["U"] for r in merged],
+            **{c: [r["capabilities"][c] for r in merged] for c in merged[0]["capabilities"]},
+        }
         res = rank.compare(pred, [trained], n_boot, 0)["spearman"]
         out[name] = {"rho_U": res["overall"], "ci_U": res["interval"]["overall"], "rho": res["capabilities"]}
     return out
-
-

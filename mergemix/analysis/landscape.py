@@ -43,7 +43,9 @@ def resolution(cfg: dict, k: int) -> int:
     ls = cfg["landscape"]
     if ls["resolution"] is not None:
         return int(ls["resolution"])
-    return finest_resolution(k, MAX_SURROGATE_POINTS if ls["source"] == "surrogate" else int(cfg["search"]["budget"]))
+    return finest_resolution(
+        k, MAX_SURROGATE_POINTS if ls["source"] == "surrogate" else int(cfg["search"]["budget"])
+    )
 
 
 def read_seeds(path: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -56,9 +58,11 @@ def fit_surrogate(pipe: Pipeline) -> tuple[Surrogate, np.ndarray]:
     """The search's regressors refit on its seed merges, with its LightGBM settings and seed."""
     alphas, scores = read_seeds(pipe.search_dir / "seeds.csv", pipe.domain_names)
     if len(alphas) < MIN_SEEDS:
-        raise MergeMixError(f"the search (back-end '{pipe.cfg['search']['backend']}') left {len(alphas)} seed "
-                            f"merges; the landscape's surrogates need at least {MIN_SEEDS}: use another back-end, "
-                            f"or landscape.source=merge landscape.specialists=false")
+        raise MergeMixError(
+            f"the search (back-end '{pipe.cfg['search']['backend']}') left {len(alphas)} seed "
+            f"merges; the landscape's surrogates need at least {MIN_SEEDS}: use another back-end, "
+            f"or landscape.source=merge landscape.specialists=false"
+        )
     return Surrogate(pipe.cfg["search"]["lgbm"], pipe.search_seed).fit(alphas, scores), alphas
 
 
@@ -73,9 +77,19 @@ def specialists(pipe: Pipeline, surrogate: Surrogate, seed_alphas: np.ndarray) -
     s, names = pipe.cfg["search"], pipe.domain_names
     out = {}
     for name, objective in [("U", "macro"), *((c, c) for c in sorted(surrogate.models))]:
-        alpha, _ = fine_search(surrogate, len(names), int(s["n_candidates"]), int(s["top_k"]), pipe.search_seed,
-                               objective, extra=seed_alphas)
-        out[name] = {"mixture": dict(zip(names, map(float, alpha))), "predicted": _predicted(surrogate, alpha)}
+        alpha, _ = fine_search(
+            surrogate,
+            len(names),
+            int(s["n_candidates"]),
+            int(s["top_k"]),
+            pipe.search_seed,
+            objective,
+            extra=seed_alphas,
+        )
+        out[name] = {
+            "mixture": dict(zip(names, map(float, alpha))),
+            "predicted": _predicted(surrogate, alpha),
+        }
     return out
 
 
@@ -88,8 +102,10 @@ def merged_values(pipe: Pipeline, points: np.ndarray) -> dict[str, np.ndarray]:
     objective = MergeObjective(pipe, EvalCache(pipe.merge_cache_path))
     results = [objective(a) for a in tqdm(points, desc="landscape: grid merges", unit="merge")]
     caps = sorted(results[0]["capabilities"])
-    return {"U": np.array([r["U"] for r in results]),
-            **{c: np.array([r["capabilities"][c] for r in results]) for c in caps}}
+    return {
+        "U": np.array([r["U"] for r in results]),
+        **{c: np.array([r["capabilities"][c] for r in results]) for c in caps},
+    }
 
 
 def run(pipe: Pipeline) -> dict:
@@ -108,21 +124,42 @@ def run(pipe: Pipeline) -> dict:
         log.info(f"landscape: {len(points)} merges at resolution 1/{r}")
         values = merged_values(pipe, points)
     best = {o: int(np.argmax(v)) for o, v in values.items()}
-    out = {"domains": names, "source": ls["source"], "resolution": r, "n_points": len(points),
-           "metric": pipe.cfg["benchmarks"]["metric"], "projection": "max over the other domains' weights",
-           "alpha_star": dict(zip(names, map(float, alpha_star))),
-           "alpha_star_verified": pipe.search_result["verified"],
-           "alpha_star_predicted": _predicted(surrogate, alpha_star) if surrogate else None,
-           "summary": {o: {"min": float(v.min()), "max": float(v.max()),
-                           "argmax": dict(zip(names, map(float, points[best[o]])))} for o, v in values.items()},
-           "specialists": specialists(pipe, surrogate, seed_alphas) if ls["specialists"] else None,
-           "grid": {"alphas": np.round(points, 6).tolist(),
-                    "values": {o: np.round(v, 6).tolist() for o, v in values.items()}}}
+    out = {
+        "domains": names,
+        "source": ls["source"],
+        "resolution": r,
+        "n_points": len(points),
+        "metric": pipe.cfg["benchmarks"]["metric"],
+        "projection": "max over the other domains' weights",
+        "alpha_star": dict(zip(names, map(float, alpha_star))),
+        "alpha_star_verified": pipe.search_result["verified"],
+        "alpha_star_predicted": _predicted(surrogate, alpha_star) if surrogate else None,
+        "summary": {
+            o: {
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "argmax": dict(zip(names, map(float, points[best[o]]))),
+            }
+            for o, v in values.items()
+        },
+        "specialists": specialists(pipe, surrogate, seed_alphas) if ls["specialists"] else None,
+        "grid": {
+            "alphas": np.round(points, 6).tolist(),
+            "values": {o: np.round(v, 6).tolist() for o, v in values.items()},
+        },
+    }
     pipe.run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(pipe.run_dir / "landscape.json", json.dumps(out, indent=2))
     write_atomic(pipe.run_dir / "landscape.md", markdown(out))
-    plot(pipe.run_dir / "landscape.png", points, values, names, r, alpha_star,
-         {o: np.array([s["mixture"][n] for n in names]) for o, s in (out["specialists"] or {}).items()})
+    plot(
+        pipe.run_dir / "landscape.png",
+        points,
+        values,
+        names,
+        r,
+        alpha_star,
+        {o: np.array([s["mixture"][n] for n in names]) for o, s in (out["specialists"] or {}).items()},
+    )
     return out
 
 
@@ -132,26 +169,51 @@ def _mix(m: dict[str, float]) -> str:
 
 def markdown(out: dict) -> str:
     k = len(out["domains"])
-    src = ("the search's LightGBM regressors refit on its seed merges (no new merge)" if out["source"] == "surrogate"
-           else "real merges")
-    proj = (" Figure: one panel per pair of domains, each point the maximum over the other domains' weights."
-            if k >= 4 else "")
-    lines = [(f"Landscape over the simplex of {', '.join(out['domains'])} from {src}: grid step 1/{out['resolution']}"
-             f" ({out['n_points']} points), scores x100 (`{out['metric']}`).{proj}"), "",
-             "| objective | min | max | argmax on the grid |", "|---|---|---|---|"]
+    src = (
+        "the search's LightGBM regressors refit on its seed merges (no new merge)"
+        if out["source"] == "surrogate"
+        else "real merges"
+    )
+    proj = (
+        " Figure: one panel per pair of domains, each point the maximum over the other domains' weights."
+        if k >= 4
+        else ""
+    )
+    lines = [
+        (
+            f"Landscape over the simplex of {', '.join(out['domains'])} from {src}: grid step 1/{out['resolution']}"
+            f" ({out['n_points']} points), scores x100 (`{out['metric']}`).{proj}"
+        ),
+        "",
+        "| objective | min | max | argmax on the grid |",
+        "|---|---|---|---|",
+    ]
     for o, s in out["summary"].items():
         lines.append(f"| {o} | {100 * s['min']:.2f} | {100 * s['max']:.2f} | {_mix(s['argmax'])} |")
     spec = out["specialists"]
     if spec:
         caps = [c for c in spec if c != "U"]
-        lines += ["", ("Specialist mixtures: each objective's argmax on the regressors (the search's fine search with "
-                  "that objective); predicted scores x100 at each mixture."), "",
-                  "| objective | mixture | " + " | ".join(caps) + " | U |", "|---|---|" + "---|" * (len(caps) + 1)]
+        lines += [
+            "",
+            (
+                "Specialist mixtures: each objective's argmax on the regressors (the search's fine search with "
+                "that objective); predicted scores x100 at each mixture."
+            ),
+            "",
+            "| objective | mixture | " + " | ".join(caps) + " | U |",
+            "|---|---|" + "---|" * (len(caps) + 1),
+        ]
         rows = [("U: alpha* (search)", out["alpha_star"], out["alpha_star_predicted"])]
-        rows += [(o if o != "U" else "U: regressors' argmax", s["mixture"], s["predicted"]) for o, s in spec.items()]
+        rows += [
+            (o if o != "U" else "U: regressors' argmax", s["mixture"], s["predicted"])
+            for o, s in spec.items()
+        ]
         for label, mix, pred in rows:
-            lines.append(f"| {label} | {_mix(mix)} | " + " | ".join(f"{100 * pred[c]:.2f}" for c in caps)
-                         + f" | {100 * pred['U']:.2f} |")
+            lines.append(
+                f"| {label} | {_mix(mix)} | "
+                + " | ".join(f"{100 * pred[c]:.2f}" for c in caps)
+                + f" | {100 * pred['U']:.2f} |"
+            )
     v = out["alpha_star_verified"]
     lines += ["", f"alpha* verified by a real merge: U {100 * v['U']:.2f} ± {100 * v['U_std']:.2f}."]
     return "\n".join(lines) + "\n"

@@ -43,8 +43,15 @@ def _mark(ax, xy_star, xy_spec) -> None:
         ax.plot(*xy_spec, "^", ms=8, mfc="white", mec="red", label="specialist")
 
 
-def plot(path, alphas: np.ndarray, values: dict[str, np.ndarray], names: list[str], resolution: int,
-         alpha_star: np.ndarray, specialists: dict[str, np.ndarray]) -> None:
+def plot(
+    path,
+    alphas: np.ndarray,
+    values: dict[str, np.ndarray],
+    names: list[str],
+    resolution: int,
+    alpha_star: np.ndarray,
+    specialists: dict[str, np.ndarray],
+) -> None:
     import matplotlib.pyplot as plt
 
     k = len(names)
@@ -67,14 +74,23 @@ def plot(path, alphas: np.ndarray, values: dict[str, np.ndarray], names: list[st
             x, y = ternary(alphas)
             cs = ax.tricontourf(x, y, v, levels=_levels(v), cmap="viridis")
             ax.plot([0, 1, 0.5, 0], [0, 0, SQRT3_2, 0], "k-", lw=0.8)
-            for name, (px, py), ha in zip(names, [(0, 0), (1, 0), (0.5, SQRT3_2)], ("right", "left", "center")):
-                ax.annotate(name, (px, py), xytext=(0, -10 if py == 0 else 4), textcoords="offset points",
-                            ha=ha, fontsize=8)
+            for name, (px, py), ha in zip(
+                names, [(0, 0), (1, 0), (0.5, SQRT3_2)], ("right", "left", "center")
+            ):
+                ax.annotate(
+                    name,
+                    (px, py),
+                    xytext=(0, -10 if py == 0 else 4),
+                    textcoords="offset points",
+                    ha=ha,
+                    fontsize=8,
+                )
             _mark(ax, ternary(alpha_star), None if spec is None else ternary(spec))
             ax.set_aspect("equal")
             ax.axis("off")
-            fig.colorbar(cs, ax=ax, shrink=0.8, format="%.1f").set_label(f"{_what(obj)} (x100 above chance)",
-                                                                         fontsize=8)
+            fig.colorbar(cs, ax=ax, shrink=0.8, format="%.1f").set_label(
+                f"{_what(obj)} (x100 above chance)", fontsize=8
+            )
         ax.set_title(obj, fontsize=9, pad=14 if k == 3 else 6)
     axes[0][0].legend(fontsize=7, loc="upper right")
     view = "along the edge" if k == 2 else "over the simplex"
@@ -110,8 +126,9 @@ def _plot_many(path, alphas, values, names, resolution, alpha_star, specialists)
         ax.set_aspect("equal")
         ax.set_title(f"U: α {names[i]} vs α {names[j]}", fontsize=9)
     top[0].legend(fontsize=7, loc="upper right")
-    fig.colorbar(cs, ax=top, shrink=0.8, format="%.1f").set_label("best U at these two weights (x100 above chance)",
-                                                                  fontsize=8)
+    fig.colorbar(cs, ax=top, shrink=0.8, format="%.1f").set_label(
+        "best U at these two weights (x100 above chance)", fontsize=8
+    )
     colours = plt.get_cmap("tab10")
     for c, obj in enumerate(objectives):
         ax = fig.add_subplot(grid[1, c])
@@ -123,9 +140,17 @@ def _plot_many(path, alphas, values, names, resolution, alpha_star, specialists)
         ax.set_ylabel(f"best {_what(obj)} (x100 above chance)", fontsize=8)
         ax.set_title(f"{obj}: profile along each domain", fontsize=9)
         ax.tick_params(labelsize=7)
-    fig.axes[-1].legend(fontsize=7, title="domain (dotted: its α*)", title_fontsize=7, loc="center left",
-                        bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("Landscape: U over each pair of domains (max over the rest); α* (star), U's specialist (triangle); "
-                 "below, every objective's best score along each domain's weight", fontsize=10)
+    fig.axes[-1].legend(
+        fontsize=7,
+        title="domain (dotted: its α*)",
+        title_fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.02, 0.5),
+    )
+    fig.suptitle(
+        "Landscape: U over each pair of domains (max over the rest); α* (star), U's specialist (triangle); "
+        "below, every objective's best score along each domain's weight",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)

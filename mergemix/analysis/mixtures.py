@@ -24,19 +24,26 @@ def table(mixtures: dict[str, Mixture]) -> str:
     labels = list(mixtures)
     domains = sorted({d for m in mixtures.values() for d in m})
     lines = ["| domain | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
-    lines += [f"| {d} | " + " | ".join(f"{100 * mixtures[k].get(d, 0.0):.1f}" for k in labels) + " |"
-              for d in domains]
+    lines += [
+        f"| {d} | " + " | ".join(f"{100 * mixtures[k].get(d, 0.0):.1f}" for k in labels) + " |"
+        for d in domains
+    ]
     return "\n".join(lines)
 
 
 def margins(rows: dict[str, dict], pairs: list[tuple[str, str]], capabilities: dict[str, list[str]]) -> dict:
     """U(a) - U(b) with its paired-bootstrap noise, for each (a, b) whose rows were scored."""
-    return {f"{a} vs {b}": margin(rows[a], rows[b], capabilities) for a, b in pairs if a in rows and b in rows}
+    return {
+        f"{a} vs {b}": margin(rows[a], rows[b], capabilities) for a, b in pairs if a in rows and b in rows
+    }
 
 
 def margin_lines(result: dict) -> list[str]:
-    return [f"- {name}: U {100 * m['U_diff']:+.2f} (paired noise std {100 * m['noise_std']:.2f}, "
-            f"{m['sigmas']:+.1f} sigma)" for name, m in result.items()]
+    return [
+        f"- {name}: U {100 * m['U_diff']:+.2f} (paired noise std {100 * m['noise_std']:.2f}, "
+        f"{m['sigmas']:+.1f} sigma)"
+        for name, m in result.items()
+    ]
 
 
 def scores(row: dict) -> dict:
@@ -44,8 +51,14 @@ def scores(row: dict) -> dict:
     return {k: row[k] for k in ("U", "U_std", "capabilities", "capabilities_std", "tasks") if k in row}
 
 
-def write(run_dir: Path, stem: str, result: dict, markdown: str, mixtures: dict[str, Mixture],
-          rows: dict[str, dict] | None = None) -> None:
+def write(
+    run_dir: Path,
+    stem: str,
+    result: dict,
+    markdown: str,
+    mixtures: dict[str, Mixture],
+    rows: dict[str, dict] | None = None,
+) -> None:
     """<stem>.json, <stem>.md and <stem>.png (the mixtures; beside them the scored rows, if any)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / f"{stem}.json", json.dumps(result, indent=2, default=float))
@@ -61,7 +74,9 @@ def plot(path: Path, mixtures: dict[str, Mixture], rows: dict[str, dict] | None 
     fig, axes = plt.subplots(1, panels, figsize=(5 + 5 * (panels - 1), 3.8), squeeze=False)
     ax, width = axes[0][0], 0.8 / len(mixtures)
     for i, (label, m) in enumerate(mixtures.items()):
-        ax.bar(np.arange(len(domains)) + i * width, [100 * m.get(d, 0.0) for d in domains], width, label=label)
+        ax.bar(
+            np.arange(len(domains)) + i * width, [100 * m.get(d, 0.0) for d in domains], width, label=label
+        )
     ax.set_xticks(np.arange(len(domains)) + 0.4 - width / 2, domains)
     ax.set_ylabel("weight (%)")
     ax.set_xlabel("domain")
@@ -70,7 +85,9 @@ def plot(path: Path, mixtures: dict[str, Mixture], rows: dict[str, dict] | None 
     if rows:
         draw_scores(axes[0][1], rows)
         axes[0][1].set_title("trained", fontsize=9)
-    fig.suptitle("Data mixtures" + (" and the scores of the models trained on them" if rows else ""), fontsize=10)
+    fig.suptitle(
+        "Data mixtures" + (" and the scores of the models trained on them" if rows else ""), fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -69,9 +69,12 @@ def recovery_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return x.sum(1) / y.sum(1)
 
 
-METRICS = {"spearman": (spearman, spearman_rows), "kendall": (kendall, kendall_rows),
-           "top25_spearman": (top25_spearman, top25_spearman_rows),
-           "capability_recovery": (recovery, recovery_rows)}
+METRICS = {
+    "spearman": (spearman, spearman_rows),
+    "kendall": (kendall, kendall_rows),
+    "top25_spearman": (top25_spearman, top25_spearman_rows),
+    "capability_recovery": (recovery, recovery_rows),
+}
 
 
 # ----------------------------------------------------------------------------------------- bootstrap ---
@@ -87,8 +90,15 @@ def interval(rows_fn, x, refs: Sequence, n_boot: int, seed: int) -> list[float |
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # all-tied resamples: scipy warns, the statistic is NaN
-        res = bootstrap((np.asarray(x, float), *(np.asarray(r, float) for r in refs)), stat, n_resamples=n_boot,
-                        paired=True, vectorized=True, method="percentile", rng=np.random.default_rng(seed))
+        res = bootstrap(
+            (np.asarray(x, float), *(np.asarray(r, float) for r in refs)),
+            stat,
+            n_resamples=n_boot,
+            paired=True,
+            vectorized=True,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     stats = res.bootstrap_distribution[np.isfinite(res.bootstrap_distribution)]
     if not len(stats):
         return [None, None]
@@ -102,8 +112,9 @@ def _point(fn, x, refs) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def compare(pred: dict[str, Sequence[float]], refs: Sequence[dict[str, Sequence[float]]], n_boot: int,
-            seed: int) -> dict:
+def compare(
+    pred: dict[str, Sequence[float]], refs: Sequence[dict[str, Sequence[float]]], n_boot: int, seed: int
+) -> dict:
     """Every metric for every series ("overall" and each capability) of `pred` against each reference in
     `refs`, averaged over the references, with a bootstrap interval (the same resamples throughout):
     {metric: {"overall": v, "capabilities": {c: v}, "interval": {"overall": [lo, hi], "capabilities": ...}}}.
@@ -113,6 +124,9 @@ def compare(pred: dict[str, Sequence[float]], refs: Sequence[dict[str, Sequence[
     for name, (fn, rows_fn) in METRICS.items():
         point = {s: _point(fn, pred[s], [r[s] for r in refs]) for s in series}
         ci = {s: interval(rows_fn, pred[s], [r[s] for r in refs], n_boot, seed) for s in series}
-        out[name] = {"overall": point["overall"], "capabilities": {s: point[s] for s in series[1:]},
-                     "interval": {"overall": ci["overall"], "capabilities": {s: ci[s] for s in series[1:]}}}
+        out[name] = {
+            "overall": point["overall"],
+            "capabilities": {s: point[s] for s in series[1:]},
+            "interval": {"overall": ci["overall"], "capabilities": {s: ci[s] for s in series[1:]}},
+        }
     return out

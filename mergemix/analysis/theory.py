@@ -60,10 +60,10 @@ def cosine_matrix(rows: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class SecondOrder:
-    grads: torch.Tensor      # [K, N] g_k
-    hg_norms: np.ndarray     # [K, K] |H_k g_j|
-    cross: torch.Tensor      # [A, N] sum_{k!=j} a_k a_j H_k g_j, one row per mixture a
-    self_: torch.Tensor      # [A, N] sum_k (a_k^2 - a_k) H_k g_k
+    grads: torch.Tensor  # [K, N] g_k
+    hg_norms: np.ndarray  # [K, K] |H_k g_j|
+    cross: torch.Tensor  # [A, N] sum_{k!=j} a_k a_j H_k g_j, one row per mixture a
+    self_: torch.Tensor  # [A, N] sum_k (a_k^2 - a_k) H_k g_k
 
 
 def second_order(losses: Sequence[Loss], params: Params, alphas: np.ndarray) -> SecondOrder:
@@ -89,7 +89,9 @@ def second_order(losses: Sequence[Loss], params: Params, alphas: np.ndarray) -> 
 
 def relative_curvature(hg_norms: np.ndarray, grad_norms: np.ndarray) -> np.ndarray:
     """gamma_kj = (|H_k g_j| / |g_j|) / (|H_k g_k| / |g_k|); row k is domain k's curvature."""
-    per_dir = np.asarray(hg_norms, dtype=float) / np.maximum(np.asarray(grad_norms, dtype=float), 1e-300)[None, :]
+    per_dir = (
+        np.asarray(hg_norms, dtype=float) / np.maximum(np.asarray(grad_norms, dtype=float), 1e-300)[None, :]
+    )
     return per_dir / np.maximum(np.diag(per_dir), 1e-300)[:, None]
 
 
@@ -100,8 +102,10 @@ def summed_lr(checkpoint: Path) -> float:
     m = read_manifest(checkpoint)
     spec, steps = m["inputs"]["spec"], int(m["steps"])
     # decay_fraction 0.2 and min ratio 0.1 are CausalLMModule's defaults (only `wsd`/`cosine` use them)
-    return float(spec["lr"]) * sum(lr_factor(t, steps, int(spec.get("warmup_steps", 0)),
-                                             spec.get("schedule", "constant"), 0.2, 0.1) for t in range(steps))
+    return float(spec["lr"]) * sum(
+        lr_factor(t, steps, int(spec.get("warmup_steps", 0)), spec.get("schedule", "constant"), 0.2, 0.1)
+        for t in range(steps)
+    )
 
 
 # ------------------------------------------------------------------------------------------ the pipeline ---
@@ -127,10 +131,18 @@ def resolve_mixtures(pipe: Pipeline, specs) -> list[dict[str, float]]:
         if isinstance(s, dict):
             check_weights(s, pipe.domain_names, f"theory.mixtures[{i}]")
         elif s not in ("token", "equal"):
-            raise MergeMixError(f"theory.mixtures[{i}] must be 'token', 'equal' or {{domain: weight}}, got {s!r}")
+            raise MergeMixError(
+                f"theory.mixtures[{i}] must be 'token', 'equal' or {{domain: weight}}, got {s!r}"
+            )
     equal = {d: 1.0 / len(pipe.domain_names) for d in pipe.domain_names}
-    return [check_weights(s, pipe.domain_names) if isinstance(s, dict) else
-            dict(pipe.uniform_mixture) if s == "token" else equal for s in specs]
+    return [
+        check_weights(s, pipe.domain_names)
+        if isinstance(s, dict)
+        else dict(pipe.uniform_mixture)
+        if s == "token"
+        else equal
+        for s in specs
+    ]
 
 
 def _flat_model(model, names: list[str]) -> torch.Tensor:
@@ -149,7 +161,9 @@ def run(pipe: Pipeline) -> dict:
     return theory_report(pipe, pipe.run_dir, resolve_mixtures(pipe, t["mixtures"]), int(t["n_seqs"]))
 
 
-def theory_report(pipe: Pipeline, out_dir: str | Path, alphas: Sequence | None = None, n_seqs: int = 8) -> dict:
+def theory_report(
+    pipe: Pipeline, out_dir: str | Path, alphas: Sequence | None = None, n_seqs: int = 8
+) -> dict:
     """Cosines of task vectors and gradients, gamma, and (for each trained mixture in `alphas`) the measured
     gap |theta_mix - theta_merge| against the first-order update and the predicted second-order terms.
     Writes theory.json, theory.md, theory_cosines.png and theory_gamma.png into `out_dir`."""
@@ -186,38 +200,62 @@ def theory_report(pipe: Pipeline, out_dir: str | Path, alphas: Sequence | None =
         pred_unit = 0.5 * (so.cross[i] + so.self_[i])  # the gap per S^2
         s_eff = float(first.double().norm() / g_mix.double().norm().clamp_min(1e-300))
         cross_n, self_n = float(so.cross[i].double().norm()), float(so.self_[i].double().norm())
-        gaps.append({
-            "alpha": m, "mix_update_norm": float((gap + first).double().norm()),
-            "first_order_norm": float(first.double().norm()), "gap_norm": float(gap.double().norm()),
-            "gap_over_first": float(gap.double().norm() / first.double().norm().clamp_min(1e-300)),
-            "S_mix": summed_lr(mix_dir), "S_effective": s_eff,
-            "cross_over_self": cross_n / self_n if self_n > 0 else None,
-            "cos_first_vs_minus_grad": _cos(first, -g_mix), "cos_gap_vs_predicted": _cos(gap, pred_unit),
-            "predicted": {label: {"cross_norm": 0.5 * s * s * cross_n, "self_norm": 0.5 * s * s * self_n,
-                                  "gap_norm": s * s * float(pred_unit.double().norm())}
-                          for label, s in (("sgd", s_exp), ("effective", s_eff))},
-        })
+        gaps.append(
+            {
+                "alpha": m,
+                "mix_update_norm": float((gap + first).double().norm()),
+                "first_order_norm": float(first.double().norm()),
+                "gap_norm": float(gap.double().norm()),
+                "gap_over_first": float(gap.double().norm() / first.double().norm().clamp_min(1e-300)),
+                "S_mix": summed_lr(mix_dir),
+                "S_effective": s_eff,
+                "cross_over_self": cross_n / self_n if self_n > 0 else None,
+                "cos_first_vs_minus_grad": _cos(first, -g_mix),
+                "cos_gap_vs_predicted": _cos(gap, pred_unit),
+                "predicted": {
+                    label: {
+                        "cross_norm": 0.5 * s * s * cross_n,
+                        "self_norm": 0.5 * s * s * self_n,
+                        "gap_norm": s * s * float(pred_unit.double().norm()),
+                    }
+                    for label, s in (("sgd", s_exp), ("effective", s_eff))
+                },
+            }
+        )
 
     off = ~np.eye(len(names), dtype=bool)
     cos_tau = cosine_matrix(tau)
     result = {
-        "domains": names, "n_params": int(tau.shape[1]), "batch_tokens_per_domain": n_seqs * int(
-            pipe.cfg["model"]["seq_len"]), "base_loss": base_loss, "S_expert": s_exp,
+        "domains": names,
+        "n_params": int(tau.shape[1]),
+        "batch_tokens_per_domain": n_seqs * int(pipe.cfg["model"]["seq_len"]),
+        "base_loss": base_loss,
+        "S_expert": s_exp,
         "task_vector_norms": dict(zip(names, tau.double().norm(dim=1).tolist())),
-        "task_vector_cosines": cos_tau.tolist(), "gradient_cosines": cosine_matrix(so.grads).tolist(),
+        "task_vector_cosines": cos_tau.tolist(),
+        "gradient_cosines": cosine_matrix(so.grads).tolist(),
         "grad_norms": dict(zip(names, g_norm.tolist())),
         "self_curvature": dict(zip(names, (np.diag(so.hg_norms) / np.maximum(g_norm, 1e-300)).tolist())),
-        "gamma": gamma.tolist(), "gaps": gaps,
-        "summary": {"mean_abs_offdiag_cosine": float(np.abs(cos_tau[off]).mean()) if off.any() else 0.0,
-                    "max_offdiag_gamma": float(gamma[off].max()) if off.any() else 1.0,
-                    "gamma_offdiag_below_1": float((gamma[off] < 1).mean()) if off.any() else 1.0},
+        "gamma": gamma.tolist(),
+        "gaps": gaps,
+        "summary": {
+            "mean_abs_offdiag_cosine": float(np.abs(cos_tau[off]).mean()) if off.any() else 0.0,
+            "max_offdiag_gamma": float(gamma[off].max()) if off.any() else 1.0,
+            "gamma_offdiag_below_1": float((gamma[off] < 1).mean()) if off.any() else 1.0,
+        },
     }
     out_dir = Path(out_dir)
     write_atomic(out_dir / "theory.json", json.dumps(result, indent=2))
     write_atomic(out_dir / "theory.md", _markdown(result))
-    _heatmaps(out_dir / "theory_cosines.png", names, [("task vectors", cos_tau),
-                                                       ("gradients at base", np.array(result["gradient_cosines"]))], signed=True)
-    _heatmaps(out_dir / "theory_gamma.png", names, [("gamma_kj (row k: H_k, column j: g_j)", gamma)], signed=False)
+    _heatmaps(
+        out_dir / "theory_cosines.png",
+        names,
+        [("task vectors", cos_tau), ("gradients at base", np.array(result["gradient_cosines"]))],
+        signed=True,
+    )
+    _heatmaps(
+        out_dir / "theory_gamma.png", names, [("gamma_kj (row k: H_k, column j: g_j)", gamma)], signed=False
+    )
     return result
 
 
@@ -234,29 +272,47 @@ def _fmt(v) -> str:
 
 def _markdown(r: dict) -> str:
     names = r["domains"]
-    lines = ["# Second-order diagnostics at the base", "",
-             f"{r['n_params']} parameters; fixed batch of {r['batch_tokens_per_domain']} tokens per domain.", ""]
+    lines = [
+        "# Second-order diagnostics at the base",
+        "",
+        f"{r['n_params']} parameters; fixed batch of {r['batch_tokens_per_domain']} tokens per domain.",
+        "",
+    ]
     lines += _matrix_md("Task-vector cosines", names, r["task_vector_cosines"])
     lines += _matrix_md("Gradient cosines at the base", names, r["gradient_cosines"])
     lines += _matrix_md("Relative effective curvature gamma_kj", names, r["gamma"])
     lines += ["| domain | loss | |g| | |H g|/|g| | |tau| |", "|---|---|---|---|---|"]
-    lines += [f"| {d} | {r['base_loss'][d]:.3f} | {r['grad_norms'][d]:.3g} | {r['self_curvature'][d]:.3g} | "
-              f"{r['task_vector_norms'][d]:.3g} |" for d in names]
+    lines += [
+        f"| {d} | {r['base_loss'][d]:.3f} | {r['grad_norms'][d]:.3g} | {r['self_curvature'][d]:.3g} | "
+        f"{r['task_vector_norms'][d]:.3g} |"
+        for d in names
+    ]
     if r["gaps"]:
-        head = ("| alpha | |mix-base| | |first order| | |gap| | gap/first | pred |gap| SGD | pred |gap| eff | "
-                "cross/self | cos(gap, pred) | S mix |")
-        title = (f"**Merge vs data mixing** (S = summed LR; experts S = {r['S_expert']:.3g}; predicted terms at the "
-                 "SGD S and at the S that matches the first-order norm)")
+        head = (
+            "| alpha | |mix-base| | |first order| | |gap| | gap/first | pred |gap| SGD | pred |gap| eff | "
+            "cross/self | cos(gap, pred) | S mix |"
+        )
+        title = (
+            f"**Merge vs data mixing** (S = summed LR; experts S = {r['S_expert']:.3g}; predicted terms at the "
+            "SGD S and at the S that matches the first-order norm)"
+        )
         lines += ["", title, "", head, "|---" * 10 + "|"]
         for g in r["gaps"]:
             a = ", ".join(f"{d}={w:.2f}" for d, w in g["alpha"].items())
-            lines.append(f"| {a} | {g['mix_update_norm']:.3g} | {g['first_order_norm']:.3g} | {g['gap_norm']:.3g} | "
-                         f"{g['gap_over_first']:.3g} | {_fmt(g['predicted']['sgd']['gap_norm'])} | "
-                         f"{_fmt(g['predicted']['effective']['gap_norm'])} | {_fmt(g['cross_over_self'])} | "
-                         f"{_fmt(g['cos_gap_vs_predicted'])} | {g['S_mix']:.3g} |")
+            lines.append(
+                f"| {a} | {g['mix_update_norm']:.3g} | {g['first_order_norm']:.3g} | {g['gap_norm']:.3g} | "
+                f"{g['gap_over_first']:.3g} | {_fmt(g['predicted']['sgd']['gap_norm'])} | "
+                f"{_fmt(g['predicted']['effective']['gap_norm'])} | {_fmt(g['cross_over_self'])} | "
+                f"{_fmt(g['cos_gap_vs_predicted'])} | {g['S_mix']:.3g} |"
+            )
         if any(abs(g["S_mix"] - r["S_expert"]) > 0.01 * r["S_expert"] for g in r["gaps"]):
-            lines += ["", ("Note: the mixture runs and the experts have different horizons (S); the expansion "
-                           "assumes equal horizons, so the gap also holds a first-order part.")]
+            lines += [
+                "",
+                (
+                    "Note: the mixture runs and the experts have different horizons (S); the expansion "
+                    "assumes equal horizons, so the gap also holds a first-order part."
+                ),
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -267,17 +323,31 @@ def _heatmaps(path: Path, names: list[str], panels: list[tuple[str, np.ndarray]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (title, mat) in zip(axes[0], panels):
         mat = np.asarray(mat)
-        im = ax.imshow(mat, cmap="RdBu_r" if signed else "viridis", vmin=-1 if signed else None,
-                       vmax=1 if signed else None)
+        im = ax.imshow(
+            mat,
+            cmap="RdBu_r" if signed else "viridis",
+            vmin=-1 if signed else None,
+            vmax=1 if signed else None,
+        )
         for (i, j), v in np.ndenumerate(mat):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="k",
-                    bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 1})
+            ax.text(
+                j,
+                i,
+                f"{v:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="k",
+                bbox={"facecolor": "white", "alpha": 0.6, "lw": 0, "pad": 1},
+            )
         ax.set_xticks(range(len(names)), names, rotation=45)
         ax.set_yticks(range(len(names)), names)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("domain", fontsize=8)
         ax.set_ylabel("domain", fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.046).set_label("cosine" if signed else "relative curvature γ", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046).set_label(
+            "cosine" if signed else "relative curvature γ", fontsize=8
+        )
     fig.suptitle("Second-order diagnostics at the base, per pair of domains", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

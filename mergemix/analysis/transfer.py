@@ -52,8 +52,10 @@ def models(cfg: dict) -> tuple[dict | None, dict]:
         return None, target
     source = model_config(t["source_model"], "transfer.source_model")
     if source == target:
-        raise MergeMixError(f"transfer.source_model and transfer.target_model are the same model "
-                            f"({source.get('name')}): nothing would transfer; give two models, e.g. tiny and small")
+        raise MergeMixError(
+            f"transfer.source_model and transfer.target_model are the same model "
+            f"({source.get('name')}): nothing would transfer; give two models, e.g. tiny and small"
+        )
     return source, target
 
 
@@ -61,8 +63,9 @@ def check_domains(alpha, names: list[str], what: str) -> dict[str, float]:
     """The source's α* as a mixture of the target's domains (rescaled to sum 1: files store it rounded)."""
     if not isinstance(alpha, dict) or sorted(map(str, alpha)) != sorted(names):
         got = sorted(map(str, alpha)) if isinstance(alpha, dict) else alpha
-        raise MergeMixError(f"{what}: the source's alpha* is over domains {got}, the target's domains are "
-                            f"{sorted(names)}")
+        raise MergeMixError(
+            f"{what}: the source's alpha* is over domains {got}, the target's domains are {sorted(names)}"
+        )
     try:
         values = {str(d): float(w) for d, w in alpha.items()}
     except (TypeError, ValueError) as exc:
@@ -91,8 +94,10 @@ def check_config(cfg: dict) -> None:
     """Bad transfer input fails here, before anything is trained."""
     t = cfg["transfer"]
     if cfg["base"].get("checkpoint"):
-        raise MergeMixError("transfer trains a base per model: leave base.checkpoint unset and give a pretrained "
-                            "checkpoint as the `path` of its model config")
+        raise MergeMixError(
+            "transfer trains a base per model: leave base.checkpoint unset and give a pretrained "
+            "checkpoint as the `path` of its model config"
+        )
     for spec in (t["source_model"], t["target_model"]):
         if isinstance(spec, dict) and "name" not in spec:
             raise MergeMixError(f"a model given as a mapping needs a `name`, got {spec}")
@@ -117,20 +122,31 @@ def run(pipe: Pipeline) -> dict:
     else:
         searched = on_model(pipe, source_model)
         alpha = check_domains(searched.alpha_star, target.domain_names, f"alpha* of {source_model['name']}")
-        source = {"model": source_model, "search": str(searched.search_dir),
-                  "verified_merge": searched.search_result["verified"]}
+        source = {
+            "model": source_model,
+            "search": str(searched.search_dir),
+            "verified_merge": searched.search_result["verified"],
+        }
     mix = {TOKEN: target.uniform_mixture, TRANSFERRED: alpha}
     if t["target_search"]:
         mix[OWN] = check_domains(target.alpha_star, target.domain_names, f"alpha* of {target_model['name']}")
     paths = {label: target.train_mixture(m, RUNS[label]) for label, m in mix.items()}
     rows = {label: target.evaluate_checkpoint(p) for label, p in paths.items()}
     caps = target.suite.capabilities
-    result = {"source": source, "target_model": target_model, "mix_tokens": int(pipe.cfg["mix"]["tokens"]),
-              "mixtures": mix, "l1": {f"{TRANSFERRED} vs {other}": mixtures.l1(alpha, mix[other])
-                                      for other in (OWN, TOKEN) if other in mix},
-              "rows": {k: mixtures.scores(r) for k, r in rows.items()},
-              "margins": mixtures.margins(rows, [(TRANSFERRED, TOKEN), (OWN, TOKEN), (TRANSFERRED, OWN)], caps),
-              "checkpoints": {k: str(p) for k, p in paths.items()}}
+    result = {
+        "source": source,
+        "target_model": target_model,
+        "mix_tokens": int(pipe.cfg["mix"]["tokens"]),
+        "mixtures": mix,
+        "l1": {
+            f"{TRANSFERRED} vs {other}": mixtures.l1(alpha, mix[other])
+            for other in (OWN, TOKEN)
+            if other in mix
+        },
+        "rows": {k: mixtures.scores(r) for k, r in rows.items()},
+        "margins": mixtures.margins(rows, [(TRANSFERRED, TOKEN), (OWN, TOKEN), (TRANSFERRED, OWN)], caps),
+        "checkpoints": {k: str(p) for k, p in paths.items()},
+    }
     mixtures.write(pipe.run_dir, "transfer", result, markdown(result, rows), mix, rows)
     return result
 
@@ -138,10 +154,26 @@ def run(pipe: Pipeline) -> dict:
 def markdown(r: dict, rows: dict) -> str:
     origin = r["source"].get("alpha_file") or f"model {r['source']['model']['name']}"
     target = r["target_model"]["name"]
-    return "\n".join([
-        (f"alpha* from {origin}, trained on model {target} (each mixture for {r['mix_tokens']:,} tokens from "
-         f"{target}'s base); scores normalised against chance (x100), U = macro-average."), "",
-        "### Mixtures (%)", "", mixtures.table(r["mixtures"]), "",
-        "L1 distance: " + "; ".join(f"{k} {v:.3f}" for k, v in r["l1"].items()), "",
-        f"### Trained on {target}", "", report.score_table(rows), "",
-        "### Paired differences", "", *mixtures.margin_lines(r["margins"]), ""])
+    return "\n".join(
+        [
+            (
+                f"alpha* from {origin}, trained on model {target} (each mixture for {r['mix_tokens']:,} tokens from "
+                f"{target}'s base); scores normalised against chance (x100), U = macro-average."
+            ),
+            "",
+            "### Mixtures (%)",
+            "",
+            mixtures.table(r["mixtures"]),
+            "",
+            "L1 distance: " + "; ".join(f"{k} {v:.3f}" for k, v in r["l1"].items()),
+            "",
+            f"### Trained on {target}",
+            "",
+            report.score_table(rows),
+            "",
+            "### Paired differences",
+            "",
+            *mixtures.margin_lines(r["margins"]),
+            "",
+        ]
+    )

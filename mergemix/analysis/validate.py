@@ -83,8 +83,10 @@ def run(pipe: Pipeline) -> dict:
             paths[s].append(pipe.train_mixture(ratios, f"validate{i:02d}", seed=s))
             trained[s].append(pipe.evaluate_checkpoint(paths[s][-1]))
             mix = " ".join(f"{d}={w:.2f}" for d, w in ratios.items())
-            log.info(f"validate: mixture {i + 1}/{len(alphas)} seed {s} ({mix}): trained U "
-                     f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f} [{time.time() - t0:.1f}s]")
+            log.info(
+                f"validate: mixture {i + 1}/{len(alphas)} seed {s} ({mix}): trained U "
+                f"{100 * trained[s][-1]['U']:.2f}, merged U {100 * merged[i]['U']:.2f} [{time.time() - t0:.1f}s]"
+            )
 
     n_boot, primary = int(v["bootstrap"]), pipe.cfg["benchmarks"]["metric"]
     by_metric = {}
@@ -93,25 +95,43 @@ def run(pipe: Pipeline) -> dict:
         refs = {s: _columns([series(r, pipe.suite, m) for r in trained[s]]) for s in seeds}
         block = rank.compare(pred, list(refs.values()), n_boot, pipe.search_seed)
         # the noise ceiling: the first training seed as the predictor of the others
-        block["noise_ceiling"] = rank.compare(refs[seeds[0]], [refs[s] for s in seeds[1:]], n_boot,
-                                              pipe.search_seed) if len(seeds) > 1 else None
+        block["noise_ceiling"] = (
+            rank.compare(refs[seeds[0]], [refs[s] for s in seeds[1:]], n_boot, pipe.search_seed)
+            if len(seeds) > 1
+            else None
+        )
         block["scores"] = {"merged": pred, "trained": {str(s): refs[s] for s in seeds}}
         by_metric[m] = block
 
     def raw(r: dict) -> dict:
         return {k: r[k] for k in ("U", "U_std", "capabilities", "capabilities_std", "tasks")}
 
-    out = {"metric": primary, **{k: by_metric[primary][k] for k in (*rank.METRICS, "noise_ceiling")},
-           "responsiveness": responsiveness(merged, trained),
-           "by_metric": by_metric, "design": v["design"], "training_seeds": seeds, "bootstrap": n_boot,
-           "top25_count": rank.top_count(len(alphas)), "mix_tokens": int(pipe.cfg["mix"]["tokens"]),
-           "mixtures": [dict(zip(names, map(float, a))) for a in alphas],
-           "raw": [{"merged": raw(merged[i]), "trained": {str(s): raw(trained[s][i]) for s in seeds},
-                    "checkpoints": {str(s): str(paths[s][i]) for s in seeds}} for i in range(len(alphas))]}
+    out = {
+        "metric": primary,
+        **{k: by_metric[primary][k] for k in (*rank.METRICS, "noise_ceiling")},
+        "responsiveness": responsiveness(merged, trained),
+        "by_metric": by_metric,
+        "design": v["design"],
+        "training_seeds": seeds,
+        "bootstrap": n_boot,
+        "top25_count": rank.top_count(len(alphas)),
+        "mix_tokens": int(pipe.cfg["mix"]["tokens"]),
+        "mixtures": [dict(zip(names, map(float, a))) for a in alphas],
+        "raw": [
+            {
+                "merged": raw(merged[i]),
+                "trained": {str(s): raw(trained[s][i]) for s in seeds},
+                "checkpoints": {str(s): str(paths[s][i]) for s in seeds},
+            }
+            for i in range(len(alphas))
+        ],
+    }
     pipe.run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(pipe.run_dir / "validation.json", json.dumps(out, indent=2))
     write_atomic(pipe.run_dir / "validation.md", markdown(out))
-    plot(pipe.run_dir / "validation.png", by_metric[primary]["scores"], by_metric[primary]["spearman"], primary)
+    plot(
+        pipe.run_dir / "validation.png", by_metric[primary]["scores"], by_metric[primary]["spearman"], primary
+    )
     return out
 
 
@@ -125,8 +145,12 @@ def responsiveness(merged: list[dict], trained: dict[int, list[dict]]) -> dict:
         noise = float(np.mean([r["capabilities_std"][c] for r in runs]))
         t_spread = float(np.mean([np.std([r["capabilities"][c] for r in rs]) for rs in trained.values()]))
         m_spread = float(np.std([r["capabilities"][c] for r in merged]))
-        out[c] = {"trained_spread_std": t_spread, "merged_spread_std": m_spread, "item_noise_std": noise,
-                  "responsive": bool(t_spread > noise)}
+        out[c] = {
+            "trained_spread_std": t_spread,
+            "merged_spread_std": m_spread,
+            "item_noise_std": noise,
+            "responsive": bool(t_spread > noise),
+        }
     return out
 
 
@@ -137,8 +161,11 @@ def _f(x, fmt: str = "{:.2f}") -> str:
 def _at(block: dict, metric: str, s: str) -> tuple:
     """(value, interval) of one metric for series s ("overall" or a capability)."""
     b = block[metric]
-    return (b["overall"], b["interval"]["overall"]) if s == "overall" else \
-        (b["capabilities"][s], b["interval"]["capabilities"][s])
+    return (
+        (b["overall"], b["interval"]["overall"])
+        if s == "overall"
+        else (b["capabilities"][s], b["interval"]["capabilities"][s])
+    )
 
 
 def _ci(value_interval: tuple) -> str:
@@ -148,26 +175,47 @@ def _ci(value_interval: tuple) -> str:
 
 def markdown(out: dict) -> str:
     seeds = out["training_seeds"]
-    lines = [(f"Rank consistency of merged vs trained models over {len(out['mixtures'])} mixtures ({out['design']}, "
-              f"{out['mix_tokens']:,} training tokens each, training seeds {seeds}): merged vs each seed, averaged; "
-              f"noise ceiling = seed {seeds[0]} vs the other seeds; [95% bootstrap interval over mixtures]; "
-              f"top 25% = the reference's best {out['top25_count']}.")]
+    lines = [
+        (
+            f"Rank consistency of merged vs trained models over {len(out['mixtures'])} mixtures ({out['design']}, "
+            f"{out['mix_tokens']:,} training tokens each, training seeds {seeds}): merged vs each seed, averaged; "
+            f"noise ceiling = seed {seeds[0]} vs the other seeds; [95% bootstrap interval over mixtures]; "
+            f"top 25% = the reference's best {out['top25_count']}."
+        )
+    ]
     for m, b in out["by_metric"].items():
-        lines += ["", f"### {METRIC_NAMES.get(m, m)} (`{m}`){' — in U' if m == out['metric'] else ''}", "",
-                  "| | ρ [CI] | τ | top-25% ρ | recovery | noise-ceiling ρ [CI] |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### {METRIC_NAMES.get(m, m)} (`{m}`){' — in U' if m == out['metric'] else ''}",
+            "",
+            "| | ρ [CI] | τ | top-25% ρ | recovery | noise-ceiling ρ [CI] |",
+            "|---|---|---|---|---|---|",
+        ]
         nc = b["noise_ceiling"]
         for s in ["overall", *b["spearman"]["capabilities"]]:
             ceiling = "—" if nc is None else _ci(_at(nc, "spearman", s))
-            lines.append(f"| {'overall (U)' if s == 'overall' else s} | {_ci(_at(b, 'spearman', s))} | "
-                         f"{_f(_at(b, 'kendall', s)[0])} | {_f(_at(b, 'top25_spearman', s)[0])} | "
-                         f"{_f(_at(b, 'capability_recovery', s)[0])} | {ceiling} |")
+            lines.append(
+                f"| {'overall (U)' if s == 'overall' else s} | {_ci(_at(b, 'spearman', s))} | "
+                f"{_f(_at(b, 'kendall', s)[0])} | {_f(_at(b, 'top25_spearman', s)[0])} | "
+                f"{_f(_at(b, 'capability_recovery', s)[0])} | {ceiling} |"
+            )
     resp = out.get("responsiveness") or {}
     if resp:
-        lines += ["", ("Spread across the mixtures (std, x100) against item noise: a capability whose trained "
-                       "spread is within its noise does not respond to the mixture."), "",
-                  "| capability | trained spread | merged spread | item noise | responds |", "|---|---|---|---|---|"]
-        lines += [f"| {c} | {100 * r['trained_spread_std']:.2f} | {100 * r['merged_spread_std']:.2f} | "
-                  f"{100 * r['item_noise_std']:.2f} | {'yes' if r['responsive'] else 'NO'} |" for c, r in resp.items()]
+        lines += [
+            "",
+            (
+                "Spread across the mixtures (std, x100) against item noise: a capability whose trained "
+                "spread is within its noise does not respond to the mixture."
+            ),
+            "",
+            "| capability | trained spread | merged spread | item noise | responds |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c} | {100 * r['trained_spread_std']:.2f} | {100 * r['merged_spread_std']:.2f} | "
+            f"{100 * r['item_noise_std']:.2f} | {'yes' if r['responsive'] else 'NO'} |"
+            for c, r in resp.items()
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -199,7 +247,8 @@ def draw(scores: dict, rho: dict, metric: str):
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"merged (x100, {metric})", fontsize=8)
     axes[0][0].legend(fontsize=7, title="training seed", title_fontsize=7)
-    fig.suptitle(f"Rank consistency: merged vs really trained mixtures ({len(y)} mixtures, Spearman ρ)",
-                 fontsize=10)
+    fig.suptitle(
+        f"Rank consistency: merged vs really trained mixtures ({len(y)} mixtures, Spearman ρ)", fontsize=10
+    )
     fig.tight_layout()
     return fig

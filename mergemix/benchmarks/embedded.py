@@ -18,8 +18,15 @@ from mergemix.data import synthetic
 WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9]+")
 
 
-def cloze(name: str, docs: list[str], n: int, seed: int, vocab: int = 400, context_chars: int = 240,
-          single_token: Callable[[str], bool] | None = None) -> Task:
+def cloze(
+    name: str,
+    docs: list[str],
+    n: int,
+    seed: int,
+    vocab: int = 400,
+    context_chars: int = 240,
+    single_token: Callable[[str], bool] | None = None,
+) -> Task:
     """With `single_token` (is " word" one token?), only such words are used, after a space: every choice is
     then one token and one forward pass of the context scores all four."""
     counts = Counter(w for d in docs for w in WORD.findall(d))
@@ -28,8 +35,12 @@ def cloze(name: str, docs: list[str], n: int, seed: int, vocab: int = 400, conte
     top = {w for w, _ in counts.most_common(vocab)}
     lead_chars = " " if single_token is not None else " ("
     rng = random.Random(f"cloze-{name}-{seed}")
-    sites = [(i, m.start()) for i, d in enumerate(docs) for m in WORD.finditer(d)
-             if m.group() in top and m.start() >= context_chars and d[m.start() - 1] in lead_chars]
+    sites = [
+        (i, m.start())
+        for i, d in enumerate(docs)
+        for m in WORD.finditer(d)
+        if m.group() in top and m.start() >= context_chars and d[m.start() - 1] in lead_chars
+    ]
     rng.shuffle(sites)
     by_occurrence = [w for w, c in counts.items() if w in top for _ in range(c)]
     items, seen = [], set()
@@ -39,8 +50,8 @@ def cloze(name: str, docs: list[str], n: int, seed: int, vocab: int = 400, conte
         doc = docs[i]
         gold = WORD.match(doc, pos).group()
         lead = " " if doc[pos - 1] == " " else ""
-        context = doc[pos - context_chars:pos - len(lead)]
-        context = context[context.find(" ") + 1:] if " " in context else context
+        context = doc[pos - context_chars : pos - len(lead)]
+        context = context[context.find(" ") + 1 :] if " " in context else context
         if (context, gold) in seen:
             continue
         seen.add((context, gold))
@@ -51,7 +62,9 @@ def cloze(name: str, docs: list[str], n: int, seed: int, vocab: int = 400, conte
                 wrong.append(w)
         choices = [gold, *wrong]
         rng.shuffle(choices)
-        items.append({"context": context, "choices": [lead + c for c in choices], "label": choices.index(gold)})
+        items.append(
+            {"context": context, "choices": [lead + c for c in choices], "label": choices.index(gold)}
+        )
     return Task(name, "mc", items)
 
 
@@ -71,13 +84,20 @@ def synthetic_mc(name: str, generator: str, n: int, seed: int) -> Task:
     for it in _unique_heldout(generator, n, seed):
         choices = [it.answer, *it.distractors[:3]]
         rng.shuffle(choices)
-        items.append({"context": fmt.format(p=it.prompt), "choices": [lead + c for c in choices],
-                      "label": choices.index(it.answer)})
+        items.append(
+            {
+                "context": fmt.format(p=it.prompt),
+                "choices": [lead + c for c in choices],
+                "label": choices.index(it.answer),
+            }
+        )
     return Task(name, "mc", items)
 
 
 def synthetic_gen(name: str, generator: str, n: int, seed: int, max_new_tokens: int = 6) -> Task:
     fmt, _ = _templates(generator)
-    items = [{"prompt": fmt.format(p=it.prompt), "answer": it.answer}
-             for it in _unique_heldout(generator, n, seed + 1)]
+    items = [
+        {"prompt": fmt.format(p=it.prompt), "answer": it.answer}
+        for it in _unique_heldout(generator, n, seed + 1)
+    ]
     return Task(name, "gen", items, max_new_tokens)

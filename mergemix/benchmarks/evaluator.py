@@ -25,7 +25,7 @@ def _encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[
         context, continuation = context[:-n_space], context[-n_space:] + continuation
     whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
     ctx = tok(context, add_special_tokens=False)["input_ids"]
-    return whole[:len(ctx)], whole[len(ctx):]
+    return whole[: len(ctx)], whole[len(ctx) :]
 
 
 class Evaluator:
@@ -37,8 +37,10 @@ class Evaluator:
             if task.kind == "mc":
                 self.mc_requests[name] = self._requests(task)
             else:
-                self.gen_prompts[name] = [tokenizer(it["prompt"], add_special_tokens=False)["input_ids"]
-                                          [-max_length:] for it in task.items]
+                self.gen_prompts[name] = [
+                    tokenizer(it["prompt"], add_special_tokens=False)["input_ids"][-max_length:]
+                    for it in task.items
+                ]
         self.mc_batches = self._batches(packed=True)
         self._path_batches: dict[str, list[Batch]] | None = None  # built on first use
         self._progress: Progress | None = None  # per_item's: items scored, as log lines in a log file
@@ -52,9 +54,11 @@ class Evaluator:
             reqs = []
             for c, choice in enumerate(item["choices"]):
                 ctx, cont = _encode_pair(self.tok, item["context"], choice)
-                inp = (ctx + cont)[-(self.max_length + 1):][:-1]
+                inp = (ctx + cont)[-(self.max_length + 1) :][:-1]
                 start = len(inp) - len(cont)
-                scored = [(start + i, t, int(first_slot[r]) + c) for i, t in enumerate(cont) if start + i >= 0]
+                scored = [
+                    (start + i, t, int(first_slot[r]) + c) for i, t in enumerate(cont) if start + i >= 0
+                ]
                 if scored:
                     reqs.append((inp, scored))
             out.append(reqs)
@@ -109,7 +113,7 @@ class Evaluator:
             logp = torch.log_softmax(head(hidden[b.sel_rows.to(dev), b.sel_cols.to(dev)]).float(), dim=-1)
             np.add.at(flat, b.slot, logp[b.gather_sel.to(dev), b.gather_tok.to(dev)].cpu().numpy())
             self._tick(len(task.items) / len(plan))
-        return [flat[first_slot[r]:first_slot[r + 1]] for r in range(len(task.items))]
+        return [flat[first_slot[r] : first_slot[r + 1]] for r in range(len(task.items))]
 
     def _score_mc(self, model, name: str) -> dict[str, np.ndarray]:
         task = self.tasks[name]
@@ -127,13 +131,13 @@ class Evaluator:
         pad, newline = self.tok.pad_token_id, "\n"
         hits = np.zeros(len(prompts))
         for i in range(0, len(prompts), self.batch_size):
-            chunk = prompts[i:i + self.batch_size]
+            chunk = prompts[i : i + self.batch_size]
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for j, p in enumerate(chunk):  # left padding
-                ids[j, width - len(p):] = torch.tensor(p)
-                mask[j, width - len(p):] = 1
+                ids[j, width - len(p) :] = torch.tensor(p)
+                mask[j, width - len(p) :] = 1
             ids, mask, out = ids.to(model.device), mask.to(model.device), []
             for _ in range(task.max_new_tokens):
                 pos = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -158,8 +162,10 @@ class Evaluator:
         terminal), an evaluation that outlasts log.Progress's interval logs the items done, their rate and ETA."""
         model.eval()
         self._progress = Progress("evaluate", sum(len(t.items) for t in self.tasks.values()), "items")
-        return {name: (self._score_mc(model, name) if name in self.mc_batches else self._score_gen(model, name))
-                for name in self.tasks}
+        return {
+            name: (self._score_mc(model, name) if name in self.mc_batches else self._score_gen(model, name))
+            for name in self.tasks
+        }
 
     def n_tokens(self) -> int:
         """Tokens processed per evaluation (for cost accounting)."""

@@ -99,20 +99,26 @@ def _items(task, kind: str, limit) -> list[dict]:
 
 
 def _resolve_one(name: str, spec: Mapping, tm) -> Task:
-    task_name, where = spec["task"], (f"in {spec['include_path']}" if spec.get("include_path")
-                                      else "in lm-eval's task registry")
+    task_name, where = (
+        spec["task"],
+        (f"in {spec['include_path']}" if spec.get("include_path") else "in lm-eval's task registry"),
+    )
     if task_name not in tm.all_tasks:
         raise MergeMixError(f"benchmark '{name}': lm-eval task '{task_name}' not found {where}")
     try:
         with quiet():
             leaves = dict(sorted(tm.load([task_name])["tasks"].items()))
     except Exception as exc:
-        raise MergeMixError(f"benchmark '{name}': lm-eval task '{task_name}' cannot be loaded (offline its data "
-                            f"must be local or cached): {_first_line(exc)}") from exc
+        raise MergeMixError(
+            f"benchmark '{name}': lm-eval task '{task_name}' cannot be loaded (offline its data "
+            f"must be local or cached): {_first_line(exc)}"
+        ) from exc
     types = {t.OUTPUT_TYPE for t in leaves.values()}
     if len(types) != 1 or next(iter(types)) not in KINDS:
-        raise MergeMixError(f"benchmark '{name}': lm-eval task '{task_name}' has output type(s) {sorted(types)}; "
-                            f"members must be {' or '.join(KINDS)} tasks")
+        raise MergeMixError(
+            f"benchmark '{name}': lm-eval task '{task_name}' has output type(s) {sorted(types)}; "
+            f"members must be {' or '.join(KINDS)} tasks"
+        )
     kind = KINDS[types.pop()]
     metric = spec.get("metric")
     if kind == "gen" and not metric:
@@ -120,8 +126,14 @@ def _resolve_one(name: str, spec: Mapping, tm) -> Task:
     items = [it for t in leaves.values() for it in _items(t, kind, spec.get("limit"))]
     if not items:
         raise MergeMixError(f"benchmark '{name}': lm-eval task '{task_name}' has no documents")
-    meta = {"task": task_name, "include_path": spec.get("include_path"), "limit": spec.get("limit"),
-            "num_fewshot": spec.get("num_fewshot"), "metric": metric, "leaves": list(leaves)}
+    meta = {
+        "task": task_name,
+        "include_path": spec.get("include_path"),
+        "limit": spec.get("limit"),
+        "num_fewshot": spec.get("num_fewshot"),
+        "metric": metric,
+        "leaves": list(leaves),
+    }
     return Task(name, kind, items, int(spec.get("max_new_tokens", 8)), lmeval=meta)
 
 
@@ -157,9 +169,18 @@ def run(lm, task_names: list[str], tm, limit=None, num_fewshot=None, log_samples
     # lm-eval records `git describe` of the working directory, whose stderr ("fatal: not a git repository")
     # bypasses Python's streams: the hash is not ours to record
     with quiet(), mock.patch("lm_eval.evaluator.get_git_commit_hash", lambda: None):
-        return lm_eval.simple_evaluate(model=lm, tasks=task_names, task_manager=tm, limit=limit,
-                                       num_fewshot=num_fewshot, bootstrap_iters=0, log_samples=log_samples,
-                                       random_seed=None, numpy_random_seed=None, torch_random_seed=None)
+        return lm_eval.simple_evaluate(
+            model=lm,
+            tasks=task_names,
+            task_manager=tm,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            bootstrap_iters=0,
+            log_samples=log_samples,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+        )
 
 
 def samples(out: dict, leaf: str) -> list[dict]:
@@ -175,7 +196,9 @@ def mc_scores(items: list[dict]) -> dict[str, np.ndarray]:
         golds = list(gold) if isinstance(gold, (list, tuple)) else [int(gold)]
         lengths = np.array([max(1, len(a[1])) for a in s["arguments"]], dtype=float)
         acc.append(float(s["acc"]) if "acc" in s else float(int(np.argmax(ll)) in golds))
-        acc_norm.append(float(s["acc_norm"]) if "acc_norm" in s else float(int(np.argmax(ll / lengths)) in golds))
+        acc_norm.append(
+            float(s["acc_norm"]) if "acc_norm" in s else float(int(np.argmax(ll / lengths)) in golds)
+        )
         prob.append(float(np.exp(ll[golds] - np.logaddexp.reduce(ll)).sum()))
     return {"acc": np.array(acc), "acc_norm": np.array(acc_norm), "prob": np.array(prob)}
 
@@ -183,8 +206,15 @@ def mc_scores(items: list[dict]) -> dict[str, np.ndarray]:
 class LMEvalMembers:
     """Scores the lm-eval members of a suite on a model, item by item, in the order of each task's items."""
 
-    def __init__(self, tokenizer, tasks: Mapping[str, Task], batch_size: int = 64, max_length: int | None = None):
-        self.tok, self.tasks, self.batch_size, self.max_length = tokenizer, dict(tasks), batch_size, max_length
+    def __init__(
+        self, tokenizer, tasks: Mapping[str, Task], batch_size: int = 64, max_length: int | None = None
+    ):
+        self.tok, self.tasks, self.batch_size, self.max_length = (
+            tokenizer,
+            dict(tasks),
+            batch_size,
+            max_length,
+        )
         self.tm = manager_for({n: t.lmeval for n, t in self.tasks.items()})
         self._lm = None  # (model, HFLM): the model is merged in place, so one wrapper serves every candidate
 
@@ -200,8 +230,13 @@ class LMEvalMembers:
             groups.setdefault((t.lmeval["limit"], t.lmeval["num_fewshot"]), []).append(name)
         result = {}
         for (limit, shots), names in groups.items():
-            out = run(self._wrapper(model), sorted({self.tasks[n].lmeval["task"] for n in names}), self.tm, limit,
-                      shots)
+            out = run(
+                self._wrapper(model),
+                sorted({self.tasks[n].lmeval["task"] for n in names}),
+                self.tm,
+                limit,
+                shots,
+            )
             for name in names:
                 result[name] = self._scores(self.tasks[name], out)
         return result
@@ -209,8 +244,9 @@ class LMEvalMembers:
     def _scores(self, task: Task, out: dict) -> dict[str, np.ndarray]:
         items = [s for leaf in task.lmeval["leaves"] for s in samples(out, leaf)]
         if len(items) != len(task.items):
-            raise MergeMixError(f"benchmark '{task.name}': lm-eval scored {len(items)} items, expected "
-                                f"{len(task.items)}")
+            raise MergeMixError(
+                f"benchmark '{task.name}': lm-eval scored {len(items)} items, expected {len(task.items)}"
+            )
         if task.kind == "mc":
             return mc_scores(items)
         metric = task.lmeval["metric"]
@@ -228,12 +264,21 @@ def export_tasks(workdir: Path, tasks: Mapping[str, Task], prefix: str = "mm_"):
     for name, task in tasks.items():
         data = d / f"{name}.jsonl"
         data.write_text("".join(json.dumps(it) + "\n" for it in task.items))
-        spec = {"task": f"{prefix}{name}", "dataset_path": "json", "test_split": "test",
-                "output_type": "multiple_choice",
-                "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(Path(workdir) / "hf_datasets")},
-                "doc_to_text": "context", "doc_to_choice": "choices", "doc_to_target": "label",
-                "target_delimiter": "",  # our choices carry their own leading space
-                "metric_list": [{"metric": "acc"}]}
+        spec = {
+            "task": f"{prefix}{name}",
+            "dataset_path": "json",
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "dataset_kwargs": {
+                "data_files": {"test": str(data)},
+                "cache_dir": str(Path(workdir) / "hf_datasets"),
+            },
+            "doc_to_text": "context",
+            "doc_to_choice": "choices",
+            "doc_to_target": "label",
+            "target_delimiter": "",  # our choices carry their own leading space
+            "metric_list": [{"metric": "acc"}],
+        }
         import yaml
 
         (d / f"{name}.yaml").write_text(yaml.safe_dump(spec))

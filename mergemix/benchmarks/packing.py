@@ -15,7 +15,9 @@ import torch
 
 # (input token ids, [(position in the input, target token id, score slot), ...])
 Request = tuple[list[int], list[tuple[int, int, int]]]
-BATCH_OVERHEAD_TOKENS = 64  # about a forward call's fixed cost on a CPU, in padded tokens: traded against padding
+BATCH_OVERHEAD_TOKENS = (
+    64  # about a forward call's fixed cost on a CPU, in padded tokens: traded against padding
+)
 
 
 @dataclass
@@ -55,8 +57,12 @@ def prefix_tree(requests: list[Request]) -> Row:
     for i in reversed(range(len(order))):
         kids = children[order[i]]
         end[i] = end[index[next(reversed(kids.values()))]] if kids else i + 1
-    return Row([token[n] for n in order], [depth[n] for n in order], end,
-               [(index[n], t, slot) for n, t, slot in targets])
+    return Row(
+        [token[n] for n in order],
+        [depth[n] for n in order],
+        end,
+        [(index[n], t, slot) for n, t, slot in targets],
+    )
 
 
 @dataclass
@@ -100,15 +106,27 @@ def batches(rows: list[Row], pad_id: int, batch_size: int) -> list[Batch]:
         sel, g_sel, g_tok, slots = {}, [], [], []
         for j, row in enumerate(chunk):
             n = len(row.tokens)
-            ids[j, :n], pos[j, :n], end[j, :n] = (torch.tensor(x) for x in (row.tokens, row.positions, row.end))
+            ids[j, :n], pos[j, :n], end[j, :n] = (
+                torch.tensor(x) for x in (row.tokens, row.positions, row.end)
+            )
             for i, tok, slot in row.targets:
                 g_sel.append(sel.setdefault((j, i), len(sel)))
                 g_tok.append(tok)
                 slots.append(slot)
         rc = torch.tensor(list(sel), dtype=torch.long).reshape(-1, 2)
-        out.append(Batch(ids, pos, None if all(r.is_path for r in chunk) else end,
-                         sum(len(r.tokens) for r in chunk), rc[:, 0], rc[:, 1], torch.tensor(g_sel),
-                         torch.tensor(g_tok), np.array(slots)))
+        out.append(
+            Batch(
+                ids,
+                pos,
+                None if all(r.is_path for r in chunk) else end,
+                sum(len(r.tokens) for r in chunk),
+                rc[:, 0],
+                rc[:, 1],
+                torch.tensor(g_sel),
+                torch.tensor(g_tok),
+                np.array(slots),
+            )
+        )
     return out
 
 
@@ -118,4 +136,6 @@ def tree_mask(end: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -
     visible = ((i[:, None] >= i[None, :]) & (i[None, :, None] < end[:, None, :]))[:, None]
     if attn_implementation == "sdpa":
         return visible
-    return torch.zeros(visible.shape, dtype=dtype, device=end.device).masked_fill(~visible, torch.finfo(dtype).min)
+    return torch.zeros(visible.shape, dtype=dtype, device=end.device).masked_fill(
+        ~visible, torch.finfo(dtype).min
+    )

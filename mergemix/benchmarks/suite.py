@@ -31,12 +31,16 @@ def check_task_spec(name: str, spec: Mapping) -> str:
     return source
 
 
-def build_task(name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], seed: int, tokenizer=None) -> Task:
+def build_task(
+    name: str, spec: Mapping, heldout_docs: Mapping[str, list[str]], seed: int, tokenizer=None
+) -> Task:
     return SOURCES[check_task_spec(name, spec)](name, spec, heldout_docs, seed, tokenizer)
 
 
 def _jsonl(name, spec, heldout_docs, seed, tokenizer) -> Task:
-    return load_jsonl_task(name, spec["path"], spec.get("kind"), spec.get("limit"), spec.get("max_new_tokens", 8))
+    return load_jsonl_task(
+        name, spec["path"], spec.get("kind"), spec.get("limit"), spec.get("max_new_tokens", 8)
+    )
 
 
 def _lmeval(name, spec, heldout_docs, seed, tokenizer) -> Task:
@@ -55,17 +59,26 @@ def _cloze(name, spec, heldout_docs, seed, tokenizer, n) -> Task:
         raise MergeMixError(f"benchmark '{name}': domain '{spec['domain']}' has no held-out documents")
     single = None
     if tokenizer is not None and spec.get("single_token", True):
+
         def single(word: str) -> bool:
             return len(tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
+
     return embedded.cloze(name, docs, n, seed, spec.get("vocab", 400), spec.get("context_chars", 240), single)
 
 
 SOURCES = Registry("source", {"embedded": _embedded, "jsonl": _jsonl, "lmeval": _lmeval})
-BUILDERS = Registry("builder", {  # of embedded tasks
-    "cloze": _cloze,
-    "synthetic_mc": lambda name, spec, docs, seed, tok, n: embedded.synthetic_mc(name, spec["generator"], n, seed),
-    "synthetic_gen": lambda name, spec, docs, seed, tok, n: embedded.synthetic_gen(
-        name, spec["generator"], n, seed, spec.get("max_new_tokens", 6))})
+BUILDERS = Registry(
+    "builder",
+    {  # of embedded tasks
+        "cloze": _cloze,
+        "synthetic_mc": lambda name, spec, docs, seed, tok, n: embedded.synthetic_mc(
+            name, spec["generator"], n, seed
+        ),
+        "synthetic_gen": lambda name, spec, docs, seed, tok, n: embedded.synthetic_gen(
+            name, spec["generator"], n, seed, spec.get("max_new_tokens", 6)
+        ),
+    },
+)
 
 
 def normalised(task: Task, scores: Mapping[str, np.ndarray], metric: str) -> np.ndarray:
@@ -74,8 +87,9 @@ def normalised(task: Task, scores: Mapping[str, np.ndarray], metric: str) -> np.
     return (raw - task.chance) / (1.0 - task.chance)
 
 
-def bootstrap(norm: Mapping[str, np.ndarray], capabilities: Mapping[str, list[str]], n: int,
-              seed: int = 0) -> tuple[dict[str, float], float]:
+def bootstrap(
+    norm: Mapping[str, np.ndarray], capabilities: Mapping[str, list[str]], n: int, seed: int = 0
+) -> tuple[dict[str, float], float]:
     """Standard deviations of capability scores and U when each task's items are resampled (n resamples,
     scipy.stats.bootstrap from one seeded generator): the std of their means over the resamples. Given per-item
     differences of two models on the same items, it is the paired bootstrap of their gap."""
@@ -91,15 +105,22 @@ def bootstrap(norm: Mapping[str, np.ndarray], capabilities: Mapping[str, list[st
 
     items = sum(len(norm[t]) for t in varying)
     with np.errstate(all="ignore"):
-        boot = stats.bootstrap([np.asarray(norm[t], float) for t in varying], stat, n_resamples=n,
-                               batch=max(1, BOOT_ELEMENTS // items), vectorized=True, method="percentile",
-                               rng=np.random.default_rng(seed)).bootstrap_distribution
+        boot = stats.bootstrap(
+            [np.asarray(norm[t], float) for t in varying],
+            stat,
+            n_resamples=n,
+            batch=max(1, BOOT_ELEMENTS // items),
+            vectorized=True,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).bootstrap_distribution
     std = boot.std(axis=-1)
     return dict(zip(capabilities, std[:-1].tolist())), float(std[-1])
 
 
-def paired_gap(a: Mapping, b: Mapping, capabilities: Mapping[str, list[str]], n: int = 1000,
-               seed: int = 0) -> dict:
+def paired_gap(
+    a: Mapping, b: Mapping, capabilities: Mapping[str, list[str]], n: int = 1000, seed: int = 0
+) -> dict:
     """a - b on the same items, with paired-bootstrap noise (much tighter than two independent errors)."""
     diff = {t: np.asarray(a["items"][t]) - np.asarray(b["items"][t]) for t in a["items"]}
     cap_std, u_std = bootstrap(diff, capabilities, n, seed)
@@ -108,14 +129,24 @@ def paired_gap(a: Mapping, b: Mapping, capabilities: Mapping[str, list[str]], n:
 
 
 class Suite:
-    def __init__(self, tokenizer, tasks: dict[str, Task], capabilities: Mapping[str, list[str]],
-                 metric: str = "prob", batch_size: int = 64, max_length: int = 256, bootstrap: int = 200):
+    def __init__(
+        self,
+        tokenizer,
+        tasks: dict[str, Task],
+        capabilities: Mapping[str, list[str]],
+        metric: str = "prob",
+        batch_size: int = 64,
+        max_length: int = 256,
+        bootstrap: int = 200,
+    ):
         if metric not in MC_METRICS:
             raise MergeMixError(f"benchmarks.metric must be one of {MC_METRICS}, got '{metric}'")
         for cap, members in capabilities.items():
             missing = [m for m in members if m not in tasks]
             if missing or not members:
-                raise MergeMixError(f"capability '{cap}' names unknown or no tasks {missing}; tasks: {sorted(tasks)}")
+                raise MergeMixError(
+                    f"capability '{cap}' names unknown or no tasks {missing}; tasks: {sorted(tasks)}"
+                )
         self.tasks, self.metric, self.bootstrap = tasks, metric, bootstrap
         self.capabilities = {c: list(m) for c, m in sorted(capabilities.items())}
         native = {n: t for n, t in tasks.items() if t.lmeval is None}
@@ -124,8 +155,9 @@ class Suite:
         if len(native) < len(tasks):
             from mergemix.benchmarks.lmeval import LMEvalMembers
 
-            self.lmeval = LMEvalMembers(tokenizer, {n: t for n, t in tasks.items() if t.lmeval is not None},
-                                        batch_size, max_length)
+            self.lmeval = LMEvalMembers(
+                tokenizer, {n: t for n, t in tasks.items() if t.lmeval is not None}, batch_size, max_length
+            )
 
     def summarize(self, per_item: Mapping[str, Mapping[str, np.ndarray]], seed: int = 0) -> dict:
         norm = {t: normalised(self.tasks[t], per_item[t], self.metric) for t in self.tasks}
@@ -171,5 +203,7 @@ def check_finite(result: Mapping, what: str) -> None:
     metric): such a score is never stored, so that no search or table is built on it."""
     for path, value in _numbers(result):
         if not math.isfinite(value):
-            raise MergeMixError(f"{what} scores {value} on {path}: a model with corrupt or diverged weights "
-                                f"(check its experts); nothing was cached")
+            raise MergeMixError(
+                f"{what} scores {value} on {path}: a model with corrupt or diverged weights "
+                f"(check its experts); nothing was cached"
+            )

@@ -33,10 +33,14 @@ class Task:
 def _text(item: dict, key: str, where: str, numbers: bool = False) -> str:
     """A text field as a string: null, lists or objects are refused rather than turned into their repr."""
     value = item[key]
-    ok = isinstance(value, str) or (numbers and isinstance(value, (int, float)) and not isinstance(value, bool))
+    ok = isinstance(value, str) or (
+        numbers and isinstance(value, (int, float)) and not isinstance(value, bool)
+    )
     if not ok:
-        raise MergeMixError(f"{where}: {key} must be {'text or a number' if numbers else 'text'}, "
-                            f"got {json.dumps(value)[:40]}")
+        raise MergeMixError(
+            f"{where}: {key} must be {'text or a number' if numbers else 'text'}, "
+            f"got {json.dumps(value)[:40]}"
+        )
     return str(value)
 
 
@@ -52,7 +56,9 @@ def _check_item(item, kind: str, where: str) -> dict:
         if not all(c.strip() for c in choices):
             raise MergeMixError(f"{where}: a choice is empty (an empty continuation has probability 1)")
         if len(set(choices)) < len(choices):
-            raise MergeMixError(f"{where}: choices repeat {sorted({c for c in choices if choices.count(c) > 1})}")
+            raise MergeMixError(
+                f"{where}: choices repeat {sorted({c for c in choices if choices.count(c) > 1})}"
+            )
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
             raise MergeMixError(f"{where}: label must be an integer index into choices, got {label!r}")
         return {"context": _text(item, "context", where), "choices": choices, "label": label}
@@ -64,8 +70,9 @@ def _check_item(item, kind: str, where: str) -> dict:
     return {"prompt": prompt, "answer": answer}
 
 
-def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit: int | None = None,
-                    max_new_tokens: int = 8) -> Task:
+def load_jsonl_task(
+    name: str, path: str | Path, kind: str | None = None, limit: int | None = None, max_new_tokens: int = 8
+) -> Task:
     """A user benchmark: one JSON object per line, `{context, choices, label}` or `{prompt, answer}`."""
     path = Path(path)
     if not path.is_file():
@@ -86,8 +93,10 @@ def load_jsonl_task(name: str, path: str | Path, kind: str | None = None, limit:
         items.append(_check_item(raw, item_kind, f"benchmark '{name}': {path}:{i}"))
         first = seen.setdefault(json.dumps(items[-1], sort_keys=True), i)
         if first != i:
-            raise MergeMixError(f"benchmark '{name}': {path}:{i} repeats the item of line {first} (a repeated item "
-                                "counts twice and understates the bootstrap noise)")
+            raise MergeMixError(
+                f"benchmark '{name}': {path}:{i} repeats the item of line {first} (a repeated item "
+                "counts twice and understates the bootstrap noise)"
+            )
         kind = item_kind
     if not items:
         raise MergeMixError(f"benchmark '{name}': {path} holds no items")

@@ -31,11 +31,18 @@ def is_hf_dataset(path: Path) -> bool:
 
 
 def _shard_files(name: str, directory: Path) -> list[Path]:
-    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix in FORMATS
-                   and not any(part.startswith((".", "_")) for part in p.relative_to(directory).parts))
+    files = sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file()
+        and p.suffix in FORMATS
+        and not any(part.startswith((".", "_")) for part in p.relative_to(directory).parts)
+    )
     if not files:
-        raise MergeMixError(f"domain '{name}': directory {directory} holds no readable shards "
-                            f"({', '.join(FORMATS)} files, or a dataset saved by datasets' save_to_disk)")
+        raise MergeMixError(
+            f"domain '{name}': directory {directory} holds no readable shards "
+            f"({', '.join(FORMATS)} files, or a dataset saved by datasets' save_to_disk)"
+        )
     return files
 
 
@@ -60,7 +67,9 @@ def resolve_files(name: str, spec: Mapping) -> list[Path]:
             elif not m.is_file():
                 raise MergeMixError(f"domain '{name}': file not found: {m}")
             elif m.suffix not in FORMATS:
-                raise MergeMixError(f"domain '{name}': unsupported file type {m.suffix} ({', '.join(FORMATS)})")
+                raise MergeMixError(
+                    f"domain '{name}': unsupported file type {m.suffix} ({', '.join(FORMATS)})"
+                )
             else:
                 files.append(m)
     return files
@@ -70,8 +79,10 @@ def _require_datasets(name: str, path: Path):
     try:
         import datasets
     except ImportError as exc:
-        raise MergeMixError(f"domain '{name}': {path} is a saved Hugging Face dataset; reading it needs the "
-                            f"`datasets` package (pip install datasets)") from exc
+        raise MergeMixError(
+            f"domain '{name}': {path} is a saved Hugging Face dataset; reading it needs the "
+            f"`datasets` package (pip install datasets)"
+        ) from exc
     return datasets
 
 
@@ -84,7 +95,9 @@ def _load_hf(path: str, hf_split: str | None, text_field: str):
     if isinstance(ds, datasets.DatasetDict):
         split = hf_split or "train"
         if split not in ds:
-            raise MergeMixError(f"{path}: no split '{split}' (splits: {sorted(ds)}); set the domain's `split`")
+            raise MergeMixError(
+                f"{path}: no split '{split}' (splits: {sorted(ds)}); set the domain's `split`"
+            )
         ds = ds[split]
     if text_field not in ds.column_names:
         raise MergeMixError(f"{path}: no column '{text_field}' (columns: {ds.column_names})")
@@ -93,8 +106,13 @@ def _load_hf(path: str, hf_split: str | None, text_field: str):
 
 def validate_spec(name: str, spec: Mapping) -> None:
     check_source(name, spec)
-    for key, kind in (("max_tokens", int), ("max_epochs", (int, float)), ("max_chars", int), ("n_items", int),
-                      ("per_doc", int)):
+    for key, kind in (
+        ("max_tokens", int),
+        ("max_epochs", (int, float)),
+        ("max_chars", int),
+        ("n_items", int),
+        ("per_doc", int),
+    ):
         v = spec.get(key)
         if v is not None and (not isinstance(v, kind) or isinstance(v, bool) or v <= 0):
             raise MergeMixError(f"domain '{name}': {key} must be a positive number, got {v!r}")
@@ -155,8 +173,10 @@ def read_utf8(path: Path) -> str:
     try:
         return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # as read_text's newlines
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise MergeMixError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); convert the file to UTF-8") from exc
+        line = data[: exc.start].count(b"\n") + 1
+        raise MergeMixError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start}); convert the file to UTF-8"
+        ) from exc
 
 
 def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -180,7 +200,9 @@ def _read(path: Path, text_field: str) -> Iterator[str]:
             try:
                 doc = json.loads(line)[text_field]
             except (json.JSONDecodeError, KeyError, TypeError, IndexError) as exc:
-                raise MergeMixError(f"{path}:{i}: expected a JSON object with a '{text_field}' string") from exc
+                raise MergeMixError(
+                    f"{path}:{i}: expected a JSON object with a '{text_field}' string"
+                ) from exc
             if not isinstance(doc, str):
                 raise MergeMixError(f"{path}:{i}: '{text_field}' is not a string")
             yield doc
@@ -197,15 +219,17 @@ def _read(path: Path, text_field: str) -> Iterator[str]:
         yield from (str(x) for x in batch.column(0).to_pylist() if x)
 
 
-def _hf_rows(path: str, hf_split: str | None, text_field: str, start: int, stop: int,
-             chunk: int = 1024) -> Iterator[str]:
+def _hf_rows(
+    path: str, hf_split: str | None, text_field: str, start: int, stop: int, chunk: int = 1024
+) -> Iterator[str]:
     ds = _load_hf(path, hf_split, text_field)
     for i in range(start, stop, chunk):
-        yield from (str(x) for x in ds[i:min(stop, i + chunk)][text_field] if x)
+        yield from (str(x) for x in ds[i : min(stop, i + chunk)][text_field] if x)
 
 
-def shards(name: str, spec: Mapping, corpus_dir: Path, fraction: float, shard_bytes: int,
-           swap: bool = False) -> list[Shard]:
+def shards(
+    name: str, spec: Mapping, corpus_dir: Path, fraction: float, shard_bytes: int, swap: bool = False
+) -> list[Shard]:
     """The domain as units of work of about `shard_bytes` each: consecutive small files are grouped, a saved
     dataset is cut into row ranges. `swap` (no document fell in the training split) sends every document to
     training, so that a tiny domain still trains."""
@@ -219,8 +243,18 @@ def shards(name: str, spec: Mapping, corpus_dir: Path, fraction: float, shard_by
             n_bytes = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
             k = max(1, min(len(ds), math.ceil(n_bytes / shard_bytes)))
             bounds = [len(ds) * i // k for i in range(k + 1)]
-            out += [Shard(dataset=str(p), hf_split=spec.get("split"), rows=(a, b), text_field=field,
-                          fraction=fraction, split=fixed) for a, b in itertools.pairwise(bounds) if b > a]
+            out += [
+                Shard(
+                    dataset=str(p),
+                    hf_split=spec.get("split"),
+                    rows=(a, b),
+                    text_field=field,
+                    fraction=fraction,
+                    split=fixed,
+                )
+                for a, b in itertools.pairwise(bounds)
+                if b > a
+            ]
             continue
         group.append(str(p))
         size += p.stat().st_size
@@ -238,7 +272,9 @@ def iter_docs(shard_list: list[Shard], split: str) -> Iterator[str]:
 
 
 # ----------------------------------------------------------------------------------------- embedded ---
-def load_embedded(name: str, spec: Mapping, seed: int, heldout_fraction: float) -> tuple[list[str], list[str]]:
+def load_embedded(
+    name: str, spec: Mapping, seed: int, heldout_fraction: float
+) -> tuple[list[str], list[str]]:
     if name not in embedded.NAMES:
         raise MergeMixError(f"domain '{name}': no embedded corpus of that name ({', '.join(embedded.NAMES)})")
     kwargs = {k: v for k, v in spec.items() if k in ("max_chars", "n_items", "per_doc")}

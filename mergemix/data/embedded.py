@@ -12,7 +12,16 @@ from pathlib import Path
 
 from mergemix.data import synthetic
 
-_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__", "ensurepip"}
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "site-packages",
+    "lib2to3",
+    "turtledemo",
+    "__pycache__",
+    "ensurepip",
+}
 
 
 def _stdlib_files() -> list[Path]:
@@ -84,18 +93,26 @@ def code_docs(max_chars: int, seed: int) -> list[str]:
 def synthetic_docs(kind: str, n_items: int, seed: int, heldout: bool, per_doc: int) -> list[str]:
     items = synthetic.generate(kind, n_items, seed, heldout)
     fmt = synthetic.math_worked if kind == "math" else synthetic.sft_text
-    return ["\n".join(fmt(it) for it in items[i:i + per_doc]) for i in range(0, len(items), per_doc)]
+    return ["\n".join(fmt(it) for it in items[i : i + per_doc]) for i in range(0, len(items), per_doc)]
 
 
-def build(name: str, seed: int, heldout_fraction: float, max_chars: int = 2_000_000, n_items: int = 50_000,
-          per_doc: int = 8) -> tuple[list[str], list[str]]:
+def build(
+    name: str,
+    seed: int,
+    heldout_fraction: float,
+    max_chars: int = 2_000_000,
+    n_items: int = 50_000,
+    per_doc: int = 8,
+) -> tuple[list[str], list[str]]:
     if name in ("prose", "code"):
         docs = prose_docs(max_chars, seed) if name == "prose" else code_docs(max_chars, seed)
         return split_docs(docs, heldout_fraction)
     if name in synthetic.GENERATORS:
         n_held = max(per_doc, int(n_items * heldout_fraction))
-        return (synthetic_docs(name, n_items, seed, False, per_doc),
-                synthetic_docs(name, n_held, seed, True, per_doc))
+        return (
+            synthetic_docs(name, n_items, seed, False, per_doc),
+            synthetic_docs(name, n_held, seed, True, per_doc),
+        )
     raise KeyError(name)
 
 

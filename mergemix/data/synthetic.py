@@ -26,7 +26,9 @@ def is_heldout(prompt: str) -> bool:
 
 
 def _num_distractors(rng: random.Random, gold: int, n: int = 3) -> tuple[str, ...]:
-    pool = {gold + d for d in (-10, -2, -1, 1, 2, 10, 3, -3)} | {rng.randint(0, max(20, gold * 2)) for _ in range(4)}
+    pool = {gold + d for d in (-10, -2, -1, 1, 2, 10, 3, -3)} | {
+        rng.randint(0, max(20, gold * 2)) for _ in range(4)
+    }
     pool = sorted(x for x in pool if x >= 0 and x != gold)
     return tuple(str(x) for x in rng.sample(pool, n))
 
@@ -50,7 +52,12 @@ def math_item(rng: random.Random) -> Item:
         return Item(f"What is {a} * {b}?", str(a * b), _num_distractors(rng, a * b), kind)
     if kind == "compare":
         a, b = rng.sample(range(100), 2)
-        return Item(f"Which is larger, {a} or {b}?", str(max(a, b)), (str(min(a, b)), str(a + b), str(abs(a - b))), kind)
+        return Item(
+            f"Which is larger, {a} or {b}?",
+            str(max(a, b)),
+            (str(min(a, b)), str(a + b), str(abs(a - b))),
+            kind,
+        )
     name, thing = rng.choice(NAMES), rng.choice(THINGS)
     if kind == "word_add":
         a, b = rng.randint(1, 15), rng.randint(1, 15)
@@ -68,22 +75,121 @@ def math_worked(item: Item) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ sft ---
-ANTONYMS = [("hot", "cold"), ("big", "small"), ("fast", "slow"), ("happy", "sad"), ("light", "dark"),
-            ("up", "down"), ("open", "closed"), ("early", "late"), ("full", "empty"), ("hard", "soft"),
-            ("old", "new"), ("rich", "poor"), ("strong", "weak"), ("wet", "dry"), ("high", "low"),
-            ("long", "short"), ("near", "far"), ("loud", "quiet"), ("clean", "dirty"), ("true", "false"),
-            ("win", "lose"), ("push", "pull"), ("buy", "sell"), ("begin", "end"), ("day", "night"),
-            ("left", "right"), ("thick", "thin"), ("sweet", "sour"), ("brave", "afraid"), ("first", "last")]
-PLURAL_NOUNS = ["cat", "dog", "box", "bus", "city", "baby", "house", "tree", "glass", "fox", "lady", "car",
-                "dish", "church", "party", "book", "key", "toy", "day", "bird", "watch", "story", "pen", "cup",
-                "brush", "penny", "road", "star", "boat", "class", "family", "river", "table", "window"]
-IRREGULAR = {"child": "children", "man": "men", "woman": "women", "mouse": "mice", "foot": "feet",
-             "tooth": "teeth", "goose": "geese", "person": "people"}
+ANTONYMS = [
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("up", "down"),
+    ("open", "closed"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("hard", "soft"),
+    ("old", "new"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("wet", "dry"),
+    ("high", "low"),
+    ("long", "short"),
+    ("near", "far"),
+    ("loud", "quiet"),
+    ("clean", "dirty"),
+    ("true", "false"),
+    ("win", "lose"),
+    ("push", "pull"),
+    ("buy", "sell"),
+    ("begin", "end"),
+    ("day", "night"),
+    ("left", "right"),
+    ("thick", "thin"),
+    ("sweet", "sour"),
+    ("brave", "afraid"),
+    ("first", "last"),
+]
+PLURAL_NOUNS = [
+    "cat",
+    "dog",
+    "box",
+    "bus",
+    "city",
+    "baby",
+    "house",
+    "tree",
+    "glass",
+    "fox",
+    "lady",
+    "car",
+    "dish",
+    "church",
+    "party",
+    "book",
+    "key",
+    "toy",
+    "day",
+    "bird",
+    "watch",
+    "story",
+    "pen",
+    "cup",
+    "brush",
+    "penny",
+    "road",
+    "star",
+    "boat",
+    "class",
+    "family",
+    "river",
+    "table",
+    "window",
+]
+IRREGULAR = {
+    "child": "children",
+    "man": "men",
+    "woman": "women",
+    "mouse": "mice",
+    "foot": "feet",
+    "tooth": "teeth",
+    "goose": "geese",
+    "person": "people",
+}
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December"]
-ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-        "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 CATEGORIES = {
     "animal": ["horse", "tiger", "rabbit", "sheep", "eagle", "whale", "mouse", "camel", "snake", "goat"],
@@ -93,7 +199,16 @@ CATEGORIES = {
 }
 POSITIVE = ["wonderful", "great", "lovely", "excellent", "delightful", "amazing", "pleasant", "superb"]
 NEGATIVE = ["terrible", "awful", "boring", "horrible", "dreadful", "poor", "disappointing", "nasty"]
-SUBJECTS = ["the movie", "the food", "the trip", "the book", "the concert", "the hotel", "the game", "the class"]
+SUBJECTS = [
+    "the movie",
+    "the food",
+    "the trip",
+    "the book",
+    "the concert",
+    "the hotel",
+    "the game",
+    "the class",
+]
 
 
 def plural(noun: str) -> str:
@@ -123,7 +238,9 @@ def sft_item(rng: random.Random) -> Item:
         a, b = rng.choice(ANTONYMS)
         if rng.random() < 0.5:
             a, b = b, a
-        q = rng.choice([f"What is the opposite of '{a}'?", f"Give the antonym of '{a}'.", f"Opposite of '{a}':"])
+        q = rng.choice(
+            [f"What is the opposite of '{a}'?", f"Give the antonym of '{a}'.", f"Opposite of '{a}':"]
+        )
         return Item(q, b, _pick_other(rng, [w for pair in ANTONYMS for w in pair], b), kind)
     if kind == "plural":
         noun = rng.choice(PLURAL_NOUNS + list(IRREGULAR))
@@ -141,8 +258,12 @@ def sft_item(rng: random.Random) -> Item:
         n = rng.randint(0, 99)
         gold = number_words(n)
         others = [number_words(m) for m in {(n + 1) % 100, max(n - 1, 0), (n + 10) % 100, (n * 7 + 3) % 100}]
-        return Item(rng.choice([f"Write {n} in words.", f"Spell the number {n}."]), gold,
-                    _pick_other(rng, others + ONES, gold), kind)
+        return Item(
+            rng.choice([f"Write {n} in words.", f"Spell the number {n}."]),
+            gold,
+            _pick_other(rng, others + ONES, gold),
+            kind,
+        )
     if kind == "category":
         cat, other = rng.sample(sorted(CATEGORIES), 2)
         gold = rng.choice(CATEGORIES[cat])
@@ -150,17 +271,25 @@ def sft_item(rng: random.Random) -> Item:
         opts = [gold, *wrong]
         rng.shuffle(opts)
         q = f"Which of these is a {cat}: {', '.join(opts)}?"
-        return Item(q, gold, (*wrong, rng.choice(CATEGORIES[rng.choice([c for c in CATEGORIES if c != cat])])), kind)
+        return Item(
+            q, gold, (*wrong, rng.choice(CATEGORIES[rng.choice([c for c in CATEGORIES if c != cat])])), kind
+        )
     if kind == "parity":
         n = rng.randint(0, 999)
         gold = "even" if n % 2 == 0 else "odd"
-        return Item(f"Is {n} even or odd?", gold, ("odd" if gold == "even" else "even", "prime", "zero"), kind)
+        return Item(
+            f"Is {n} even or odd?", gold, ("odd" if gold == "even" else "even", "prime", "zero"), kind
+        )
     if kind == "repeat":
         word = rng.choice([w for ws in CATEGORIES.values() for w in ws])
         k = rng.randint(2, 3)
         gold = " ".join([word] * k)
-        return Item(f"Repeat the word '{word}' {'twice' if k == 2 else 'three times'}.", gold,
-                    (" ".join([word] * (5 - k)), word, " ".join([word] * 4)), kind)
+        return Item(
+            f"Repeat the word '{word}' {'twice' if k == 2 else 'three times'}.",
+            gold,
+            (" ".join([word] * (5 - k)), word, " ".join([word] * 4)),
+            kind,
+        )
     good = rng.random() < 0.5
     adj = rng.choice(POSITIVE if good else NEGATIVE)
     q = f"Classify the sentiment: '{rng.choice(SUBJECTS)} was {adj}'."

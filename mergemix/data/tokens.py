@@ -59,8 +59,10 @@ def splits_at_spaces(tokenizer) -> bool:
         ids = [i for p in cut for i in tokenizer(p, add_special_tokens=False)["input_ids"]]
         _SAFE[id(tokenizer)] = ids == tokenizer(text, add_special_tokens=False)["input_ids"]
         if not _SAFE[id(tokenizer)]:
-            log.warning("this tokenizer merges across spaces: long documents are tokenised in pieces of "
-                        f"{CHUNK_CHARS} characters, each cut may change a token")
+            log.warning(
+                "this tokenizer merges across spaces: long documents are tokenised in pieces of "
+                f"{CHUNK_CHARS} characters, each cut may change a token"
+            )
     return _SAFE[id(tokenizer)]
 
 
@@ -73,7 +75,9 @@ def _report(chars: int) -> None:
     if now - _progress["last"] >= PROGRESS_S:
         _progress["last"] = now
         mib = _progress["chars"] / 2**20
-        log.info(f"tokens: {mib:.0f} MiB of text tokenised ({mib / max(now - _progress['t0'], 1e-9):.1f} MiB/s)")
+        log.info(
+            f"tokens: {mib:.0f} MiB of text tokenised ({mib / max(now - _progress['t0'], 1e-9):.1f} MiB/s)"
+        )
 
 
 def pack(tokenizer, docs, batch: int = 256) -> np.ndarray:
@@ -143,8 +147,14 @@ def _workers(num_workers: int, n_shards: int) -> int:
     return max(1, min(n, n_shards))
 
 
-def pack_shards(shards: list[Shard], tokenizer_dir: str | Path, out_dir: Path, num_workers: int = 0,
-                max_tokens: int | None = None, batch: int = 256) -> dict:
+def pack_shards(
+    shards: list[Shard],
+    tokenizer_dir: str | Path,
+    out_dir: Path,
+    num_workers: int = 0,
+    max_tokens: int | None = None,
+    batch: int = 256,
+) -> dict:
     """Tokenise `shards` into `out_dir` (train.bin, heldout.bin, index.json); returns the token counts."""
     tokenizer_dir = str(tokenizer_dir)
     dtype = dtype_for(_tokenizer(tokenizer_dir))
@@ -177,8 +187,14 @@ def pack_shards(shards: list[Shard], tokenizer_dir: str | Path, out_dir: Path, n
             if max_tokens is not None and sizes["train"] >= max_tokens:
                 break  # the remaining shards are not tokenised (beyond those already in flight)
     shutil.rmtree(parts)
-    meta = {"dtype": dtype.name, "splits": {s: {"file": f"{s}.bin", "tokens": sizes[s]} for s in SPLITS},
-            "max_tokens": max_tokens, "shards_read": len(index), "shards": len(shards), "index": index}
+    meta = {
+        "dtype": dtype.name,
+        "splits": {s: {"file": f"{s}.bin", "tokens": sizes[s]} for s in SPLITS},
+        "max_tokens": max_tokens,
+        "shards_read": len(index),
+        "shards": len(shards),
+        "index": index,
+    }
     (out_dir / "index.json").write_text(json.dumps(meta, indent=1))
     return {"tokens": sizes, "shards": len(shards), "shards_read": len(index), "workers": n_workers}
 

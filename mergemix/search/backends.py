@@ -38,21 +38,42 @@ def _evaluate_all(evaluate: Evaluate, alphas: np.ndarray, desc: str, cfg: Mappin
 
 def _fit_and_search(alphas: np.ndarray, results: list[dict], cfg: Mapping, seed: int) -> Outcome:
     caps = sorted(results[0]["capabilities"])
-    surrogate = Surrogate(cfg["lgbm"], seed).fit(alphas, {c: [r["capabilities"][c] for r in results] for c in caps})
-    alpha, predicted = fine_search(surrogate, alphas.shape[1], int(cfg["n_candidates"]), int(cfg["top_k"]), seed,
-                                   cfg["objective"], extra=alphas)
+    surrogate = Surrogate(cfg["lgbm"], seed).fit(
+        alphas, {c: [r["capabilities"][c] for r in results] for c in caps}
+    )
+    alpha, predicted = fine_search(
+        surrogate,
+        alphas.shape[1],
+        int(cfg["n_candidates"]),
+        int(cfg["top_k"]),
+        seed,
+        cfg["objective"],
+        extra=alphas,
+    )
     predicted["U"] = float(surrogate_utility(predicted, cfg["objective"]))
     return Outcome(alpha, predicted, {"alphas": alphas, "results": results})
 
 
 def surrogate_design(names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict]) -> np.ndarray:
     """The N seed mixtures: a coarse grid with the vertices, then Dirichlet samples around the priors."""
-    return seed_mixtures(names, int(cfg["budget"]), int(cfg["grid_resolution"]), priors,
-                         float(cfg["prior_concentration"]), seed)
+    return seed_mixtures(
+        names,
+        int(cfg["budget"]),
+        int(cfg["grid_resolution"]),
+        priors,
+        float(cfg["prior_concentration"]),
+        seed,
+    )
 
 
-def surrogate(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
-              util: Callable[[dict], float]) -> Outcome:
+def surrogate(
+    evaluate: Evaluate,
+    names: Sequence[str],
+    cfg: Mapping,
+    seed: int,
+    priors: list[dict],
+    util: Callable[[dict], float],
+) -> Outcome:
     seeds = surrogate_design(names, cfg, seed, priors)
     return _fit_and_search(seeds, _evaluate_all(evaluate, seeds, "search: seed merges", cfg), cfg, seed)
 
@@ -69,8 +90,14 @@ def first_round(names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict
     return surrogate_design(names, {**cfg, "budget": _round_sizes(int(cfg["budget"]))[0]}, seed, priors)
 
 
-def iterative(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
-              util: Callable[[dict], float]) -> Outcome:
+def iterative(
+    evaluate: Evaluate,
+    names: Sequence[str],
+    cfg: Mapping,
+    seed: int,
+    priors: list[dict],
+    util: Callable[[dict], float],
+) -> Outcome:
     """Rounds of sizes budget/2, budget/4, ... (DeMix: 64+32+16): each round samples around the optimum that the
     surrogate refitted on everything so far predicts."""
     sizes, rng = _round_sizes(int(cfg["budget"])), np.random.default_rng(seed)
@@ -86,13 +113,21 @@ def iterative(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int,
     return out
 
 
-def grid_design(names: Sequence[str], cfg: Mapping, seed: int = 0, priors: list[dict] | None = None) -> np.ndarray:
+def grid_design(
+    names: Sequence[str], cfg: Mapping, seed: int = 0, priors: list[dict] | None = None
+) -> np.ndarray:
     """The finest simplex grid within the budget."""
     return grid(len(names), finest_resolution(len(names), int(cfg["budget"])))
 
 
-def grid_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
-                util: Callable[[dict], float]) -> Outcome:
+def grid_search(
+    evaluate: Evaluate,
+    names: Sequence[str],
+    cfg: Mapping,
+    seed: int,
+    priors: list[dict],
+    util: Callable[[dict], float],
+) -> Outcome:
     """The finest grid within the budget; alpha* is its best point."""
     points, r = grid_design(names, cfg), finest_resolution(len(names), int(cfg["budget"]))
     results = _evaluate_all(evaluate, points, f"search: grid r={r}", cfg)
@@ -100,8 +135,16 @@ def grid_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: in
     return Outcome(points[best], None, {"alphas": points, "results": results, "resolution": r})
 
 
-BACKENDS = Registry("search back-end", {"surrogate": surrogate, "iterative": iterative, "grid": grid_search,
-                                        "optuna": optuna_search, "gradient": gradient_search})
+BACKENDS = Registry(
+    "search back-end",
+    {
+        "surrogate": surrogate,
+        "iterative": iterative,
+        "grid": grid_search,
+        "optuna": optuna_search,
+        "gradient": gradient_search,
+    },
+)
 # the merges a back-end evaluates before it looks at any result: what a joined worker can evaluate (join.py)
 DESIGNS = {"surrogate": surrogate_design, "iterative": first_round, "grid": grid_design}
 

@@ -1,11 +1,11 @@
 """Baseline mixture searches that pay with training runs instead of merges (the cost MergeMix replaces).
 
-    uniform  the token-proportional mixture (no search)
-    manual   a prior given by the user
-    proxy    an Optuna study over lambda; every trial trains a proxy from the base on lambda for `trial_tokens`
-    regmix   RegMix: Dirichlet samples around the token prior, proxy runs, LightGBM per capability, >= 100k
-             simulated mixtures, alpha* = average of the top-k
-    refine   MergeMix's merged search corrected by a few trained runs (refine.py)"""
+uniform  the token-proportional mixture (no search)
+manual   a prior given by the user
+proxy    an Optuna study over lambda; every trial trains a proxy from the base on lambda for `trial_tokens`
+regmix   RegMix: Dirichlet samples around the token prior, proxy runs, LightGBM per capability, >= 100k
+         simulated mixtures, alpha* = average of the top-k
+refine   MergeMix's merged search corrected by a few trained runs (refine.py)"""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ class ProxyObjective:
         path = self.pipe.train_mixture(ratios, "proxy", self.spec)
         result = self.pipe.evaluate_checkpoint(path)
         self.ledger.train(self.run_tokens)
-        self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result), ratios,
-                               result["capabilities"])
+        self.ledger.evaluation(
+            self.pipe.suite.evaluator.n_tokens(), self.utility(result), ratios, result["capabilities"]
+        )
         self.history.append((lam, result))
         return result
 
@@ -59,17 +60,29 @@ def proxy_search(pipe, cfg: Mapping, seed: int, study_path) -> tuple[np.ndarray,
     obj = ProxyObjective(pipe, cfg, cfg["objective"])
     name = cfg.get("sampler") or "tpe"
     local = not cfg.get("storage")  # this process owns the study: resumable (optuna_backend.trial_sampler)
-    study = open_study(cfg.get("storage") or f"sqlite:///{study_path}", f"proxy-{Path(study_path).stem}", obj.names,
-                       make_sampler(name, seed))  # named by its key (proxy_study_path): one study per search
+    study = open_study(
+        cfg.get("storage") or f"sqlite:///{study_path}",
+        f"proxy-{Path(study_path).stem}",
+        obj.names,
+        make_sampler(name, seed),
+    )  # named by its key (proxy_study_path): one study per search
     if local:
         fail_orphans(study)
     if not study.trials:
         study.enqueue_trial(params_from_alpha([pipe.uniform_mixture[n] for n in obj.names], obj.names))
     # trials of an earlier (killed) run: their proxies are cached artifacts; replaying them charges the ledger
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[:int(cfg["budget"])]:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[: int(cfg["budget"])]:
         obj(alpha_of_trial(t.params, obj.names))
     remaining = int(cfg["budget"]) - len(obj.history)  # an enqueued (waiting) trial is taken by the first ask
-    ask_tell(study, obj.names, remaining, obj, obj.utility, (name, seed) if local else None, "proxy-training search")
+    ask_tell(
+        study,
+        obj.names,
+        remaining,
+        obj,
+        obj.utility,
+        (name, seed) if local else None,
+        "proxy-training search",
+    )
     return best_run(obj.history, obj.utility), obj
 
 
@@ -77,8 +90,12 @@ def proxy_study_path(pipe, spec: Mapping, seed: int):
     """The SQLite file of a proxy-training study, keyed like a search: base, baseline settings, benchmarks, seed."""
     from mergemix.artifacts import stage_key
 
-    return pipe.study_path(stage_key("search", {"base": pipe.store.ref(pipe.base_dir), "baseline": spec,
-                                                "suite": pipe.suite_key, "seed": seed}))
+    return pipe.study_path(
+        stage_key(
+            "search",
+            {"base": pipe.store.ref(pipe.base_dir), "baseline": spec, "suite": pipe.suite_key, "seed": seed},
+        )
+    )
 
 
 def best_run(history: list[tuple[np.ndarray, dict]], util) -> np.ndarray:
@@ -91,9 +108,18 @@ def regmix_fit(history: list[tuple[np.ndarray, dict]], cfg: Mapping, seed: int) 
     """RegMix's answer from these runs: LightGBM per capability, >= 100k simulated mixtures, top-k mean."""
     lams = np.array([lam / lam.sum() for lam, _ in history])
     caps = sorted(history[0][1]["capabilities"])
-    sur = Surrogate(cfg["lgbm"], seed).fit(lams, {c: [r["capabilities"][c] for _, r in history] for c in caps})
-    alpha, _ = fine_search(sur, lams.shape[1], max(100_000, int(cfg["n_candidates"])), int(cfg["top_k"]), seed,
-                           cfg["objective"], extra=lams)
+    sur = Surrogate(cfg["lgbm"], seed).fit(
+        lams, {c: [r["capabilities"][c] for _, r in history] for c in caps}
+    )
+    alpha, _ = fine_search(
+        sur,
+        lams.shape[1],
+        max(100_000, int(cfg["n_candidates"])),
+        int(cfg["top_k"]),
+        seed,
+        cfg["objective"],
+        extra=lams,
+    )
     return alpha
 
 
@@ -120,13 +146,19 @@ def _searched(alpha, obj: ProxyObjective) -> tuple[dict[str, float], dict]:
 
 
 # each: (pipe, baseline cfg, seed, study path) -> (mixture, cost ledger summary)
-BASELINES = Registry("baseline", {
-    "uniform": lambda pipe, cfg, seed, path: (dict(pipe.uniform_mixture), Ledger(0).summary()),
-    "manual": lambda pipe, cfg, seed, path: (manual_prior(cfg["prior"], pipe.domain_names), Ledger(0).summary()),
-    "proxy": lambda pipe, cfg, seed, path: _searched(*proxy_search(pipe, cfg, seed, path)),
-    "regmix": lambda pipe, cfg, seed, path: _searched(*regmix(pipe, cfg, seed)),
-    "refine": lambda pipe, cfg, seed, path: _searched(*refine(pipe, cfg, seed)[:2]),
-})
+BASELINES = Registry(
+    "baseline",
+    {
+        "uniform": lambda pipe, cfg, seed, path: (dict(pipe.uniform_mixture), Ledger(0).summary()),
+        "manual": lambda pipe, cfg, seed, path: (
+            manual_prior(cfg["prior"], pipe.domain_names),
+            Ledger(0).summary(),
+        ),
+        "proxy": lambda pipe, cfg, seed, path: _searched(*proxy_search(pipe, cfg, seed, path)),
+        "regmix": lambda pipe, cfg, seed, path: _searched(*regmix(pipe, cfg, seed)),
+        "refine": lambda pipe, cfg, seed, path: _searched(*refine(pipe, cfg, seed)[:2]),
+    },
+)
 
 
 def baseline_mixture(pipe, cfg: Mapping, seed: int, study_path) -> tuple[dict[str, float], dict]:

@@ -19,15 +19,24 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def recovery(base: Mapping, merged: Mapping, trained: Mapping, min_sigmas: float = 2.0,
-             max_ratio: float = 4.0, gain_std: Mapping[str, float] | None = None) -> dict[str, float]:
+def recovery(
+    base: Mapping,
+    merged: Mapping,
+    trained: Mapping,
+    min_sigmas: float = 2.0,
+    max_ratio: float = 4.0,
+    gain_std: Mapping[str, float] | None = None,
+) -> dict[str, float]:
     """r_c per capability from three evaluated models (results of Suite.evaluate); `gain_std`: the paired noise of
     the merged gain (else the two models' stds combined as independent, which overstates it)."""
     out = {}
     for c, b in base["capabilities"].items():
         gain_m = merged["capabilities"][c] - b
-        noise = float(gain_std[c]) if gain_std else float(np.hypot(merged["capabilities_std"][c],
-                                                                   base["capabilities_std"][c]))
+        noise = (
+            float(gain_std[c])
+            if gain_std
+            else float(np.hypot(merged["capabilities_std"][c], base["capabilities_std"][c]))
+        )
         if abs(gain_m) <= min_sigmas * noise or gain_m == 0:
             out[c] = 1.0
             continue
@@ -41,6 +50,11 @@ def calibrate(result: Mapping, base_caps: Mapping[str, float], ratios: Mapping[s
     caps = {c: base_caps[c] + ratios[c] * (v - base_caps[c]) for c, v in result["capabilities"].items()}
     stds = {c: ratios[c] * s for c, s in result["capabilities_std"].items()}
     u_scale = float(np.mean(list(ratios.values())))
-    return {**result, "capabilities": caps, "capabilities_std": stds, "U": float(np.mean(list(caps.values()))),
-            "U_std": result["U_std"] * u_scale,
-            "raw": {"capabilities": result["capabilities"], "U": result["U"], "U_std": result["U_std"]}}
+    return {
+        **result,
+        "capabilities": caps,
+        "capabilities_std": stds,
+        "U": float(np.mean(list(caps.values()))),
+        "U_std": result["U_std"] * u_scale,
+        "raw": {"capabilities": result["capabilities"], "U": result["U"], "U_std": result["U_std"]},
+    }

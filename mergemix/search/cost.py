@@ -37,17 +37,25 @@ class Ledger:
     def train(self, tokens: int) -> None:
         self.train_tokens += int(tokens)
 
-    def evaluation(self, tokens: int, utility: float, alpha: Mapping | None = None,
-                   capabilities: Mapping | None = None) -> None:
+    def evaluation(
+        self, tokens: int, utility: float, alpha: Mapping | None = None, capabilities: Mapping | None = None
+    ) -> None:
         """One trial: its evaluation cost, objective and (for logging) its mixture and capability scores."""
         self.evaluations += 1
         self.eval_tokens += int(tokens)
         self._best = max(self._best, utility)
-        self.curve.append({"evaluations": self.evaluations, "train_tokens": self.train_tokens,
-                           "flops": self.flops, "wall_s": round(time.time() - self.started, 2),
-                           "utility": utility, "best_so_far": self._best,
-                           **{f"alpha/{k}": float(v) for k, v in (alpha or {}).items()},
-                           **{f"capability/{k}": float(v) for k, v in (capabilities or {}).items()}})
+        self.curve.append(
+            {
+                "evaluations": self.evaluations,
+                "train_tokens": self.train_tokens,
+                "flops": self.flops,
+                "wall_s": round(time.time() - self.started, 2),
+                "utility": utility,
+                "best_so_far": self._best,
+                **{f"alpha/{k}": float(v) for k, v in (alpha or {}).items()},
+                **{f"capability/{k}": float(v) for k, v in (capabilities or {}).items()},
+            }
+        )
 
     @property
     def flops(self) -> float:

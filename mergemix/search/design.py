@@ -9,8 +9,14 @@ import numpy as np
 from mergemix.simplex import dirichlet, grid, grid_size
 
 
-def seed_mixtures(names: Sequence[str], n: int, resolution: int, priors: Sequence[Mapping[str, float]],
-                  concentration: float, seed: int) -> np.ndarray:
+def seed_mixtures(
+    names: Sequence[str],
+    n: int,
+    resolution: int,
+    priors: Sequence[Mapping[str, float]],
+    concentration: float,
+    seed: int,
+) -> np.ndarray:
     """n distinct mixtures: the finest grid of at most `resolution` that uses <= n/2 points, the uniform point
     and each prior, then Dirichlet samples alternating around the priors and the uniform point."""
     k = len(names)

@@ -30,8 +30,11 @@ def _digest(scope: str, record: dict) -> str:
 
 def record_line(scope: str, alpha: Sequence[float], result: dict) -> str:
     """One cache line: the merge's key and weights, its result, and their digest (`scope`: the cache's name)."""
-    record = json.loads(json.dumps({"key": alpha_key(alpha), "alpha": list(map(float, alpha)), "result": result},
-                                   allow_nan=False))  # digested as it is read back
+    record = json.loads(
+        json.dumps(
+            {"key": alpha_key(alpha), "alpha": list(map(float, alpha)), "result": result}, allow_nan=False
+        )
+    )  # digested as it is read back
     return json.dumps({**record, "digest": _digest(scope, record)}) + "\n"
 
 
@@ -79,7 +82,7 @@ class EvalCache:
         with open(self.path, "rb") as fh:
             fh.seek(self._offset)
             data = fh.read()
-        whole = data[:data.rfind(b"\n") + 1]  # a line still being written is read next time
+        whole = data[: data.rfind(b"\n") + 1]  # a line still being written is read next time
         self._offset += len(whole)
         failed = 0
         for line in whole.decode(errors="replace").splitlines():
@@ -88,11 +91,17 @@ class EvalCache:
             else:
                 failed += bool(line.strip())
         if failed:
-            log.warning(f"{failed} line(s) of the evaluation cache {self.path} fail their digest (edited, damaged, or "
-                        f"written before lines carried one): those merges are evaluated again")
+            log.warning(
+                f"{failed} line(s) of the evaluation cache {self.path} fail their digest (edited, damaged, or "
+                f"written before lines carried one): those merges are evaluated again"
+            )
 
     def _lock_path(self, key: str) -> Path:
-        return self.path.parent / f".{self.path.name}.locks" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
+        return (
+            self.path.parent
+            / f".{self.path.name}.locks"
+            / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.lock"
+        )
 
     def get_or_eval(self, alpha: Sequence[float], evaluate: Callable[[], dict]) -> dict:
         key = alpha_key(alpha)
@@ -131,8 +140,10 @@ class EvalCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             line = record_line(self.scope, alpha, result)
             appending = os.O_CREAT | os.O_WRONLY | os.O_APPEND
-            with locked(self.path.parent / f".{self.path.name}.lock"), \
-                    os.fdopen(open_nofollow(self.path, appending), "a") as fh:
+            with (
+                locked(self.path.parent / f".{self.path.name}.lock"),
+                os.fdopen(open_nofollow(self.path, appending), "a") as fh,
+            ):
                 fh.write(line)
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -66,6 +66,7 @@ def threads_for(n: int) -> Iterator[None]:
 def start_workers(procs: Sequence, threads: int) -> None:
     """Start forked processes that run `threads` torch threads each; from a fresh thread (no OpenMP pool of its
     own) when that is more than one, so that each child builds its own pool."""
+
     def start() -> None:
         for p in procs:
             p.start()
@@ -84,11 +85,15 @@ def fan_out(work: Callable[[list], None], items: Sequence, workers: int) -> None
     if workers <= 1 or len(items) <= 1:
         return
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_initialized():
-        raise MergeMixError("search.n_workers > 1 forks local workers, which CUDA does not allow once it is in use: "
-                            "start one `mergemix search-worker` per GPU instead (CUDA_VISIBLE_DEVICES=i)")
+        raise MergeMixError(
+            "search.n_workers > 1 forks local workers, which CUDA does not allow once it is in use: "
+            "start one `mergemix search-worker` per GPU instead (CUDA_VISIBLE_DEVICES=i)"
+        )
     ctx, share = mp.get_context("fork"), thread_share(workers)
-    procs = [ctx.Process(target=forked, args=(work, list(items[i::workers])), kwargs={"threads": share})
-             for i in range(1, workers)]
+    procs = [
+        ctx.Process(target=forked, args=(work, list(items[i::workers])), kwargs={"threads": share})
+        for i in range(1, workers)
+    ]
     with threads_for(share):
         start_workers(procs, share)
         try:
@@ -98,4 +103,6 @@ def fan_out(work: Callable[[list], None], items: Sequence, workers: int) -> None
                 p.join()
     bad = [p.exitcode for p in procs if p.exitcode]
     if bad:
-        log.warning(f"search: {len(bad)} local worker(s) failed (exit codes {bad}); their merges are evaluated here")
+        log.warning(
+            f"search: {len(bad)} local worker(s) failed (exit codes {bad}); their merges are evaluated here"
+        )

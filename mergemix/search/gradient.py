@@ -38,9 +38,9 @@ class MergeNLL:
         self.mask = torch.zeros_like(self.ids)
         self.target_mask = torch.zeros_like(self.ids, dtype=torch.bool)
         for i, (toks, n) in enumerate(requests):
-            self.ids[i, :len(toks)] = torch.tensor(toks)
-            self.mask[i, :len(toks)] = 1
-            self.target_mask[i, len(toks) - n:len(toks)] = True
+            self.ids[i, : len(toks)] = torch.tensor(toks)
+            self.mask[i, : len(toks)] = 1
+            self.target_mask[i, len(toks) - n : len(toks)] = True
         self.n_tokens = int(self.mask.sum())
 
     def params(self, alpha: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -48,24 +48,30 @@ class MergeNLL:
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         alpha = torch.softmax(z, dim=0)
-        logits = functional_call(self.model, self.params(alpha), (self.ids,), {"attention_mask": self.mask}).logits
+        logits = functional_call(
+            self.model, self.params(alpha), (self.ids,), {"attention_mask": self.mask}
+        ).logits
         logits = logits[:, :-1]
         logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
         tok_logp = logp.gather(-1, self.ids[:, 1:, None])[..., 0]
         return -(tok_logp * self.target_mask[:, 1:]).sum() / len(self.ids)
 
 
-def gradient_search(evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
-                    util: Callable[[dict], float]) -> Outcome:
+def gradient_search(
+    evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict], util: Callable[[dict], float]
+) -> Outcome:
     """`evaluate` must be a MergeObjective (it carries the experts, the model and the benchmarks)."""
     if int(cfg.get("n_workers", 1)) > 1:
         raise MergeMixError("search=gradient takes one step after another: set search.n_workers=1")
     suite = evaluate.pipe.suite
-    requests = dev_requests(suite.evaluator.tok, suite.evaluator.tasks, int(cfg.get("dev_every", 5)),
-                            suite.evaluator.max_length)  # native tasks: lm-eval members are scored by lm-eval only
+    requests = dev_requests(
+        suite.evaluator.tok, suite.evaluator.tasks, int(cfg.get("dev_every", 5)), suite.evaluator.max_length
+    )  # native tasks: lm-eval members are scored by lm-eval only
     if not requests:
-        raise MergeMixError("the gradient back-end needs benchmark tasks of the project's own evaluator "
-                            "(lm-eval members are not differentiated through)")
+        raise MergeMixError(
+            "the gradient back-end needs benchmark tasks of the project's own evaluator "
+            "(lm-eval members are not differentiated through)"
+        )
     nll = MergeNLL(evaluate.bank, evaluate.target, requests, suite.evaluator.tok.pad_token_id)
     z = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([z], lr=float(cfg.get("lr", 0.1)))

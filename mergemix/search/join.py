@@ -34,9 +34,11 @@ def join_search(pipe) -> dict:
         return _join_batch(pipe, objective_for(pipe), DESIGNS[s["backend"]])
     url = str(s.get("storage") or "")
     if s.get("backend") != "optuna" or not url.startswith(SHARED_SCHEMES):
-        raise MergeMixError("search-worker joins a search that knows its merges in advance (search=surrogate, "
-                            "iterative, grid; paths on a shared file system), or an Optuna study on a shared database "
-                            "(search=tpe, cmaes, gp, qmc, random and search.storage=postgresql://user@host/db)")
+        raise MergeMixError(
+            "search-worker joins a search that knows its merges in advance (search=surrogate, "
+            "iterative, grid; paths on a shared file system), or an Optuna study on a shared database "
+            "(search=tpe, cmaes, gp, qmc, random and search.storage=postgresql://user@host/db)"
+        )
     return _join_study(pipe, url, objective_for(pipe))
 
 
@@ -50,8 +52,13 @@ def _join_batch(pipe, objective, design) -> dict:
     order = rotated(alphas, joiner_seed(pipe.search_seed))
     fan_out(objective.fill, order, int(s.get("n_workers", 1)))
     cached = objective.fill(order)  # what this node's workers left, and a count of the whole design
-    return {"backend": s["backend"], "design": len(alphas), "cached": cached,
-            "evaluated_here": objective.cache.misses, "cache": str(objective.cache.path)}
+    return {
+        "backend": s["backend"],
+        "design": len(alphas),
+        "cached": cached,
+        "evaluated_here": objective.cache.misses,
+        "cache": str(objective.cache.path),
+    }
 
 
 def _join_study(pipe, url: str, objective) -> dict:
@@ -62,11 +69,30 @@ def _join_study(pipe, url: str, objective) -> dict:
 
     s = pipe.cfg["search"]
     names, seed = pipe.domain_names, joiner_seed(pipe.search_seed)
-    name = study_name_for(s.get("study_name"), search_inputs(pipe.store, pipe.cfg, pipe.base_dir, pipe.expert_dirs,
-                                                         pipe.suite_key, pipe.search_seed, pipe.uniform_mixture))
+    name = study_name_for(
+        s.get("study_name"),
+        search_inputs(
+            pipe.store,
+            pipe.cfg,
+            pipe.base_dir,
+            pipe.expert_dirs,
+            pipe.suite_key,
+            pipe.search_seed,
+            pipe.uniform_mixture,
+        ),
+    )
     open_study(url, name, names, make_sampler(s["sampler"], seed))  # checks the URL and search space
-    run_workers(url, name, names, s["sampler"], seed, int(s["budget"]), objective, objective.utility,
-                int(s.get("n_workers", 1)))
+    run_workers(
+        url,
+        name,
+        names,
+        s["sampler"],
+        seed,
+        int(s["budget"]),
+        objective,
+        objective.utility,
+        int(s.get("n_workers", 1)),
+    )
     study = open_study(url, name, names, make_sampler(s["sampler"], seed))
     done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     return {"study": name, "complete_trials": done, "budget": int(s["budget"])}

@@ -26,10 +26,16 @@ def _sampler(cls: str, **options):
     return make
 
 
-SAMPLERS = Registry("Optuna sampler", {
-    "tpe": _sampler("TPESampler", multivariate=True, constant_liar=True), "cmaes": _sampler("CmaEsSampler"),
-    "gp": _sampler("GPSampler"), "qmc": _sampler("QMCSampler", qmc_type="sobol", scramble=True),
-    "random": _sampler("RandomSampler")})
+SAMPLERS = Registry(
+    "Optuna sampler",
+    {
+        "tpe": _sampler("TPESampler", multivariate=True, constant_liar=True),
+        "cmaes": _sampler("CmaEsSampler"),
+        "gp": _sampler("GPSampler"),
+        "qmc": _sampler("QMCSampler", qmc_type="sobol", scramble=True),
+        "random": _sampler("RandomSampler"),
+    },
+)
 
 
 def make_sampler(name: str, seed: int):
@@ -56,8 +62,15 @@ def complete_count(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 
-def ask_tell(study, names: Sequence[str], n: int, run: Evaluate, util: Callable[[dict], float],
-             sampler: tuple[str, int] | None = None, desc: str = "search") -> None:
+def ask_tell(
+    study,
+    names: Sequence[str],
+    n: int,
+    run: Evaluate,
+    util: Callable[[dict], float],
+    sampler: tuple[str, int] | None = None,
+    desc: str = "search",
+) -> None:
     """`n` more trials of a study that this process runs alone: ask, evaluate, record alpha and scores, tell; with
     `sampler` = (name, seed), each trial's sampler is trial_sampler's (resumable)."""
     from tqdm.auto import tqdm
@@ -108,21 +121,30 @@ def open_study(storage_url: str, study_name: str, names: Sequence[str], sampler)
     try:
         with warnings.catch_warnings():  # the heartbeat retry is marked experimental: not the user's concern
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = RDBStorage(storage_url, heartbeat_interval=5, grace_period=15,
-                                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+            storage = RDBStorage(
+                storage_url,
+                heartbeat_interval=5,
+                grace_period=15,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+            )
     except Exception as exc:  # SQLAlchemy raises many kinds
         raise MergeMixError(f"cannot open Optuna storage {storage_url}: {str(exc).splitlines()[0]}") from exc
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, direction="maximize",
-                                load_if_exists=True)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+    )
     if study.metric_names is None:  # optuna-dashboard labels the objective
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)
             study.set_metric_names(["U"])
     expected = {f"u_{n}" for n in names}
-    for t in study.get_trials(deepcopy=False):  # a running or failed trial may hold only the first few parameters
+    for t in study.get_trials(
+        deepcopy=False
+    ):  # a running or failed trial may hold only the first few parameters
         if not set(t.params) <= expected or (t.state == TrialState.COMPLETE and set(t.params) != expected):
-            raise MergeMixError(f"study '{study_name}' exists with another search space ({sorted(t.params)}); "
-                                f"choose another search.study_name")
+            raise MergeMixError(
+                f"study '{study_name}' exists with another search space ({sorted(t.params)}); "
+                f"choose another search.study_name"
+            )
     return study
 
 
@@ -173,20 +195,37 @@ def _worker(storage_url, study_name, names, sampler_name, seed, budget, evaluate
     done = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     progress = Progress(budget, done, f"search ({sampler_name})")
     try:
-        if only_waiting:  # the enqueued trials in one process: SQLite has no row locks, two workers could pop one
+        if (
+            only_waiting
+        ):  # the enqueued trials in one process: SQLite has no row locks, two workers could pop one
             waiting = sum(t.state == TrialState.WAITING for t in study.get_trials(deepcopy=False))
             if waiting:
-                study.optimize(objective, n_trials=waiting, callbacks=[progress], show_progress_bar=False, catch=())
+                study.optimize(
+                    objective, n_trials=waiting, callbacks=[progress], show_progress_bar=False, catch=()
+                )
         elif done < budget:
-            study.optimize(objective, callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,)), progress],
-                           show_progress_bar=False, catch=())
+            study.optimize(
+                objective,
+                callbacks=[MaxTrialsCallback(budget, states=(TrialState.COMPLETE,)), progress],
+                show_progress_bar=False,
+                catch=(),
+            )
     finally:
         progress.close()
     return optuna
 
 
-def run_workers(storage_url: str, study_name: str, names: Sequence[str], sampler: str, seed: int, budget: int,
-                evaluate: Evaluate, util: Callable[[dict], float], workers: int = 1) -> None:
+def run_workers(
+    storage_url: str,
+    study_name: str,
+    names: Sequence[str],
+    sampler: str,
+    seed: int,
+    budget: int,
+    evaluate: Evaluate,
+    util: Callable[[dict], float],
+    workers: int = 1,
+) -> None:
     """`workers` processes (worker i samples with seed + i) until the study holds `budget` complete trials."""
     args = (storage_url, study_name, list(names), sampler)
     if workers <= 1:
@@ -196,8 +235,12 @@ def run_workers(storage_url: str, study_name: str, names: Sequence[str], sampler
         _worker(*args, seed, budget, evaluate, util, only_waiting=True)
     ctx = mp.get_context("fork")  # workers inherit the loaded experts and benchmark requests
     share = thread_share(workers)  # this process waits: the workers share its threads
-    procs = [ctx.Process(target=forked, args=(_worker, *args, seed + i, budget, evaluate, util),
-                         kwargs={"threads": share}) for i in range(workers)]
+    procs = [
+        ctx.Process(
+            target=forked, args=(_worker, *args, seed + i, budget, evaluate, util), kwargs={"threads": share}
+        )
+        for i in range(workers)
+    ]
     start_workers(procs, share)
     for p in procs:
         p.join()
@@ -206,20 +249,37 @@ def run_workers(storage_url: str, study_name: str, names: Sequence[str], sampler
         raise MergeMixError(f"{len(bad)} search worker(s) failed (exit codes {bad})")
 
 
-def optuna_search(evaluate: Evaluate, names: Sequence[str], cfg: Mapping, seed: int, priors: list[dict],
-                  util: Callable[[dict], float]) -> Outcome:
+def optuna_search(
+    evaluate: Evaluate,
+    names: Sequence[str],
+    cfg: Mapping,
+    seed: int,
+    priors: list[dict],
+    util: Callable[[dict], float],
+) -> Outcome:
     from optuna.trial import TrialState
 
     budget, workers = int(cfg["budget"]), int(cfg.get("n_workers", 1))
     storage_url, study_name = cfg["storage"], cfg["study_name"]
     study = open_study(storage_url, study_name, names, make_sampler(cfg["sampler"], seed))
     if not study.trials:
-        for point in [np.full(len(names), 1 / len(names)), *[np.array([p[n] for n in names]) for p in priors]]:
+        for point in [
+            np.full(len(names), 1 / len(names)),
+            *[np.array([p[n] for n in names]) for p in priors],
+        ]:
             study.enqueue_trial(params_from_alpha(point, names), skip_if_exists=True)
     run_workers(storage_url, study_name, names, cfg["sampler"], seed, budget, evaluate, util, workers)
     done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     best = max(done, key=lambda t: t.value)
     alphas = np.array([alpha_of_trial(t.params, names) for t in done])
-    return Outcome(alpha_of_trial(best.params, names), None,
-                   {"alphas": alphas, "values": [t.value for t in done], "n_trials": len(study.trials),
-                    "storage": storage_url, "study_name": study_name})
+    return Outcome(
+        alpha_of_trial(best.params, names),
+        None,
+        {
+            "alphas": alphas,
+            "values": [t.value for t in done],
+            "n_trials": len(study.trials),
+            "storage": storage_url,
+            "study_name": study_name,
+        },
+    )

@@ -33,8 +33,14 @@ from mergemix.search.surrogate import Surrogate, candidates, out_of_fold, result
 CORRECTIONS = ("tilt", "gain")
 
 
-def fit_correction(kind: str, alphas: np.ndarray, merged: np.ndarray, trained: np.ndarray, noise: np.ndarray,
-                   scale: np.ndarray):
+def fit_correction(
+    kind: str,
+    alphas: np.ndarray,
+    merged: np.ndarray,
+    trained: np.ndarray,
+    noise: np.ndarray,
+    scale: np.ndarray,
+):
     """A function (alphas [M, K], merged predictions [M, C]) -> corrected predictions [M, C], fitted on n trained
     runs: their mixtures `alphas` [n, K], merged predictions there `merged` [n, C], trained scores `trained` [n, C],
     item noise per capability `noise` [C] and merged range per capability `scale` [C]."""
@@ -62,8 +68,15 @@ def fit_correction(kind: str, alphas: np.ndarray, merged: np.ndarray, trained: n
 class Refiner:
     """The merged surrogate over a fixed candidate set, and the trained runs that correct it."""
 
-    def __init__(self, alphas: np.ndarray, merged: Mapping[str, Sequence[float]], cfg: Mapping, seed: int,
-                 correction: str = "tilt", min_distance: float = 0.2):
+    def __init__(
+        self,
+        alphas: np.ndarray,
+        merged: Mapping[str, Sequence[float]],
+        cfg: Mapping,
+        seed: int,
+        correction: str = "tilt",
+        min_distance: float = 0.2,
+    ):
         self.caps, self.cfg, self.kind = sorted(merged), cfg, correction
         self.min_distance = float(min_distance)
         surrogate = Surrogate(cfg["lgbm"], seed).fit(alphas, {c: merged[c] for c in self.caps})
@@ -97,13 +110,17 @@ class Refiner:
         candidates at least min_distance (total variation) from every trained run (all of them if none is)."""
         pred = self.corrected()
         u = utility(dict(zip(self.caps, pred.T)), self.cfg["objective"])
-        if self.runs:  # trust region: a correction fitted on a few runs holds near them, not across the simplex
+        if (
+            self.runs
+        ):  # trust region: a correction fitted on a few runs holds near them, not across the simplex
             dist = _tv(self.cand, np.array([a for a, _ in self.runs])).min(1)
             u = np.where(dist <= 2 * self.min_distance, u, -np.inf)
         top = np.argsort(-u, kind="stable")[: int(self.cfg["top_k"])]
         if explore and self.runs:
             far = (dist >= self.min_distance) & np.isfinite(u)
-            if far.any():  # the top-k far candidates near the best of them (a ring's mean would fall back inside)
+            if (
+                far.any()
+            ):  # the top-k far candidates near the best of them (a ring's mean would fall back inside)
                 top = np.argsort(-np.where(far, u, -np.inf), kind="stable")[: int(self.cfg["top_k"])]
                 top = top[far[top] & (_tv(self.cand[top], self.cand[top[:1]])[:, 0] <= self.min_distance / 2)]
         alpha = self.cand[top].mean(axis=0)
@@ -117,7 +134,11 @@ class Refiner:
         alpha, predicted = self.propose(explore=False)
         best_alpha, best = max(self.runs, key=lambda r: result_utility(r[1], self.cfg["objective"]))
         if result_utility(best, self.cfg["objective"]) > predicted["U"]:
-            return best_alpha / best_alpha.sum(), {**best["capabilities"], "U": float(best["U"])}, "best trained run"
+            return (
+                best_alpha / best_alpha.sum(),
+                {**best["capabilities"], "U": float(best["U"])},
+                "best trained run",
+            )
         return alpha, predicted, "corrected optimum"
 
 
@@ -147,14 +168,25 @@ def refine(pipe, cfg: Mapping, seed: int):
     obj.ledger.train(int(cost["train_tokens"]))
     obj.ledger.eval_tokens += int(cost["eval_tokens"])
     obj.ledger.evaluations += int(cost["evaluations"])
-    refiner = Refiner(alphas, {c: v for c, v in cols.items() if c not in ("U", "U_std")}, s, seed,
-                      cfg.get("correction") or "tilt", float(cfg.get("min_distance", 0.2)))
+    refiner = Refiner(
+        alphas,
+        {c: v for c, v in cols.items() if c not in ("U", "U_std")},
+        s,
+        seed,
+        cfg.get("correction") or "tilt",
+        float(cfg.get("min_distance", 0.2)),
+    )
     alpha = np.array([search["alpha_star"][n] for n in names], dtype=float)
     for _ in range(int(cfg["budget"])):
         refiner.add(alpha, obj(alpha))
         alpha, _ = refiner.propose(explore=True)
     alpha, predicted, source = refiner.answer()
-    info = {"correction": refiner.kind, "answer": source, "runs": [dict(zip(names, map(float, a / a.sum()))) for a, _ in refiner.runs],
-            "trained_U": [float(r["U"]) for _, r in refiner.runs], "predicted": predicted,
-            "merged_alpha_star": dict(search["alpha_star"])}
+    info = {
+        "correction": refiner.kind,
+        "answer": source,
+        "runs": [dict(zip(names, map(float, a / a.sum()))) for a, _ in refiner.runs],
+        "trained_U": [float(r["U"]) for _, r in refiner.runs],
+        "predicted": predicted,
+        "merged_alpha_star": dict(search["alpha_star"]),
+    }
     return alpha, obj, info

@@ -24,8 +24,9 @@ from mergemix.search.fanout import fan_out
 from mergemix.search.surrogate import objective_std, out_of_fold, result_utility
 
 
-def cross_validated_spearman(alphas: np.ndarray, scores: dict[str, list[float]], lgbm: dict, seed: int,
-                             folds: int = 5) -> dict[str, float]:
+def cross_validated_spearman(
+    alphas: np.ndarray, scores: dict[str, list[float]], lgbm: dict, seed: int, folds: int = 5
+) -> dict[str, float]:
     """How well the surrogate ranks unseen mixtures: Spearman rho of out-of-fold predictions, per capability."""
     from scipy.stats import spearmanr
 
@@ -39,8 +40,14 @@ class MergeObjective:
     scores, "ratios": r_c}, calibration.py) moves merged scores to the trained scale after the cache (which keeps
     raw scores)."""
 
-    def __init__(self, pipe, cache: EvalCache, objective: str = "macro", scale: float = 1.0,
-                 calibration: dict | None = None):
+    def __init__(
+        self,
+        pipe,
+        cache: EvalCache,
+        objective: str = "macro",
+        scale: float = 1.0,
+        calibration: dict | None = None,
+    ):
         self.pipe, self.cache, self.objective = pipe, cache, objective
         self.scale, self.calibration = float(scale), calibration
         self.names = pipe.domain_names
@@ -83,8 +90,12 @@ class MergeObjective:
         if self.calibration:
             result = calibrate(result, self.calibration["base"], self.calibration["ratios"])
         # a cache hit is free here, but costs its evaluation in a standalone search: the ledger counts it
-        self.ledger.evaluation(self.pipe.suite.evaluator.n_tokens(), self.utility(result),
-                               dict(zip(self.names, map(float, alpha))), result["capabilities"])
+        self.ledger.evaluation(
+            self.pipe.suite.evaluator.n_tokens(),
+            self.utility(result),
+            dict(zip(self.names, map(float, alpha))),
+            result["capabilities"],
+        )
         self.history.append((alpha, result))
         return result
 
@@ -102,15 +113,22 @@ def recovery_calibration(pipe, objective: MergeObjective) -> dict:
 
     noise = paired_gap(merged, base, pipe.suite.capabilities)["capabilities_std"]  # same items: paired
     ratios = recovery(base, merged, trained, gain_std=noise)
-    return {"base": dict(base["capabilities"]), "ratios": ratios, "at": dict(prior), "merged_gain_std": noise,
-            "merged": dict(merged["capabilities"]), "trained": dict(trained["capabilities"])}
+    return {
+        "base": dict(base["capabilities"]),
+        "ratios": ratios,
+        "at": dict(prior),
+        "merged_gain_std": noise,
+        "merged": dict(merged["capabilities"]),
+        "trained": dict(trained["capabilities"]),
+    }
 
 
 def objective_for(pipe, cache_path: Path | None = None) -> MergeObjective:
     """The merge objective the config asks for: its scale, and calibrated when search.calibration is set."""
     s = pipe.cfg["search"]
-    objective = MergeObjective(pipe, EvalCache(cache_path or pipe.merge_cache_path), s["objective"],
-                               float(s.get("merge_scale", 1.0)))
+    objective = MergeObjective(
+        pipe, EvalCache(cache_path or pipe.merge_cache_path), s["objective"], float(s.get("merge_scale", 1.0))
+    )
     if (s.get("calibration") or "none") == "recovery":
         objective.calibration = recovery_calibration(pipe, objective)
     return objective
@@ -124,12 +142,20 @@ def choose_alpha(outcome_alpha, verified: dict, searched: list, util, objective,
     gap = util(best) - util(verified)
     sd = float(np.hypot(objective_std(best, objective), objective_std(verified, objective)))
     switched = bool(gap > sigmas * sd and sd > 0)
-    return {"alpha": np.asarray(best_alpha if switched else outcome_alpha, dtype=float),
-            "result": best if switched else verified, "switched": switched, "gap": float(gap), "gap_std": sd,
-            "rule": f"best evaluated merge if it beats the proposal's verified merge by > {sigmas:g} sigma",
-            "proposed": {"alpha": [float(a) for a in outcome_alpha], "objective": float(util(verified))},
-            "best_merge": {"alpha": [float(a) for a in best_alpha], "objective": float(util(best)),
-                           "U": float(best["U"])}}
+    return {
+        "alpha": np.asarray(best_alpha if switched else outcome_alpha, dtype=float),
+        "result": best if switched else verified,
+        "switched": switched,
+        "gap": float(gap),
+        "gap_std": sd,
+        "rule": f"best evaluated merge if it beats the proposal's verified merge by > {sigmas:g} sigma",
+        "proposed": {"alpha": [float(a) for a in outcome_alpha], "objective": float(util(verified))},
+        "best_merge": {
+            "alpha": [float(a) for a in best_alpha],
+            "objective": float(util(best)),
+            "U": float(best["U"]),
+        },
+    }
 
 
 def write_trials(path: Path, history, names, caps: list[str]) -> None:
@@ -137,8 +163,14 @@ def write_trials(path: Path, history, names, caps: list[str]) -> None:
         w = csv.writer(fh)
         w.writerow([*(f"alpha/{n}" for n in names), *(f"score/{c}" for c in caps), "U", "U_std"])
         for a, r in history:
-            w.writerow([*np.round(a, 6), *(round(r["capabilities"][c], 6) for c in caps), round(r["U"], 6),
-                        round(r["U_std"], 6)])
+            w.writerow(
+                [
+                    *np.round(a, 6),
+                    *(round(r["capabilities"][c], 6) for c in caps),
+                    round(r["U"], 6),
+                    round(r["U_std"], 6),
+                ]
+            )
 
 
 def read_trials(path: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -147,20 +179,32 @@ def read_trials(path: Path, names: list[str]) -> tuple[np.ndarray, dict[str, np.
     with open(path) as fh:
         header, *rows = list(csv.reader(fh))
     data = np.array(rows, dtype=float).reshape(-1, len(header))
-    return data[:, :len(names)], {c.removeprefix("score/"): data[:, len(names) + i]
-                                  for i, c in enumerate(header[len(names):])}
+    return data[:, : len(names)], {
+        c.removeprefix("score/"): data[:, len(names) + i] for i, c in enumerate(header[len(names) :])
+    }
 
 
 def copy_trials(src: Path, dst: Path, names: list[str]) -> None:
     """A trials file with named columns (also one cached before the columns were named)."""
     alphas, columns = read_trials(src, names)
     caps = [c for c in columns if c not in ("U", "U_std")]
-    history = [(a, {"capabilities": {c: columns[c][i] for c in caps}, "U": columns["U"][i],
-                    "U_std": columns["U_std"][i]}) for i, a in enumerate(alphas)]
+    history = [
+        (
+            a,
+            {
+                "capabilities": {c: columns[c][i] for c in caps},
+                "U": columns["U"][i],
+                "U_std": columns["U_std"][i],
+            },
+        )
+        for i, a in enumerate(alphas)
+    ]
     write_trials(dst, history, names, caps)
 
 
-def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path, study_name: str | None = None) -> dict:
+def run_search(
+    pipe, out_dir: Path, cache_path: Path, study_path: Path, study_name: str | None = None
+) -> dict:
     """The search artifact; an Optuna back-end fills the study `study_name` (optuna_backend.study_name_for) in
     `search.storage`, by default SQLite at `study_path`."""
     s, names = dict(pipe.cfg["search"]), pipe.domain_names
@@ -175,43 +219,94 @@ def run_search(pipe, out_dir: Path, cache_path: Path, study_path: Path, study_na
     verified = objective(outcome.alpha)
     caps = sorted(verified["capabilities"])
     write_trials(out_dir / "seeds.csv", searched, names, caps)
-    searched = searched or [(np.asarray(outcome.alpha), verified)]  # the gradient back-end evaluates only alpha*
+    searched = searched or [
+        (np.asarray(outcome.alpha), verified)
+    ]  # the gradient back-end evaluates only alpha*
     choice = choose_alpha(outcome.alpha, verified, searched, objective.utility, s["objective"])
     best = choice["best_merge"]
     chosen = choice.pop("result")
     alpha_star = {n: round(float(a), 6) for n, a in zip(names, choice.pop("alpha"))}
-    mixture = {"domains": names, "alpha_star": alpha_star, "backend": s["backend"], "objective": s["objective"],
-               "predicted": {k: round(v, 6) for k, v in (outcome.predicted or {}).items()},
-               "verified": {"U": round(chosen["U"], 6), "U_std": round(chosen["U_std"], 6),
-                            **{c: round(v, 6) for c, v in chosen["capabilities"].items()}},
-               "best_seed": {"alpha": {n: round(a, 6) for n, a in zip(names, best["alpha"])},
-                             "objective": round(best["objective"], 6), "U": round(best["U"], 6)},  # U: macro
-               "alpha_choice": {"switched_to_best_merge": choice["switched"], "gap": round(choice["gap"], 6),
-                                "gap_std": round(choice["gap_std"], 6), "rule": choice["rule"]}}
+    mixture = {
+        "domains": names,
+        "alpha_star": alpha_star,
+        "backend": s["backend"],
+        "objective": s["objective"],
+        "predicted": {k: round(v, 6) for k, v in (outcome.predicted or {}).items()},
+        "verified": {
+            "U": round(chosen["U"], 6),
+            "U_std": round(chosen["U_std"], 6),
+            **{c: round(v, 6) for c, v in chosen["capabilities"].items()},
+        },
+        "best_seed": {
+            "alpha": {n: round(a, 6) for n, a in zip(names, best["alpha"])},
+            "objective": round(best["objective"], 6),
+            "U": round(best["U"], 6),
+        },  # U: macro
+        "alpha_choice": {
+            "switched_to_best_merge": choice["switched"],
+            "gap": round(choice["gap"], 6),
+            "gap_std": round(choice["gap_std"], 6),
+            "rule": choice["rule"],
+        },
+    }
     if choice["switched"]:
-        log.info(f"search: the proposal's verified merge scores {100 * choice['gap']:.2f} below the best evaluated "
-                 f"merge (> 2 sigma, sigma {100 * choice['gap_std']:.2f}): alpha* is that merge; both are in "
-                 "mixture.yaml")
-        mixture["alpha_choice"]["proposed"] = {"alpha": dict(zip(names, np.round(choice["proposed"]["alpha"], 6)
-                                                                 .tolist())),
-                                               "objective": round(choice["proposed"]["objective"], 6)}
+        log.info(
+            f"search: the proposal's verified merge scores {100 * choice['gap']:.2f} below the best evaluated "
+            f"merge (> 2 sigma, sigma {100 * choice['gap_std']:.2f}): alpha* is that merge; both are in "
+            "mixture.yaml"
+        )
+        mixture["alpha_choice"]["proposed"] = {
+            "alpha": dict(zip(names, np.round(choice["proposed"]["alpha"], 6).tolist())),
+            "objective": round(choice["proposed"]["objective"], 6),
+        }
     (out_dir / "mixture.yaml").write_text(yaml.safe_dump(mixture, sort_keys=False))
     alphas = np.array([a for a, _ in searched])
-    cv = cross_validated_spearman(alphas, {c: [r["capabilities"][c] for _, r in searched] for c in caps},
-                                  s["lgbm"], pipe.search_seed) if len(searched) >= 10 else {}
+    cv = (
+        cross_validated_spearman(
+            alphas,
+            {c: [r["capabilities"][c] for _, r in searched] for c in caps},
+            s["lgbm"],
+            pipe.search_seed,
+        )
+        if len(searched) >= 10
+        else {}
+    )
     ledger = objective.ledger.summary()
     with open(out_dir / "cost_curve.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(objective.ledger.curve[0]) if objective.ledger.curve else ["none"])
+        w = csv.DictWriter(
+            fh, fieldnames=list(objective.ledger.curve[0]) if objective.ledger.curve else ["none"]
+        )
         w.writeheader()
         w.writerows(objective.ledger.curve)
-    (out_dir / "search.json").write_text(json.dumps({
-        **mixture, "surrogate_cv_spearman": cv, "cache_hits": objective.cache.hits, "cost": ledger,
-        "evaluations": objective.cache.misses + objective.cache.joined,
-        "evaluations_by_workers": objective.cache.joined, "verified_result": chosen, "wall_s": round(time.time() - t0, 1),
-        "calibration": objective.calibration, "merge_scale": objective.scale,
-        "info": mask_secrets({k: v for k, v in outcome.info.items() if k not in ("alphas", "results")})},
-        indent=2, default=float))
-    return {"alpha_star": alpha_star, "predicted": mixture["predicted"], "verified": mixture["verified"],
-            "best_seed": mixture["best_seed"], "surrogate_cv_spearman": cv, "n_evaluated": len(searched),
-            "cost": ledger, "task_vector_norms": objective.bank.task_vector_norms(),
-            "task_vector_cosines": objective.bank.cosines()}
+    (out_dir / "search.json").write_text(
+        json.dumps(
+            {
+                **mixture,
+                "surrogate_cv_spearman": cv,
+                "cache_hits": objective.cache.hits,
+                "cost": ledger,
+                "evaluations": objective.cache.misses + objective.cache.joined,
+                "evaluations_by_workers": objective.cache.joined,
+                "verified_result": chosen,
+                "wall_s": round(time.time() - t0, 1),
+                "calibration": objective.calibration,
+                "merge_scale": objective.scale,
+                "info": mask_secrets(
+                    {k: v for k, v in outcome.info.items() if k not in ("alphas", "results")}
+                ),
+            },
+            indent=2,
+            default=float,
+        )
+    )
+    return {
+        "alpha_star": alpha_star,
+        "predicted": mixture["predicted"],
+        "verified": mixture["verified"],
+        "best_seed": mixture["best_seed"],
+        "surrogate_cv_spearman": cv,
+        "n_evaluated": len(searched),
+        "cost": ledger,
+        "task_vector_norms": objective.bank.task_vector_norms(),
+        "task_vector_cosines": objective.bank.cosines(),
+    }

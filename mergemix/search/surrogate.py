@@ -43,12 +43,20 @@ class Surrogate:
     def fit(self, alphas: np.ndarray, scores: Mapping[str, Sequence[float]]) -> Surrogate:
         import lightgbm as lgb
 
-        params = {"objective": "regression", "seed": self.seed, "deterministic": True, "num_threads": 1,
-                  **self.params}
+        params = {
+            "objective": "regression",
+            "seed": self.seed,
+            "deterministic": True,
+            "num_threads": 1,
+            **self.params,
+        }
         rounds = int(params.pop("n_estimators", 100))
         for cap, y in scores.items():
-            data = lgb.Dataset(np.asarray(alphas, dtype=float), np.asarray(y, dtype=float),
-                               params={"min_data_in_bin": params.get("min_data_in_bin", 1), "verbose": -1})
+            data = lgb.Dataset(
+                np.asarray(alphas, dtype=float),
+                np.asarray(y, dtype=float),
+                params={"min_data_in_bin": params.get("min_data_in_bin", 1), "verbose": -1},
+            )
             self.models[cap] = lgb.train(params, data, num_boost_round=rounds)
         return self
 
@@ -56,8 +64,9 @@ class Surrogate:
         return {cap: m.predict(np.atleast_2d(alphas)) for cap, m in self.models.items()}
 
 
-def out_of_fold(alphas: np.ndarray, scores: Mapping[str, Sequence[float]], lgbm: Mapping, seed: int,
-                folds: int = 5) -> dict[str, np.ndarray]:
+def out_of_fold(
+    alphas: np.ndarray, scores: Mapping[str, Sequence[float]], lgbm: Mapping, seed: int, folds: int = 5
+) -> dict[str, np.ndarray]:
     """Each point's prediction by a surrogate fitted without its fold (folds of a seeded permutation)."""
     alphas = np.asarray(alphas, dtype=float)
     idx = np.random.default_rng(seed).permutation(len(alphas))
@@ -66,7 +75,11 @@ def out_of_fold(alphas: np.ndarray, scores: Mapping[str, Sequence[float]], lgbm:
     for f in range(min(folds, len(alphas))):
         test = idx[f::folds]
         train = np.setdiff1d(idx, test)
-        fold = Surrogate(lgbm, seed).fit(alphas[train], {c: y[train] for c, y in ys.items()}).predict(alphas[test])
+        fold = (
+            Surrogate(lgbm, seed)
+            .fit(alphas[train], {c: y[train] for c, y in ys.items()})
+            .predict(alphas[test])
+        )
         for c in ys:
             pred[c][test] = fold[c]
     return pred
@@ -84,14 +97,23 @@ def candidates(k: int, n: int, seed: int, extra: np.ndarray | None = None) -> np
     return np.vstack(parts)
 
 
-def fine_search(surrogate: Surrogate, k: int, n: int, top_k: int, seed: int, objective: str = "macro",
-                extra: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
+def fine_search(
+    surrogate: Surrogate,
+    k: int,
+    n: int,
+    top_k: int,
+    seed: int,
+    objective: str = "macro",
+    extra: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, float]]:
     """alpha* = mean of the top-k candidates by predicted utility (tree models give plateaus; averaging picks
     the plateau's centre, as RegMix does). Returns alpha* and the regressors' prediction there."""
     cand = candidates(k, n, seed, extra)
     if top_k > len(cand):
-        log.warning(f"search.top_k {top_k} exceeds the {len(cand)} candidates: capped at {len(cand)} (alpha* is "
-                    "their mean)")
+        log.warning(
+            f"search.top_k {top_k} exceeds the {len(cand)} candidates: capped at {len(cand)} (alpha* is "
+            "their mean)"
+        )
         top_k = len(cand)
     u = utility(surrogate.predict(cand), objective)
     top = cand[np.argsort(-u, kind="stable")[:top_k]]

@@ -21,6 +21,9 @@ def user_base(spec: dict) -> Path | None:
 
 def base_job(spec: dict, domain_names: list[str], token_mixture: dict[str, float], seed: int) -> TrainJob:
     """The base's training run; `token_mixture` is the token-proportional one (`base.mixture: token`)."""
-    mixture = token_mixture if spec["mixture"] == "token" else check_weights(spec["mixture"], domain_names,
-                                                                             "base.mixture")
+    mixture = (
+        token_mixture
+        if spec["mixture"] == "token"
+        else check_weights(spec["mixture"], domain_names, "base.mixture")
+    )
     return TrainJob("base", {}, None, mixture, spec, "base", seed)

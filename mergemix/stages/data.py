@@ -16,7 +16,9 @@ from mergemix.stages.keys import config_inputs
 def build_corpus(store: ArtifactStore, cfg: dict, domain_names: list[str], seed: int) -> dict[str, Path]:
     """Embedded domains: their documents, split. User domains: fingerprinted only (their files are streamed)."""
     out, d = {}, cfg["domains"]
-    memo = artifacts.load_memo(store.memo_path)  # file hashes by path, inode, size, mtime, ctime: unreadable = none
+    memo = artifacts.load_memo(
+        store.memo_path
+    )  # file hashes by path, inode, size, mtime, ctime: unreadable = none
     before = dict(memo)
     for name in domain_names:
         spec = d["sources"][name] or {}
@@ -40,8 +42,14 @@ def build_corpus(store: ArtifactStore, cfg: dict, domain_names: list[str], seed:
 def shards(cfg: dict, name: str, corpus_dir: Path) -> list[dom.Shard]:
     """The domain's units of tokenising work (about `data.shard_mb` each)."""
     swap = bool(read_manifest(corpus_dir).get("swap"))
-    return dom.shards(name, cfg["domains"]["sources"][name] or {}, corpus_dir, cfg["domains"]["heldout_fraction"],
-                      int(float((cfg.get("data") or {}).get("shard_mb", 64)) * 2**20), swap)
+    return dom.shards(
+        name,
+        cfg["domains"]["sources"][name] or {},
+        corpus_dir,
+        cfg["domains"]["heldout_fraction"],
+        int(float((cfg.get("data") or {}).get("shard_mb", 64)) * 2**20),
+        swap,
+    )
 
 
 def docs(cfg: dict, name: str, corpus_dir: Path, split: str) -> Iterator[str]:
@@ -49,8 +57,9 @@ def docs(cfg: dict, name: str, corpus_dir: Path, split: str) -> Iterator[str]:
     return dom.iter_docs(shards(cfg, name, corpus_dir), split)
 
 
-def check_epochs(cfg: dict, token_counts: dict[str, int], ratios: dict[str, float], n_tokens: int,
-                 label: str) -> None:
+def check_epochs(
+    cfg: dict, token_counts: dict[str, int], ratios: dict[str, float], n_tokens: int, label: str
+) -> None:
     """Refuse a run that would repeat a domain beyond its `max_epochs` (data.max_epochs by default)."""
     from mergemix.data.sampler import check_epochs as check
 

@@ -14,13 +14,22 @@ from mergemix.stages import data
 from mergemix.stages.keys import config_inputs
 
 
-def build_tasks(store: ArtifactStore, cfg: dict, corpus: dict[str, Path], tokenizer_dir: Path, seed: int) -> Path:
+def build_tasks(
+    store: ArtifactStore, cfg: dict, corpus: dict[str, Path], tokenizer_dir: Path, seed: int
+) -> Path:
     """Every task's items as `<task>.json`; cloze tasks draw from their domain's held-out documents."""
     b = cfg["benchmarks"]
-    files = {t: artifacts.file_digest(s["path"]) for t, s in b["tasks"].items()
-             if s.get("source") == "jsonl" and Path(s["path"]).is_file()}
-    inputs = {**config_inputs(cfg, "benchmarks"), "heldout": {n: p.name for n, p in corpus.items()},
-              "files": files, "tokenizer": store.ref(tokenizer_dir)}
+    files = {
+        t: artifacts.file_digest(s["path"])
+        for t, s in b["tasks"].items()
+        if s.get("source") == "jsonl" and Path(s["path"]).is_file()
+    }
+    inputs = {
+        **config_inputs(cfg, "benchmarks"),
+        "heldout": {n: p.name for n, p in corpus.items()},
+        "files": files,
+        "tokenizer": store.ref(tokenizer_dir),
+    }
     lm = {t: s for t, s in b["tasks"].items() if s.get("source") == "lmeval"}
     if lm:  # lm-eval's version and the files under each include_path
         from mergemix.benchmarks import lmeval
@@ -36,9 +45,16 @@ def build_tasks(store: ArtifactStore, cfg: dict, corpus: dict[str, Path], tokeni
         held = {n: list(data.docs(cfg, n, p, "heldout")) for n, p in corpus.items() if n in cloze}
         for name, spec in sorted(b["tasks"].items()):
             task = build_task(name, spec, held, seed, tokenizer)
-            (tmp / f"{name}.json").write_text(json.dumps({"kind": task.kind, "items": task.items,
-                                                          "max_new_tokens": task.max_new_tokens,
-                                                          "lmeval": task.lmeval}))
+            (tmp / f"{name}.json").write_text(
+                json.dumps(
+                    {
+                        "kind": task.kind,
+                        "items": task.items,
+                        "max_new_tokens": task.max_new_tokens,
+                        "lmeval": task.lmeval,
+                    }
+                )
+            )
         return {"n_items": {t: len(json.loads((tmp / f"{t}.json").read_text())["items"]) for t in b["tasks"]}}
 
     return store.get_or_build("benchmarks", inputs, build)
@@ -73,7 +89,9 @@ def autocast(trainer: dict):
     return torch.autocast("cpu" if trainer["accelerator"] == "cpu" else "cuda", dtype=getattr(torch, name))
 
 
-def score_checkpoint(store: ArtifactStore, path: Path, key: str, suite: Callable[[], object], trainer: dict) -> Path:
+def score_checkpoint(
+    store: ArtifactStore, path: Path, key: str, suite: Callable[[], object], trainer: dict
+) -> Path:
     """The stored scores (`scores.json`) of a checkpoint on the suite named `key`; `suite` loads it on a miss."""
     from mergemix.benchmarks.suite import check_finite
     from mergemix.models import load_checkpoint

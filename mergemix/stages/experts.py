@@ -8,7 +8,9 @@ from pathlib import Path
 from mergemix.stages.train import TrainJob
 
 
-def expert_job(name: str, spec: dict, base_dir: Path, seed: int, ratios: dict[str, float] | None = None) -> TrainJob:
+def expert_job(
+    name: str, spec: dict, base_dir: Path, seed: int, ratios: dict[str, float] | None = None
+) -> TrainJob:
     """Domain `name`'s expert, or with `ratios` an expert named `name` trained on that mixture (keyed by its ratios,
     not its name)."""
     inputs = {"domain": name} if ratios is None else {}

@@ -12,8 +12,13 @@ READS = {
     "tokenizer": ("tokenizer.vocab_size", "tokenizer.train_chars"),
     "train": ("model", "optim", "trainer.precision", "trainer.gradient_clip_val"),  # base, experts, mixtures
     "benchmarks": ("benchmarks.tasks", "seed"),
-    "eval": ("benchmarks.metric", "benchmarks.capabilities", "benchmarks.max_length", "benchmarks.bootstrap",
-             "trainer.eval_dtype"),
+    "eval": (
+        "benchmarks.metric",
+        "benchmarks.capabilities",
+        "benchmarks.max_length",
+        "benchmarks.bootstrap",
+        "trainer.eval_dtype",
+    ),
     "search": ("search",),
 }
 
@@ -33,8 +38,10 @@ def config_inputs(cfg: dict, stage: str) -> dict:
             node = node.get(part) if isinstance(node, dict) else None
         out[dotted.rsplit(".", 1)[-1]] = node
     search = out.get("search")
-    if isinstance(search, dict) and search.get("backend") != "optuna":  # the same trials on any number of workers
+    if (
+        isinstance(search, dict) and search.get("backend") != "optuna"
+    ):  # the same trials on any number of workers
         out["search"] = search = {k: v for k, v in search.items() if k not in LAYOUT}
     if isinstance(search, dict) and "storage" in search:  # where the study is kept (with its password) is not
-        out["search"] = {**search, "storage": None}      # what it is: the key stays that of a null storage
+        out["search"] = {**search, "storage": None}  # what it is: the key stays that of a null storage
     return out

@@ -9,18 +9,23 @@ from mergemix import artifacts
 from mergemix.artifacts import ArtifactStore
 
 
-def merge_cache_path(store: ArtifactStore, base_dir: Path, expert_dirs: dict[str, Path], suite_key: str,
-                     scale: float) -> Path:
+def merge_cache_path(
+    store: ArtifactStore, base_dir: Path, expert_dirs: dict[str, Path], suite_key: str, scale: float
+) -> Path:
     """One evaluation cache per (base, experts, benchmarks, merge scale), shared by every back-end and seed."""
-    inputs = {"base": store.ref(base_dir), "suite": suite_key,
-              "experts": {n: store.ref(p) for n, p in expert_dirs.items()}}
+    inputs = {
+        "base": store.ref(base_dir),
+        "suite": suite_key,
+        "experts": {n: store.ref(p) for n, p in expert_dirs.items()},
+    }
     if scale != 1.0:  # only when set, so that plain merges keep their cache
         inputs["merge_scale"] = scale
     return store.root / "evalcache" / f"{artifacts.stage_key('eval', inputs)}.jsonl"
 
 
-def export_alpha_star(run_dir: Path, alpha: dict[str, float], base_dir: Path, expert_dirs: dict[str, Path],
-                      export: dict) -> dict[str, Path]:
+def export_alpha_star(
+    run_dir: Path, alpha: dict[str, float], base_dir: Path, expert_dirs: dict[str, Path], export: dict
+) -> dict[str, Path]:
     """alpha* as a mergekit config, a weight YAML and a blend list in the run directory (exports.py), and with
     `export.alpha_star_checkpoint` theta(alpha*) as an HF checkpoint. Not in the search artifact: the data prefix is
     a deployment setting, not an input of the search."""
@@ -31,6 +36,11 @@ def export_alpha_star(run_dir: Path, alpha: dict[str, float], base_dir: Path, ex
         from mergemix.merging import export_merge
 
         names = sorted(expert_dirs)
-        out["checkpoint"] = export_merge(base_dir, [expert_dirs[n] for n in names], [alpha[n] for n in names],
-                                         run_dir / "alpha_star", overwrite=True)
+        out["checkpoint"] = export_merge(
+            base_dir,
+            [expert_dirs[n] for n in names],
+            [alpha[n] for n in names],
+            run_dir / "alpha_star",
+            overwrite=True,
+        )
     return out

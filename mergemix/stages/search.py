@@ -12,11 +12,24 @@ from mergemix.loggers import Tracker, report_search
 from mergemix.stages.keys import config_inputs
 
 
-def search_inputs(store: ArtifactStore, cfg: dict, base_dir: Path, expert_dirs: dict[str, Path], suite_key: str,
-                  seed: int, prior: dict[str, float]) -> dict:
+def search_inputs(
+    store: ArtifactStore,
+    cfg: dict,
+    base_dir: Path,
+    expert_dirs: dict[str, Path],
+    suite_key: str,
+    seed: int,
+    prior: dict[str, float],
+) -> dict:
     """What determines alpha*: the merged models, the benchmarks, the search settings, its seed and prior."""
-    inputs = {"base": store.ref(base_dir), "experts": {n: store.ref(p) for n, p in expert_dirs.items()},
-              "suite": suite_key, **config_inputs(cfg, "search"), "seed": seed, "prior": prior}
+    inputs = {
+        "base": store.ref(base_dir),
+        "experts": {n: store.ref(p) for n, p in expert_dirs.items()},
+        "suite": suite_key,
+        **config_inputs(cfg, "search"),
+        "seed": seed,
+        "prior": prior,
+    }
     if (cfg["search"].get("calibration") or "none") != "none":  # calibrated on a trained mixture run
         inputs.update(mix=cfg["mix"], calibration_noise="paired")
     return inputs

@@ -25,7 +25,9 @@ def build_tokenizer(store: ArtifactStore, cfg: dict, corpus: dict[str, Path]) ->
 
     def texts() -> Iterator[str]:
         for name, corpus_dir in corpus.items():
-            yield from training_texts(data.docs(cfg, name, corpus_dir, "train"), tc["train_chars"] // len(corpus))
+            yield from training_texts(
+                data.docs(cfg, name, corpus_dir, "train"), tc["train_chars"] // len(corpus)
+            )
 
     def build(tmp: Path) -> None:
         train_tokenizer(texts(), tc["vocab_size"], tmp)
@@ -42,12 +44,14 @@ def training_texts(docs: Iterable[str], chars: int) -> Iterator[str]:
             if used >= chars:
                 return
             if len(doc) > tok_store.CHUNK_CHARS:
-                piece = piece[:chars - used]
+                piece = piece[: chars - used]
             used += len(piece)
             yield piece
 
 
-def tokenize_domains(store: ArtifactStore, cfg: dict, corpus: dict[str, Path], tokenizer_dir: Path) -> dict[str, Path]:
+def tokenize_domains(
+    store: ArtifactStore, cfg: dict, corpus: dict[str, Path], tokenizer_dir: Path
+) -> dict[str, Path]:
     """Each domain's token store, keyed by its corpus, the tokenizer and its `max_tokens` cap."""
     out = {}
     workers = int((cfg.get("data") or {}).get("num_workers", 0))

@@ -30,17 +30,30 @@ def train_key_inputs(job: TrainJob, cfg: dict, store: ArtifactStore, token_dirs:
 
     lora = job.spec.get("kind") == "lora"  # LoRA experts: adapters on the base (lora.py)
     key_spec = job.spec if lora else {k: v for k, v in job.spec.items() if k not in ("kind", "lora")}
-    inputs = {**job.inputs, **config_inputs(cfg, "train"), "tokens": {n: p.name for n, p in token_dirs.items()},
-              "ratios": job.ratios, "spec": key_spec, "seed": job.seed,
-              "init": store.ref(job.init) if job.init else None}
+    inputs = {
+        **job.inputs,
+        **config_inputs(cfg, "train"),
+        "tokens": {n: p.name for n, p in token_dirs.items()},
+        "ratios": job.ratios,
+        "spec": key_spec,
+        "seed": job.seed,
+        "init": store.ref(job.init) if job.init else None,
+    }
     extra = trainer_passthrough(cfg["trainer"])
     if extra:  # only when set, so that the keys of runs without them stay as they were
         inputs["trainer"] = extra
     return inputs
 
 
-def train_checkpoint(job: TrainJob, cfg: dict, store: ArtifactStore, tracker: Tracker, tokenizer_dir: Path,
-                     token_dirs: dict[str, Path], score: Callable[[Path], dict]) -> Path:
+def train_checkpoint(
+    job: TrainJob,
+    cfg: dict,
+    store: ArtifactStore,
+    tracker: Tracker,
+    tokenizer_dir: Path,
+    token_dirs: dict[str, Path],
+    score: Callable[[Path], dict],
+) -> Path:
     """The job's checkpoint, trained or from the cache; `score` evaluates it when the job logs its scores."""
     from mergemix.strategies import is_secondary_rank, launch_id
 
@@ -56,8 +69,9 @@ def train_checkpoint(job: TrainJob, cfg: dict, store: ArtifactStore, tracker: Tr
         return store.follow(job.stage, inputs, lambda tmp: build(tmp, StageRun()), launch_id())
     config = {"cache_key": artifacts.stage_key(job.stage, inputs), "inputs": inputs}
     with tracker.stage(job.desc, job.stage, config) as run:
-        path = store.get_or_build(job.stage, inputs, lambda tmp: build(tmp, run),
-                                  leader=launch_id() if parallel else None)
+        path = store.get_or_build(
+            job.stage, inputs, lambda tmp: build(tmp, run), leader=launch_id() if parallel else None
+        )
         if run.active:
             report_training(run, read_manifest(path))
         if job.evaluate:
@@ -65,8 +79,15 @@ def train_checkpoint(job: TrainJob, cfg: dict, store: ArtifactStore, tracker: Tr
     return path
 
 
-def _train(job: TrainJob, cfg: dict, tokenizer_dir: Path, token_dirs: dict[str, Path], out: Path, run: StageRun,
-           partial: Path) -> dict:
+def _train(
+    job: TrainJob,
+    cfg: dict,
+    tokenizer_dir: Path,
+    token_dirs: dict[str, Path],
+    out: Path,
+    run: StageRun,
+    partial: Path,
+) -> dict:
     from mergemix.data.tokenizer import load_tokenizer
     from mergemix.models import build_model, load_checkpoint
     from mergemix.stages.tokenizer import load_arrays
@@ -74,20 +95,47 @@ def _train(job: TrainJob, cfg: dict, tokenizer_dir: Path, token_dirs: dict[str, 
 
     m, tr, spec = cfg["model"], cfg["trainer"], job.spec
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = load_checkpoint(job.init) if job.init else build_model(
-        {**m, "max_position_embeddings": m["seq_len"]}, len(tokenizer), job.seed)
+    model = (
+        load_checkpoint(job.init)
+        if job.init
+        else build_model({**m, "max_position_embeddings": m["seq_len"]}, len(tokenizer), job.seed)
+    )
     if spec.get("kind") == "lora":
         from mergemix.lora import wrap
 
         model = wrap(model, spec["lora"])
-    trainer_kwargs = {k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar",
-                                          "gradient_clip_val")}
-    trainer_kwargs.update(num_nodes=int(tr.get("num_nodes", 1)), strategy=tr.get("strategy"),
-                          micro_batch_size=tr.get("micro_batch_size"),
-                          checkpoint_every_n_steps=tr.get("checkpoint_every_n_steps"), **trainer_passthrough(tr),
-                          **{k: tr.get(k) for k in SPEED_KEYS})
-    optim = {"weight_decay": cfg["optim"]["weight_decay"], "betas": cfg["optim"]["betas"],
-             "warmup_steps": spec.get("warmup_steps", 0), "schedule": spec.get("schedule", "constant")}
-    return train_causal_lm(model, tokenizer, load_arrays(token_dirs), job.ratios, out, int(spec["tokens"]),
-                           m["seq_len"], m["batch_size"], float(spec["lr"]), job.seed, optim, trainer_kwargs,
-                           run.lightning(), job.desc, partial, float(m.get("router_bias_update_rate", 0.0)))
+    trainer_kwargs = {
+        k: tr[k] for k in ("accelerator", "devices", "precision", "enable_progress_bar", "gradient_clip_val")
+    }
+    trainer_kwargs.update(
+        num_nodes=int(tr.get("num_nodes", 1)),
+        strategy=tr.get("strategy"),
+        micro_batch_size=tr.get("micro_batch_size"),
+        checkpoint_every_n_steps=tr.get("checkpoint_every_n_steps"),
+        **trainer_passthrough(tr),
+        **{k: tr.get(k) for k in SPEED_KEYS},
+    )
+    optim = {
+        "weight_decay": cfg["optim"]["weight_decay"],
+        "betas": cfg["optim"]["betas"],
+        "warmup_steps": spec.get("warmup_steps", 0),
+        "schedule": spec.get("schedule", "constant"),
+    }
+    return train_causal_lm(
+        model,
+        tokenizer,
+        load_arrays(token_dirs),
+        job.ratios,
+        out,
+        int(spec["tokens"]),
+        m["seq_len"],
+        m["batch_size"],
+        float(spec["lr"]),
+        job.seed,
+        optim,
+        trainer_kwargs,
+        run.lightning(),
+        job.desc,
+        partial,
+        float(m.get("router_bias_update_rate", 0.0)),
+    )
