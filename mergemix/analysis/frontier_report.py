@@ -314,16 +314,7 @@ def markdown(summary: dict, title: str) -> str:
             f"{_f(r['multiple_train'])} | {r['train_tokens']:.3g} | {r['evaluations']:.0f} |"
         )
     for c in summary.get("refine_vs_strongest", []):
-        st = c["strongest"]
-        lines += [
-            "",
-            (
-                f"Refine ({settings_text(c['settings'])}) against the strongest trial-training point "
-                f"({FAMILIES[st['family']]}, {settings_text(st['settings'])}): "
-                f"{_diff({'diff_vs_reference': c['diff'], 'diff_ci95': c['diff_ci95']})} U over "
-                f"{c['seeds']} common seeds, at {c['compute_ratio']:.2f}x its total compute."
-            ),
-        ]
+        lines += ["", refine_text(c)]
     lines += [
         "",
         (
@@ -366,6 +357,16 @@ def markdown(summary: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refine_text(c: dict) -> str:
+    """One sentence: a refine point against the strongest trial-training point."""
+    st, diff = c["strongest"], _diff({"diff_vs_reference": c["diff"], "diff_ci95": c["diff_ci95"]})
+    return (
+        f"Refine ({settings_text(c['settings'])}) against the strongest trial-training point "
+        f"({FAMILIES[st['family']]}, {settings_text(st['settings'])}): {diff} U over {c['seeds']} common seeds, "
+        f"at {c['compute_ratio']:.2f}x its total compute."
+    )
+
+
 def readme_block(data: dict) -> str:
     """The README's results block, built from frontier.json alone (a test checks the README holds it)."""
     lines = [
@@ -402,6 +403,7 @@ def readme_block(data: dict) -> str:
             ),
             "",
         ]
+        lines += [f"- {refine_text(c)}" for c in s.get("refine_vs_strongest", [])] + [""]
     return "\n".join(lines)
 
 
@@ -444,6 +446,7 @@ def draw(summaries: dict[str, dict]):
                 rs.sort(key=lambda r: r["multiple_total"])
                 extra = {k: v for k, v in json.loads(key).items() if k in ("correction",) and v != "none"}
                 label = FAMILIES[fam] + (f" ({', '.join(map(str, extra.values()))})" if extra else "")
+                marker = {"gain": "X"}.get(extra.get("correction"), marker)  # refine's designs apart
                 ax.errorbar(
                     [r["multiple_total"] for r in rs],
                     [100 * r["U_mean"] for r in rs],
@@ -473,6 +476,6 @@ def draw(summaries: dict[str, dict]):
         ax.grid(alpha=0.3, which="both")
     handles, labels = axes[0][0].get_legend_handles_labels()
     seen = dict(zip(labels, handles))
-    fig.legend(list(seen.values()), list(seen), fontsize=8, loc="lower center", ncol=4)
+    fig.legend(list(seen.values()), list(seen), fontsize=8, loc="lower center", ncol=3)
     fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
