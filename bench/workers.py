@@ -15,7 +15,17 @@ import yaml
 from bench.common import alternate, med, ratio
 
 # the micro testbed (quick) or its search on the tiny model; the budget is the search's evaluations
-SETTINGS = {"quick": ["experiment=micro"], "full": ["experiment=micro", "model=tiny", "search.budget=24"]}
+SETTINGS = {
+    "quick": ["experiment=micro"],
+    # tiny's batches are 4x micro's: the micro runs' warm-ups must fit in their one or two steps
+    "full": [
+        "experiment=micro",
+        "model=tiny",
+        "search.budget=24",
+        "experts.warmup_steps=1",
+        "mix.warmup_steps=1",
+    ],
+}
 UNCACHED = ("search", "evalcache", "studies", "mixture", "eval")  # what a fresh search recomputes
 
 
