@@ -153,16 +153,21 @@ def _weights_bytes(path: Path) -> bytes:
 
 
 def test_same_seed_same_expert_across_fresh_caches(micro_run, micro_root, tmp_path):
-    """A fresh cache (only the generated corpus copied: test_data checks that generation) rebuilds the micro run's
-    tokenizer, tokens, base and expert bit for bit, on the same data order; another seed gives the expert another
-    data order and other weights."""
+    """Two fresh caches (only the generated corpus copied: test_data checks that generation) rebuild the tokenizer,
+    tokens, base and expert bit for bit, on the micro run's data order; another seed gives the expert another data
+    order and other weights. Both are built in this process: the session's micro run may come from another test
+    worker, and float sums on another thread count differ in the last bits."""
     from mergemix.pipeline import Pipeline
     from mergemix.stages.experts import expert_job
     from mergemix.training import MixtureDataModule
 
     pipe, _ = micro_run
-    shutil.copytree(micro_root / "cache" / "corpus", tmp_path / "cache" / "corpus")
-    fresh = Pipeline(micro_cfg(tmp_path), tmp_path / "run")
+
+    def fresh_pipeline(name):
+        shutil.copytree(micro_root / "cache" / "corpus", tmp_path / name / "cache" / "corpus")
+        return Pipeline(micro_cfg(tmp_path / name), tmp_path / name / "run")
+
+    fresh, again = fresh_pipeline("a"), fresh_pipeline("b")
     m, tokens = fresh.cfg["model"], fresh.cfg["experts"]["tokens"]
 
     def plan(p, seed):
@@ -170,11 +175,14 @@ def test_same_seed_same_expert_across_fresh_caches(micro_run, micro_root, tmp_pa
 
     assert np.array_equal(plan(fresh, 0).start, plan(pipe, 0).start)
     assert not np.array_equal(plan(fresh, 1).start, plan(pipe, 0).start)
-    expert = fresh.expert_dir("code")
-    assert expert.parent.parent != pipe.expert_dirs["code"].parent.parent  # really another cache
+    expert, twin = fresh.expert_dir("code"), again.expert_dir("code")
+    assert (
+        expert.parent.parent != twin.parent.parent != pipe.expert_dirs["code"].parent.parent
+    )  # other caches
     assert fresh.tokenizer_dir != pipe.tokenizer_dir and fresh.tokenizer_dir.name == pipe.tokenizer_dir.name
-    assert _weights_bytes(fresh.base_dir) == _weights_bytes(pipe.base_dir)
-    assert _weights_bytes(expert) == _weights_bytes(pipe.expert_dirs["code"])
+    assert (tokens_dir := fresh.token_dirs["code"]).name == pipe.token_dirs["code"].name
+    assert _weights_bytes(fresh.base_dir) == _weights_bytes(again.base_dir)
+    assert _weights_bytes(expert) == _weights_bytes(twin) and tokens_dir.name == again.token_dirs["code"].name
     other = fresh._train(expert_job("code", fresh.cfg["experts"], fresh.base_dir, seed=1))
     assert other != expert and _weights_bytes(other) != _weights_bytes(expert)
 
