@@ -85,9 +85,11 @@ def merged_noise(merged: list[dict], capabilities: dict[str, list[str]], pairs: 
     """The item noise that separates two merges, per capability and for U: the paired-bootstrap std of the
     difference of consecutive seed merges (same items), over sqrt(2) (one merge's share), averaged over `pairs`
     pairs. Two mixtures are told apart on the same items, so this, not one model's item std, is the yardstick."""
-    gaps = [paired_gap(a, b, capabilities) for a, b in islice(pairwise(merged), pairs)]
-    if not gaps:
+    if (
+        len(merged) < 10
+    ):  # a spread over a handful of merges says nothing (the cache no longer holds the rest)
         return {}
+    gaps = [paired_gap(a, b, capabilities) for a, b in islice(pairwise(merged), pairs)]
     out = {c: float(np.mean([g["capabilities_std"][c] for g in gaps]) / np.sqrt(2)) for c in capabilities}
     return {**out, "U": float(np.mean([g["U_std"] for g in gaps]) / np.sqrt(2))}
 

@@ -51,8 +51,9 @@ def distrust(calib: dict, choice: dict | None, trained: dict | None, sigmas: flo
             )
     if not calib["tradeoff"]["best_is_interior"]:
         out.append(
-            "the best seed merge is a vertex (no interior optimum): the capabilities do not trade off; "
-            "check the benchmarks' coverage of the other domains"
+            "the best seed merge is a vertex: the optimum may lie at the simplex's edge, beyond where the merges' "
+            "alpha* stops (or the capabilities do not trade off); refine alpha* with a few trained runs "
+            "(strategy=refine) and check the benchmarks' coverage of the other domains"
         )
     if choice and choice.get("switched_to_best_merge"):
         out.append(
