@@ -30,7 +30,7 @@ import numpy as np
 
 from mergemix.artifacts import write_atomic
 from mergemix.errors import MergeMixError
-from mergemix.search.cost import trained_tokens
+from mergemix.search.cost import Ledger, trained_tokens
 
 FAMILIES = {
     "mergemix": "MergeMix",
@@ -204,25 +204,15 @@ def _point(pipe, family: str, settings: dict, alpha: dict, cost: dict) -> dict:
 
 def ledger_cost(summary: dict) -> dict:
     """A search ledger's summary (search/cost.py) as a point's cost."""
-    n = float(summary["n_params"])
-    return {
-        "train_tokens": summary["train_tokens"],
-        "train_flops": 6.0 * n * summary["train_tokens"],
-        "eval_flops": 2.0 * n * summary["eval_tokens"],
-        "evaluations": summary["evaluations"],
-    }
+    return Ledger(
+        int(summary["n_params"]), summary["train_tokens"], summary["eval_tokens"], summary["evaluations"]
+    ).cost()
 
 
 def runs_cost(runs: int, tokens: int, eval_tokens: int, params: int, extra_tokens: int = 0) -> dict:
     """`runs` trained runs of `tokens` each evaluated once on `eval_tokens`, plus `extra_tokens` trained (a small
     model's base), on a model of `params` active parameters."""
-    train = runs * tokens + extra_tokens
-    return {
-        "train_tokens": train,
-        "train_flops": 6.0 * params * train,
-        "eval_flops": 2.0 * params * eval_tokens * runs,
-        "evaluations": runs,
-    }
+    return Ledger(params, runs * tokens + extra_tokens, eval_tokens * runs, runs).cost()
 
 
 def _params(pipe) -> int:

@@ -58,8 +58,25 @@ class Ledger:
         )
 
     @property
+    def train_flops(self) -> float:
+        return 6.0 * self.n_params * self.train_tokens
+
+    @property
+    def eval_flops(self) -> float:
+        return 2.0 * self.n_params * self.eval_tokens
+
+    @property
     def flops(self) -> float:
-        return 6.0 * self.n_params * self.train_tokens + 2.0 * self.n_params * self.eval_tokens
+        return self.train_flops + self.eval_flops
+
+    def cost(self) -> dict:
+        """What a frontier point records of this ledger."""
+        return {
+            "train_tokens": self.train_tokens,
+            "train_flops": self.train_flops,
+            "eval_flops": self.eval_flops,
+            "evaluations": self.evaluations,
+        }
 
     def summary(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("curve", "_best", "started")}
